@@ -49,6 +49,8 @@ def nlframe_register_objective(register):
     as ``obj(**objective_kwargs)``. ``loss(pred, target)`` returns the per-token
     loss (summed over features); its gradient w.r.t. the memory parameters is the
     surprise signal that writes the memory.
+
+    Example: ``register("l2", L2Objective)``.
     """
 
 
@@ -61,6 +63,8 @@ def nlframe_register_optimizer(register):
     ``update(grads, state, params, **hyper) -> (new_params, new_state)`` work on
     dicts of tensors batched over any leading dimensions. The same rule drives
     ``nlframe.optim.Optimizer`` (slow weights) and ``memory_scan`` (fast weights).
+
+    Example: ``register("adam", Adam)``.
     """
 
 
@@ -74,6 +78,8 @@ def nlframe_register_backend(register):
     computes exactly the scan contract of DESIGN.md section 2 in ``scan(request)``.
     ``backend="auto"`` picks the highest-priority available backend that supports
     the request.
+
+    Example: ``register("chunked", ChunkedBackend)``.
     """
 
 
@@ -85,6 +91,8 @@ def nlframe_register_block(register):
     with a ``Config`` attrs class: the table ``[[model.blocks]]`` with
     ``type = "<name>"`` is structured into ``obj.Config`` (unknown keys are
     errors) and the block is built as ``obj(config, dim)``.
+
+    Example: ``register("titans", TitansBlock)``.
     """
 
 
@@ -95,6 +103,8 @@ def nlframe_register_data(register):
     ``obj`` is a callable ``obj(arg=None, **options) -> nlframe.interfaces.DataSource``;
     ``arg`` is the text after ``:`` in names such as ``text:PATH``. A data source
     yields token batches for training and evaluation and may define a metric.
+
+    Example: ``register("text", TextCorpus)``.
     """
 
 
