@@ -241,3 +241,15 @@ class DataSource(abc.ABC):
         while True:
             yield self.batch(split, i, batch_size=batch_size, seq_len=seq_len, seed=seed)
             i += 1
+
+    def evaluate(self, model: Callable[..., Any], *, device: torch.device | str = "cpu",
+                 batch_size: int, seq_len: int, batches: int, seed: int = 0,
+                 stream_chunk: int | None = None) -> dict[str, float]:
+        """The source's metric(s) on its validation split, e.g. ``{"loss", "bpb", "ppl"}``
+        or ``{"accuracy"}``, under ``torch.no_grad()``.
+
+        ``model(tokens (B, T) long, state=None) -> (logits (B, T, V), state)``;
+        with ``stream_chunk`` each sequence is fed in pieces of that many
+        tokens, carrying ``state``, so memory stays flat with length.
+        """
+        raise NotImplementedError(f"data source {type(self).__name__} defines no evaluate()")
