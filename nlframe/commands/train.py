@@ -1,0 +1,155 @@
+"""``nlframe train``, ``nlframe eval`` and ``nlframe generate``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+def _parse_options(options: tuple[str, ...]) -> dict:
+    """``key=value`` pairs; values parsed as TOML scalars when possible (``4``, ``0.5``, ``true``)."""
+    out = {}
+    for item in options:
+        if "=" not in item:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--option")
+        key, value = item.split("=", 1)
+        out[key.strip()] = _scalar(value.strip())
+    return out
+
+
+def _scalar(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    return text
+
+
+def _fail(exc: Exception) -> None:
+    raise click.ClickException(str(exc)) from None
+
+
+@click.command("train")
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory.")
+@click.option("--steps", type=click.IntRange(min=1), help="Override [train].steps.")
+@click.option("--data", help="Data plugin, e.g. stdlib, mqar, text:PATH (overrides [train].data).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Override [train].device.")
+@click.option("--seed", type=int, help="Override [train].seed.")
+@click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint exactly.")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="Option for the data plugin (repeatable).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def train_cmd(spec, out, steps, data, device, seed, resume, options, no_progress):
+    """Train the model of SPEC; TensorBoard logs in OUT/tb, checkpoints in OUT/checkpoint."""
+    from ..spec import SpecError
+    from ..train import Trainer
+
+    if not resume and not Path(spec).exists():
+        _fail(FileNotFoundError(f"spec file {spec!r} does not exist"))
+    try:
+        trainer = Trainer(spec, out, steps=steps, data=data, device=device, seed=seed,
+                          resume=resume, progress=not no_progress,
+                          data_options=_parse_options(options), echo=click.echo)
+    except (SpecError, ValueError, FileNotFoundError, RuntimeError) as exc:
+        _fail(exc)
+    n = sum(p.numel() for p in trainer.model.parameters())
+    click.echo(f"training {trainer.cfg.steps} steps of a {n:,}-parameter model on "
+               f"{trainer.cfg.data!r} ({trainer.cfg.batch_size}x{trainer.cfg.seq_len} tokens/step)"
+               + (f", resuming at step {trainer.step}" if resume else ""))
+    result = trainer.run()
+    summary = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items())
+    click.echo(f"step {result.step}: train/loss {result.last_loss:.4f}" + (f", {summary}" if summary else ""))
+    click.echo(f"checkpoint: {Path(out) / 'checkpoint'}   TensorBoard: tensorboard --logdir {Path(out) / 'tb'}")
+    if result.interrupted:
+        raise SystemExit(130)
+
+
+@click.command("eval")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--task", default=None, help="Data plugin / task (default: the training data).")
+@click.option("--batches", type=click.IntRange(min=1), default=None, help="Evaluation batches.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None)
+@click.option("--seq-len", type=click.IntRange(min=1), default=None)
+@click.option("--stream-chunk", type=click.IntRange(min=1), default=None,
+              help="Feed sequences in pieces of this many tokens, carrying the fast state.")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="Option for the task (repeatable), e.g. length=1000000.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def eval_cmd(run_dir, task, batches, batch_size, seq_len, stream_chunk, options, device, as_json):
+    """Evaluate the checkpoint in RUN_DIR: bits/byte and perplexity on the validation split,
+    or a task's metric."""
+    from ..checkpoint import CheckpointError
+    from ..datasets import open_data
+    from ..train import load_run
+
+    try:
+        model, spec, ckpt = load_run(run_dir, device=device)
+        cfg = spec.train
+        name = task or cfg.data
+        data = open_data(name, **_parse_options(options))
+        vocab = getattr(spec.model, "vocab_size", None)
+        if vocab is not None and data.vocab_size > vocab:
+            raise ValueError(f"vocabulary mismatch: task {name!r} has {data.vocab_size} tokens "
+                             f"but the model's vocab_size is {vocab}")
+        metrics = data.evaluate(model, device=device, batch_size=batch_size or cfg.batch_size,
+                                seq_len=seq_len or cfg.seq_len, batches=batches or cfg.eval_batches,
+                                seed=cfg.seed, stream_chunk=stream_chunk)
+    except (CheckpointError, ValueError, FileNotFoundError) as exc:
+        _fail(exc)
+    result = {"run": str(run_dir), "task": name, "step": ckpt["meta"].get("step"),
+              **{k: float(v) for k, v in metrics.items()}}
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        click.echo(f"{name} @ step {result['step']}: "
+                   + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+
+
+@click.command("generate")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--prompt", required=True, help="Text to continue (encoded as UTF-8 bytes).")
+@click.option("--tokens", type=click.IntRange(min=1), default=200, help="Tokens to generate.")
+@click.option("--temperature", type=click.FloatRange(min=0.0), default=0.8,
+              help="0 for greedy decoding.")
+@click.option("--top-k", type=click.IntRange(min=0), default=0, help="0: no top-k filtering.")
+@click.option("--seed", type=int, default=0)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu")
+def generate_cmd(run_dir, prompt, tokens, temperature, top_k, seed, device):
+    """Continue PROMPT with the model in RUN_DIR (byte-level models print text)."""
+    from ..checkpoint import CheckpointError
+    from ..train import load_run
+
+    try:
+        model, spec, _ = load_run(run_dir, device=device)
+    except (CheckpointError, ValueError) as exc:
+        _fail(exc)
+    click.echo(generate_text(model, prompt, tokens=tokens, temperature=temperature, top_k=top_k,
+                             seed=seed, device=device))
+
+
+def generate_text(model, prompt: str, *, tokens: int, temperature: float = 0.8, top_k: int = 0,
+                  seed: int = 0, device: str = "cpu") -> str:
+    """``prompt`` + ``tokens`` sampled bytes, decoded as UTF-8 (invalid bytes replaced)."""
+    import torch
+
+    ids = torch.tensor([list(prompt.encode("utf-8"))], dtype=torch.long, device=device)
+    if ids.numel() == 0:
+        raise click.BadParameter("prompt must not be empty", param_hint="--prompt")
+    gen = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=tokens, temperature=temperature,
+                             top_k=top_k or None, generator=gen)
+    return bytes(int(t) % 256 for t in out[0].tolist()).decode("utf-8", errors="replace")
+
+
+def register(main: click.Group) -> None:
+    main.add_command(train_cmd)
+    main.add_command(eval_cmd)
+    main.add_command(generate_cmd)

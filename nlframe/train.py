@@ -1,0 +1,322 @@
+"""The training loop: spec → model → outer optimizer over data, with logging and checkpoints.
+
+The outer level trains the slow weights with an update-rule plugin through
+:class:`nlframe.optim.Optimizer`; inner levels write their fast weights inside
+the forward pass. Parameters tagged ``param._nl_update_every = C`` (the CMS
+"training frequency" regime) are stepped only every ``C`` optimizer steps, from
+the gradients accumulated since their last step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import signal
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import attrs
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .datasets import open_data
+from .train_config import TrainConfig
+
+__all__ = ["Trainer", "train", "lm_loss", "lr_factor", "TrainResult", "load_run"]
+
+
+def lm_loss(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean next-token cross-entropy ``−log p(target)`` over the positions where ``mask`` is set."""
+    targets = batch["targets"]
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
+                         reduction="none")
+    mask = batch.get("mask")
+    if mask is None:
+        return ce.mean()
+    m = mask.reshape(-1).to(ce.dtype)
+    return (ce * m).sum() / m.sum().clamp_min(1.0)
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Learning-rate multiplier at ``step``: linear warm-up, then constant/cosine/linear decay
+    to ``min_lr_ratio``."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return 1.0
+    span = max(1, cfg.steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    shape = 0.5 * (1 + math.cos(math.pi * progress)) if cfg.schedule == "cosine" else 1 - progress
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * shape
+
+
+@attrs.define
+class TrainResult:
+    out: Path
+    step: int
+    last_loss: float
+    metrics: dict[str, float]
+    interrupted: bool = False
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on matrices, none on vectors (norm gains, biases) and embeddings' duplicates."""
+    decay, no_decay = [], []
+    seen: set[int] = set()
+    for p in model.parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        (decay if p.dim() >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return [g for g in groups if g["params"]]
+
+
+def _make_optimizer(model: nn.Module, cfg: TrainConfig):
+    from .optim import Optimizer
+    from .registry import get_registry
+
+    rule_cls = get_registry().get("optimizer", cfg.optimizer)
+    accepts_wd = "weight_decay" in getattr(rule_cls, "hyperparams", {})
+    groups = _param_groups(model, cfg.weight_decay) if accepts_wd else \
+        [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    return Optimizer(groups, rule=cfg.optimizer, lr=cfg.lr, **cfg.optimizer_kwargs)
+
+
+class _Slowdown:
+    """Gradient accumulation for parameters stepped every ``C`` steps (CMS training frequency)."""
+
+    def __init__(self, model: nn.Module):
+        self.params = {n: p for n, p in model.named_parameters()
+                       if getattr(p, "_nl_update_every", 1) > 1}
+        self.acc: dict[str, torch.Tensor] = {}
+
+    def before_step(self, step: int) -> None:
+        """Accumulate; hand the sum to the optimizer only on the step it is due."""
+        for n, p in self.params.items():
+            every = p._nl_update_every
+            if p.grad is not None:
+                self.acc[n] = self.acc[n] + p.grad if n in self.acc else p.grad.clone()
+            if (step + 1) % every == 0 and n in self.acc:
+                p.grad = self.acc.pop(n)
+            else:
+                p.grad = None
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(self.acc)
+
+    def load_state_dict(self, d: dict[str, torch.Tensor]) -> None:
+        self.acc = dict(d)
+
+
+class Trainer:
+    """Train a model built from a spec. See :func:`train` for the arguments."""
+
+    def __init__(self, spec: Any, out: str | Path, *, steps: int | None = None,
+                 data: str | None = None, device: str | None = None, seed: int | None = None,
+                 resume: bool = False, progress: bool = True,
+                 data_options: dict[str, Any] | None = None, echo: Callable[[str], None] = print):
+        from .spec import build, dump_spec, load_spec
+
+        self.out = Path(out)
+        self.echo = echo
+        self.progress = progress
+        self._ckpt = None
+        if resume:
+            self._ckpt = load_checkpoint(self.out)
+            spec = load_spec(self._ckpt["spec_toml"])
+        else:
+            spec = load_spec(spec)
+        overrides = {k: v for k, v in dict(steps=steps, data=data, device=device, seed=seed).items()
+                     if v is not None}
+        self.cfg: TrainConfig = attrs.evolve(spec.train, **overrides)
+        self.spec = attrs.evolve(spec, train=self.cfg)
+        self.spec_toml = dump_spec(self.spec)
+        if self.cfg.device.startswith("cuda") and not torch.cuda.is_available():
+            raise RuntimeError(f"device {self.cfg.device!r} requested but CUDA is not available")
+        self.device = torch.device(self.cfg.device)
+        torch.manual_seed(self.cfg.seed)
+        random.seed(self.cfg.seed)
+        self.model = build(self.spec).to(self.device)
+        self.data = open_data(self.cfg.data, **(data_options or {}))
+        vocab = getattr(self.spec.model, "vocab_size", None)
+        if vocab is not None and self.data.vocab_size > vocab:
+            raise ValueError(f"vocabulary mismatch: data {self.cfg.data!r} has {self.data.vocab_size}"
+                             f" tokens but the model's vocab_size is {vocab}")
+        self.optimizer = _make_optimizer(self.model, self.cfg)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, self.cfg))
+        self.slow = _Slowdown(self.model)
+        self.step = 0
+        if self._ckpt is not None:
+            self._restore(self._ckpt)
+
+    # -- state ---------------------------------------------------------------
+    def trainer_state(self) -> dict[str, Any]:
+        return {"step": self.step, "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "slow_grads": self.slow.state_dict(),
+                "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
+                "data_position": {"split": "train", "index": self.step}}
+
+    def _restore(self, ckpt: dict[str, Any]) -> None:
+        weights = ckpt["weights"]
+        missing, unexpected = self.model.load_state_dict(weights, strict=False)
+        if missing or unexpected:
+            raise CheckpointError(f"checkpoint {ckpt['path']} does not match the spec: missing "
+                                  f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+        st = ckpt["trainer"]
+        self.optimizer.load_state_dict(st["optimizer"])
+        self.scheduler.load_state_dict(st["scheduler"])
+        self.slow.load_state_dict(st["slow_grads"])
+        torch.set_rng_state(st["rng"]["torch"])
+        random.setstate(st["rng"]["python"])
+        self.step = int(st["step"])
+
+    def save(self) -> Path:
+        meta = {"step": self.step, "data": self.cfg.data, "nlframe_version": _version(),
+                "parameters": sum(p.numel() for p in self.model.parameters())}
+        return save_checkpoint(self.out, model=self.model, trainer_state=self.trainer_state(),
+                               spec_toml=self.spec_toml, meta=meta)
+
+    # -- loop ------------------------------------------------------------------
+    def evaluate(self) -> dict[str, float]:
+        self.model.eval()
+        try:
+            return self.data.evaluate(self.model, device=self.device,
+                                      batch_size=self.cfg.batch_size, seq_len=self.cfg.seq_len,
+                                      batches=self.cfg.eval_batches, seed=self.cfg.seed)
+        finally:
+            self.model.train()
+
+    def run(self) -> TrainResult:
+        from torch.utils.tensorboard import SummaryWriter
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "spec.toml").write_text(self.spec_toml)
+        metrics_path = self.out / "metrics.jsonl"
+        _truncate_metrics(metrics_path, self.step)
+        writer = SummaryWriter(str(self.out / "tb"), purge_step=self.step or None)
+        stop = {"now": False}
+
+        def on_sigint(signum, frame):  # finish the step, checkpoint, exit cleanly
+            if stop["now"]:
+                raise KeyboardInterrupt
+            stop["now"] = True
+
+        old_handler = signal.signal(signal.SIGINT, on_sigint) if _main_thread() else None
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not self.progress,
+                   desc="train", unit="step", dynamic_ncols=True)
+        last_loss, last_eval = float("nan"), {}
+        tokens, t0 = 0, time.perf_counter()
+        self.model.train()
+        try:
+            while self.step < cfg.steps and not stop["now"]:
+                batch = self.data.batch("train", self.step, batch_size=cfg.batch_size,
+                                        seq_len=cfg.seq_len, seed=cfg.seed)
+                batch = {k: v.to(self.device) for k, v in batch.items()}
+                logits, _ = self.model(batch["tokens"])
+                loss = lm_loss(logits, batch)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"training loss is {loss.item()} at step {self.step}"
+                                             "; lower the learning rate or enable grad_clip")
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.slow.before_step(self.step)
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                lr = self.optimizer.param_groups[0]["lr"]
+                self.optimizer.step()
+                self.scheduler.step()
+                self.step += 1
+                last_loss = loss.item()
+                tokens += batch["tokens"].numel()
+                record: dict[str, float] = {}
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    dt = time.perf_counter() - t0
+                    record.update({"train/loss": last_loss, "train/lr": lr,
+                                   "perf/tokens_per_s": tokens / max(dt, 1e-9)})
+                    record.update(_surprise(self.model))
+                    tokens, t0 = 0, time.perf_counter()
+                if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
+                    last_eval = {f"eval/{k}": float(v) for k, v in self.evaluate().items()}
+                    record.update(last_eval)
+                if record:
+                    for k, v in record.items():
+                        writer.add_scalar(k, v, self.step)
+                    with open(metrics_path, "a") as fh:
+                        fh.write(json.dumps({"step": self.step, **record}) + "\n")
+                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                    self.save()
+                bar.set_postfix(loss=f"{last_loss:.3f}", lr=f"{lr:.2e}",
+                                tok_s=f"{record.get('perf/tokens_per_s', 0):.0f}" if record else None)
+                bar.update(1)
+            if stop["now"]:
+                self.save()
+                self.echo(f"interrupted: checkpoint saved at step {self.step} in {self.out / 'checkpoint'}")
+        finally:
+            bar.close()
+            writer.close()
+            if old_handler is not None:
+                signal.signal(signal.SIGINT, old_handler)
+        return TrainResult(out=self.out, step=self.step, last_loss=last_loss, metrics=last_eval,
+                           interrupted=stop["now"])
+
+
+def _surprise(model: nn.Module) -> dict[str, float]:
+    fn = getattr(model, "surprise", None)
+    if fn is None:
+        return {}
+    return {f"memory/{name}/surprise": float(v) for name, v in fn().items()}
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop records after ``step`` (written after the checkpoint a resume starts from)."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def train(spec: Any, out: str | Path, **kwargs: Any) -> TrainResult:
+    """Train ``spec`` (path, TOML text, dict or Spec) and write the run to ``out``.
+
+    Keyword arguments override the spec's ``[train]`` table: ``steps``, ``data``,
+    ``device``, ``seed``; ``resume=True`` continues from ``out/checkpoint``
+    exactly (same loss curve as an uninterrupted run).
+    """
+    return Trainer(spec, out, **kwargs).run()
+
+
+def load_run(run_dir: str | Path, device: str = "cpu"):
+    """``(model, spec, checkpoint)`` from a run directory, weights loaded, in eval mode."""
+    from .spec import build, load_spec
+
+    ckpt = load_checkpoint(run_dir)
+    spec = load_spec(ckpt["spec_toml"])
+    model = build(spec)
+    missing, unexpected = model.load_state_dict(ckpt["weights"], strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"checkpoint {ckpt['path']} does not match its spec: missing "
+                              f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+    return model.to(device).eval(), spec, ckpt
