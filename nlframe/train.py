@@ -122,7 +122,8 @@ class Trainer:
                  data: str | None = None, device: str | None = None, seed: int | None = None,
                  resume: bool = False, progress: bool = True,
                  data_options: dict[str, Any] | None = None, echo: Callable[[str], None] = print):
-        from .spec import build, dump_spec, load_spec
+        from .build import build
+        from .spec import dump_spec, load_spec
 
         self.out = Path(out)
         self.echo = echo
@@ -145,7 +146,7 @@ class Trainer:
         random.seed(self.cfg.seed)
         self.model = build(self.spec).to(self.device)
         self.data = open_data(self.cfg.data, **(data_options or {}))
-        vocab = getattr(self.spec.model, "vocab_size", None)
+        vocab = getattr(self.spec.model.config, "vocab_size", None)
         if vocab is not None and self.data.vocab_size > vocab:
             raise ValueError(f"vocabulary mismatch: data {self.cfg.data!r} has {self.data.vocab_size}"
                              f" tokens but the model's vocab_size is {vocab}")
@@ -310,7 +311,8 @@ def train(spec: Any, out: str | Path, **kwargs: Any) -> TrainResult:
 
 def load_run(run_dir: str | Path, device: str = "cpu"):
     """``(model, spec, checkpoint)`` from a run directory, weights loaded, in eval mode."""
-    from .spec import build, load_spec
+    from .build import build
+    from .spec import load_spec
 
     ckpt = load_checkpoint(run_dir)
     spec = load_spec(ckpt["spec_toml"])

@@ -94,7 +94,7 @@ def eval_cmd(run_dir, task, batches, batch_size, seq_len, stream_chunk, options,
         cfg = spec.train
         name = task or cfg.data
         data = open_data(name, **_parse_options(options))
-        vocab = getattr(spec.model, "vocab_size", None)
+        vocab = getattr(spec.model.config, "vocab_size", None)
         if vocab is not None and data.vocab_size > vocab:
             raise ValueError(f"vocabulary mismatch: task {name!r} has {data.vocab_size} tokens "
                              f"but the model's vocab_size is {vocab}")
