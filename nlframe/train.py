@@ -166,11 +166,7 @@ class Trainer:
                 "data_position": {"split": "train", "index": self.step}}
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
-        weights = ckpt["weights"]
-        missing, unexpected = self.model.load_state_dict(weights, strict=False)
-        if missing or unexpected:
-            raise CheckpointError(f"checkpoint {ckpt['path']} does not match the spec: missing "
-                                  f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+        _load_weights(self.model, ckpt)
         st = ckpt["trainer"]
         self.optimizer.load_state_dict(st["optimizer"])
         self.scheduler.load_state_dict(st["scheduler"])
@@ -317,8 +313,17 @@ def load_run(run_dir: str | Path, device: str = "cpu"):
     ckpt = load_checkpoint(run_dir)
     spec = load_spec(ckpt["spec_toml"])
     model = build(spec)
-    missing, unexpected = model.load_state_dict(ckpt["weights"], strict=False)
+    _load_weights(model, ckpt)
+    return model.to(device).eval(), spec, ckpt
+
+
+def _load_weights(model: nn.Module, ckpt: dict[str, Any]) -> None:
+    """Load checkpoint weights; any mismatch with the spec's model is a :class:`CheckpointError`."""
+    try:
+        missing, unexpected = model.load_state_dict(ckpt["weights"], strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        detail = str(exc).split("\n\t", 1)[-1].splitlines()[0]
+        raise CheckpointError(f"checkpoint {ckpt['path']} does not match its spec: {detail}") from None
     if missing or unexpected:
         raise CheckpointError(f"checkpoint {ckpt['path']} does not match its spec: missing "
                               f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
-    return model.to(device).eval(), spec, ckpt
