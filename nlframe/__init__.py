@@ -14,6 +14,8 @@ from .interfaces import Backend, Block, DataSource, Memory, Objective, UpdateRul
 from .level import ContextFlow, Level, MemoryState
 from .registry import get_registry, reload_registry
 from .scan import initial_state, memory_scan
+from .spec import SpecError, load_spec
+from .build import build
 
 try:
     __version__ = _version("nlframe")
@@ -37,4 +39,7 @@ __all__ = [
     "DataSource",
     "get_registry",
     "reload_registry",
+    "load_spec",
+    "build",
+    "SpecError",
 ]
