@@ -659,7 +659,37 @@ def _drop_none(value: Any) -> Any:
 
 
 def dump_spec(spec: Spec) -> str:
-    """The resolved spec as TOML text (round-trips through :func:`load_spec`)."""
+    """The resolved spec as TOML text (round-trips through :func:`load_spec`).
+
+    Arrays of tables such as ``model.blocks`` are written as ``[[model.blocks]]``
+    sections, one per block, in the layout a person would write.
+    """
+    return _dump_table(spec_to_dict(spec), ()).lstrip("\n")
+
+
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _is_table_array(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, Mapping) for v in value)
+
+
+def _dump_table(table: Mapping[str, Any], path: tuple[str, ...], header: str = "") -> str:
+    import json
+
     import tomli_w
 
-    return tomli_w.dumps(spec_to_dict(spec))
+    def key(k: str) -> str:
+        return k if _BARE_KEY.match(k) else json.dumps(k)
+
+    inline = {k: v for k, v in table.items() if not (isinstance(v, Mapping) or _is_table_array(v))}
+    text = header + tomli_w.dumps(inline)
+    for k, v in table.items():
+        sub = (*path, k)
+        name = ".".join(key(p) for p in sub)
+        if isinstance(v, Mapping):
+            text += _dump_table(v, sub, f"\n[{name}]\n")
+        elif _is_table_array(v):
+            for item in v:
+                text += _dump_table(item, sub, f"\n[[{name}]]\n")
+    return text
