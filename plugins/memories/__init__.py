@@ -1,8 +1,14 @@
-"""Built-in memory plugins."""
+"""Built-in memory plugins: ``linear``, ``mlp``, ``residual-mlp``."""
 
 from nlframe import hookimpl
+
+from .linear import LinearMemory
+from .mlp import MLPMemory, ResidualMLPMemory
 
 
 @hookimpl
 def nlframe_register_memory(register):
     """Register the built-in memory plugins."""
+    register("linear", LinearMemory)
+    register("mlp", MLPMemory)
+    register("residual-mlp", ResidualMLPMemory)

@@ -1,0 +1,182 @@
+"""Tiling of a scan into chunk-aligned tiles, and the gate kernel of one tile.
+
+Shared by the chunk-parallel backends. A *tile* is a run of at most ``L``
+consecutive tokens, padded at its end to exactly ``L`` slots; tiles never cross
+a chunk boundary unless they hold whole chunks (the aligned plan). Inside a
+tile starting from ``(W_b, S_b)``, with gradients ``g_i`` (DESIGN.md §2, chunk
+form; Titans arXiv 2501.00663, parallel training with momentum and decay)::
+
+    W_j = D_j W_b + c_j S_b − Σ_{i≤j} A_{ji} g_i
+    S_j = P_j S_b − Σ_{i≤j} B_{ji} θ_i g_i
+    D_j = Π_{m≤j}(1−α_m),  P_j = Π_{m≤j} η_m,  B_{ji} = Π_{i<m≤j} η_m,
+    A_{ji} = (1−α_j) A_{j−1,i} + B_{ji} θ_i,   c_j = (1−α_j) c_{j−1} + P_j.
+
+Closed forms used here (no division by cumulative products, so gates equal to 0
+are exact and differentiable): with ``Dm_{jm} = Π_{m<r≤j}(1−α_r)``,
+``A = Dm · (B ∘ θ)`` and ``c = Dm · P``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+def segment_products(x: Tensor) -> Tensor:
+    """``M_{ji} = Π_{i<r≤j} x_r`` for ``j ≥ i`` (1 on the diagonal), 0 above: ``(..., L) → (..., L, L)``.
+
+    One ``cumprod`` down the rows of a masked copy of ``x`` (row ``r`` holds
+    ``x_r`` left of the diagonal, 1 elsewhere), so zeros in ``x`` are exact.
+    """
+    L = x.shape[-1]
+    r = torch.arange(L, device=x.device)
+    below = r[:, None] > r[None, :]  # (L, L): row r strictly below column i
+    ones = torch.ones((), dtype=x.dtype, device=x.device)
+    m = torch.where(below, x.unsqueeze(-1), ones).cumprod(-2)
+    return m * (r[:, None] >= r[None, :]).to(x.dtype)
+
+
+@dataclass
+class TileGates:
+    """Gate kernel of a batch of tiles (leading dims ``...``, tile length ``L``).
+
+    ``D, c, P: (..., L)``; ``A, Btheta: (..., L, L)`` with ``Btheta_{ji} = B_{ji} θ_i``.
+    """
+
+    D: Tensor
+    c: Tensor
+    P: Tensor
+    A: Tensor
+    Btheta: Tensor
+
+    @classmethod
+    def build(cls, theta: Tensor, alpha: Tensor, eta: Tensor) -> "TileGates":
+        """Gates of tiles from per-slot ``θ, α, η: (..., L)``."""
+        keep = 1.0 - alpha
+        decay = segment_products(keep)  # Dm (..., L, L)
+        btheta = segment_products(eta) * theta.unsqueeze(-2)  # B_{ji} θ_i
+        P = eta.cumprod(-1)
+        return cls(D=keep.cumprod(-1), c=(decay @ P.unsqueeze(-1)).squeeze(-1), P=P,
+                   A=decay @ btheta, Btheta=btheta)
+
+    def rows(self, last: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """End-of-tile coefficients at slot ``last`` (``(n,)`` over the first leading dim):
+        ``D_L, c_L, P_L`` as ``(..., 1, 1)`` and the rows ``A_{L,:}``, ``(Bθ)_{L,:}`` as ``(..., L)``."""
+        shape = (-1,) + (1,) * (self.D.dim() - 1)
+        idx = last.view(shape).expand(*self.D.shape[:-1], 1)  # (..., 1)
+
+        def at(x: Tensor) -> Tensor:
+            return x.gather(-1, idx)[..., None]  # (..., 1, 1)
+
+        def row(m: Tensor) -> Tensor:
+            return m.gather(-2, idx[..., None].expand(*m.shape[:-2], 1, m.shape[-1])).squeeze(-2)
+
+        return at(self.D), at(self.c), at(self.P), row(self.A), row(self.Btheta)
+
+
+@dataclass
+class TilePlan:
+    """Which token sits in which slot: ``index, valid: (n, L)``; ``last: (n,)`` the
+    slot of each tile's last token; ``opens_chunk[t]``: the gradient point of tile
+    ``t`` is the state at its start (a chunk starts there)."""
+
+    index: Tensor
+    valid: Tensor
+    last: Tensor
+    opens_chunk: list[bool]
+
+    @property
+    def size(self) -> int:
+        return self.index.shape[1]
+
+    @classmethod
+    def from_runs(cls, runs: list[tuple[int, int, bool]], device) -> "TilePlan":
+        """Tiles from ``(start, length, opens_chunk)`` runs of consecutive tokens, each
+        padded to the longest run."""
+        L = max(r[1] for r in runs)
+        slot = torch.arange(L)
+        start = torch.tensor([r[0] for r in runs], dtype=torch.long)
+        length = torch.tensor([r[1] for r in runs], dtype=torch.long)
+        valid = slot[None, :] < length[:, None]
+        index = torch.where(valid, start[:, None] + slot[None, :], torch.zeros((), dtype=torch.long))
+        return cls(index=index.to(device), valid=valid.to(device), last=(length - 1).to(device),
+                   opens_chunk=[r[2] for r in runs])
+
+    @classmethod
+    def within_chunks(cls, T: int, chunk: int, position: int, max_tile: int, device) -> "TilePlan":
+        """Tiles that each lie inside one chunk: every chunk (the first one continued
+        from ``position``) is cut into pieces of at most ``⌈C / ⌈C / max_tile⌉⌉`` tokens."""
+        L = -(-chunk // -(-chunk // max_tile))
+        runs: list[tuple[int, int, bool]] = []
+        t, first = 0, True
+        while t < T:
+            length = min(T - t, chunk - position if first else chunk)
+            for off in range(0, length, L):
+                runs.append((t + off, min(L, length - off), off == 0 and not (first and position)))
+            t, first = t + length, False
+        return cls.from_runs(runs, device)
+
+    @classmethod
+    def aligned(cls, T: int, L: int, device) -> "TilePlan":
+        """Tiles of ``L`` tokens from token 0 (the last one padded); each opens a chunk."""
+        return cls.from_runs([(t, min(L, T - t), True) for t in range(0, T, L)], device)
+
+    def gather(self, x: Tensor) -> Tensor:
+        """``(B, H, T, *f)`` → ``(n, B, H, L, *f)``; padded slots are zero."""
+        g = x[:, :, self.index]  # (B, H, n, L, *f)
+        mask = self.valid.view(*self.valid.shape, *([1] * (x.dim() - 3))).to(x.dtype)
+        g = g * mask
+        return g.movedim(2, 0)
+
+    def scatter(self, y: Tensor) -> Tensor:
+        """``(n, B, H, L, *f)`` → ``(B, H, T, *f)``: the valid slots in token order."""
+        n, B, H, L = y.shape[:4]
+        flat = y.movedim(0, 2).reshape(B, H, n * L, *y.shape[4:])
+        keep = self.valid.reshape(-1).nonzero().squeeze(-1)
+        return flat.index_select(2, keep)
+
+
+@dataclass
+class Tiles:
+    """Inputs of a batch of tiles in loop-friendly layout ``(n, B, H, L, ...)``.
+
+    ``q, k: (n, B, H, L, Dk)``, ``v: (n, B, H, L, Dv)``; ``gates`` of every tile;
+    end-of-tile coefficients ``DL, cL, PL: (n, B, H, 1, 1)`` and rows
+    ``aL = A_{L,:}``, ``bL = (Bθ)_{L,:}: (n, B, H, L)``.
+    """
+
+    plan: TilePlan
+    q: Tensor
+    k: Tensor
+    v: Tensor
+    gates: TileGates
+    DL: Tensor
+    cL: Tensor
+    PL: Tensor
+    aL: Tensor
+    bL: Tensor
+
+    @classmethod
+    def gather(cls, plan: TilePlan, q: Tensor, k: Tensor, v: Tensor, theta: Tensor,
+               alpha: Tensor, eta: Tensor) -> "Tiles":
+        """Cut ``q, k: (B, H, T, Dk)``, ``v: (B, H, T, Dv)`` and gates ``(B, H, T)`` into
+        ``plan``'s tiles (padded slots: zero inputs, θ = α = η = 0, so they write nothing)."""
+        th, al, et = (plan.gather(x) for x in (theta, alpha, eta))  # (n, B, H, L)
+        gates = TileGates.build(th, al, et)
+        DL, cL, PL, aL, bL = gates.rows(plan.last)
+        return cls(plan=plan, q=plan.gather(q), k=plan.gather(k), v=plan.gather(v), gates=gates,
+                   DL=DL, cL=cL, PL=PL, aL=aL, bL=bL)
+
+    def advance(self, t: int, W: Tensor, S: Tensor, err: Tensor, inp: Tensor) -> tuple[Tensor, Tensor]:
+        """End of tile ``t`` for a layer with per-token gradients ``g_i = err_i inp_iᵀ``::
+
+            W_L = D_L W + c_L S − errᵀ(A_{L,:}ᵀ∘inp),   S_L = P_L S − errᵀ((Bθ)_{L,:}ᵀ∘inp)
+
+        ``W, S: (B, H, R, I)``, ``err: (B, H, L, R)``, ``inp: (B, H, L, I)``.
+        """
+        n_in = inp.shape[-1]
+        both = torch.cat([self.aL[t, ..., None] * inp, self.bL[t, ..., None] * inp], -1)
+        U = err.transpose(-1, -2) @ both  # (B, H, R, 2I)
+        return (self.DL[t] * W + self.cL[t] * S - U[..., :n_in], self.PL[t] * S - U[..., n_in:])
