@@ -312,7 +312,7 @@ class Spec:
     model: BlockSpec
     train: TrainConfig = attrs.field(factory=TrainConfig)
     description: str = ""
-    source: str | None = attrs.field(default=None, eq=False)
+    source: str | None = attrs.field(default=None, eq=False, metadata={"internal": True})
 
 
 # ----------------------------------------------------------------------- converter
@@ -364,9 +364,12 @@ def _structure_seq(value: Any, cl: Any) -> Any:
     if not isinstance(value, (list, tuple)):
         raise TypeError(f"expected an array, got {value!r} ({_typename(value)})")
     args = get_args(cl)
-    item_type = args[0] if args else Any
+    fixed = origin is tuple and bool(args) and args[-1] is not Ellipsis
+    if fixed and len(value) != len(args):
+        raise ValueError(f"expected an array of {len(args)} items, got {len(value)}")
     out, errors = [], []
     for i, item in enumerate(value):
+        item_type = args[i] if fixed else (args[0] if args else Any)
         try:
             out.append(item if item_type is Any else _converter.structure(item, item_type))
         except Exception as exc:  # noqa: BLE001
@@ -391,7 +394,7 @@ def _run_validators(cl: type, values: dict[str, Any]) -> list[BaseException]:
 def _make_attrs_hook(cl: type):
     """Structure a table into the attrs class ``cl``, collecting every error."""
     attrs.resolve_types(cl)
-    fields = [f for f in attrs.fields(cl) if f.init]
+    fields = [f for f in attrs.fields(cl) if f.init and not f.metadata.get("internal")]
     accepted = [f.alias for f in fields]
 
     def hook(value: Any, _cl: Any) -> Any:
@@ -518,7 +521,8 @@ def _collect(exc: BaseException, path: str = "") -> list[tuple[str, str]]:
     if isinstance(exc, SpecError):
         return [(_join(path, p) if p else path, m) for p, m in exc.errors]
     if isinstance(exc, ForbiddenExtraKeysError):
-        accepted = [f.alias for f in attrs.fields(exc.cl) if f.init] if attrs.has(exc.cl) else []
+        accepted = ([f.alias for f in attrs.fields(exc.cl) if f.init and not f.metadata.get("internal")]
+                    if attrs.has(exc.cl) else [])
         return [(_join(path, k), _unknown_key_message(k, accepted)) for k in sorted(exc.extra_fields)]
     if isinstance(exc, (ClassValidationError, IterableValidationError)):
         out: list[tuple[str, str]] = []
