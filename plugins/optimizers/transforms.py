@@ -1,0 +1,199 @@
+"""Elementwise gradient transforms: the parts update rules are chained from.
+
+Each is a :class:`~.base.Transform`; shapes are those of the parameters (any
+leading dims), hyperparameters numbers or tensors over the leading dims.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from nlframe.utils import bcast
+
+from . import ops
+from .base import Transform, as_dict, lists, placeholder
+
+
+class Negate(Transform):
+    """``u ← −u`` when ``maximize`` (gradient ascent, as torch's ``maximize=True``)."""
+
+    roles = {"maximize": False}
+    default_key = "negate"
+
+    def update(self, updates, state, params, h, inplace=False):
+        if not self.hp(h, "maximize"):
+            return updates, state
+        names = list(updates)
+        return as_dict(names, ops.neg([updates[n] for n in names])), state
+
+
+class AddDecayedWeights(Transform):
+    """``u ← u + λ·W``: before a momentum it is L2 regularisation (torch SGD/Adam
+    ``weight_decay``); after the direction and before :class:`ScaleByLr` it is
+    decoupled decay ``W ← W − γ(d + λW)`` (AdamW, Muon)."""
+
+    roles = {"weight_decay": 0.0}
+    default_key = "weight_decay"
+
+    def update(self, updates, state, params, h, inplace=False):
+        wd = self.hp(h, "weight_decay")
+        if ops.is_num(wd) and wd == 0:
+            return updates, state
+        names = list(updates)
+        u, p = lists(names, updates, params)
+        return as_dict(names, ops.add(u, p, alpha=wd)), state
+
+
+class ScaleByLr(Transform):
+    """``u ← −γ·u``: the descent step with learning rate ``lr`` γ."""
+
+    roles = {"lr": 1e-3}
+    default_key = "lr"
+
+    def update(self, updates, state, params, h, inplace=False):
+        lr = self.hp(h, "lr")
+        names = list(updates)
+        neg_lr = -lr
+        return as_dict(names, ops.mul([updates[n] for n in names], neg_lr)), state
+
+
+class SGDMomentum(Transform):
+    """torch.optim.SGD's momentum: ``b ← μ·b + (1 − τ)·u`` (``b ← u`` on the first
+    step), output ``u + μ·b`` (Nesterov) or ``b``. ``μ = 0`` (a number) is a no-op."""
+
+    roles = {"momentum": 0.0, "dampening": 0.0, "nesterov": False}
+    default_key = "sgd_momentum"
+
+    def init(self, params):
+        return {"step": {n: 0 for n in params},
+                "momentum_buffer": {n: placeholder(p) for n, p in params.items()}}
+
+    def update(self, updates, state, params, h, inplace=False):
+        mu, damp = self.hp(h, "momentum"), self.hp(h, "dampening")
+        if ops.is_num(mu) and mu == 0:
+            return updates, state
+        names = list(updates)
+        g, b = lists(names, updates, state["momentum_buffer"])
+        first = [i for i, n in enumerate(names) if state["step"][n] == 0]
+        later = [i for i, n in enumerate(names) if state["step"][n] != 0]
+        new_b: list = [None] * len(names)
+        for i, t in zip(first, ops.clone([g[i] for i in first])):
+            new_b[i] = t
+        if later:
+            gl = [g[i] for i in later]
+            bl = ops.mul([b[i] for i in later], mu, inplace=inplace)
+            bl = ops.add(bl, gl, alpha=1 - damp, inplace=True)
+            for i, t in zip(later, bl):
+                new_b[i] = t
+        out = ops.add(g, new_b, alpha=mu) if self.hp(h, "nesterov") else new_b
+        new_state = {"step": {n: state["step"][n] + 1 for n in names},
+                     "momentum_buffer": as_dict(names, new_b)}
+        return as_dict(names, out), new_state
+
+
+class EmaMomentum(Transform):
+    """Muon's momentum (torch.optim.Muon): ``b ← b + (1 − μ)(u − b)``, output
+    ``u + μ(b − u)`` (Nesterov) or ``b``. Both are ``torch.lerp``."""
+
+    roles = {"momentum": 0.95, "nesterov": True}
+    default_key = "ema_momentum"
+
+    def init(self, params):
+        return {"momentum_buffer": {n: torch.zeros_like(p) for n, p in params.items()}}
+
+    def update(self, updates, state, params, h, inplace=False):
+        mu = self.hp(h, "momentum")
+        names = list(updates)
+        g, b = lists(names, updates, state["momentum_buffer"])
+        b = ops.lerp(b, g, 1 - mu, inplace=inplace)
+        out = ops.lerp(g, b, mu) if self.hp(h, "nesterov") else b
+        return as_dict(names, out), {"momentum_buffer": as_dict(names, b)}
+
+
+class Trace(Transform):
+    """The momentum memory of NL eq. 17/20: ``m ← α·m − η·u``, output ``m``
+    (``momentum`` α is the retention, ``lr`` η the memory's write rate)."""
+
+    roles = {"momentum": 0.9, "lr": 1e-3}
+    default_key = "trace"
+
+    def init(self, params):
+        return {"momentum": {n: torch.zeros_like(p) for n, p in params.items()}}
+
+    def update(self, updates, state, params, h, inplace=False):
+        names = list(updates)
+        u, m = lists(names, updates, state["momentum"])
+        m = ops.add(ops.mul(m, self.hp(h, "momentum"), inplace=inplace), u,
+                    alpha=-self.hp(h, "lr"), inplace=True)
+        return as_dict(names, m), {"momentum": as_dict(names, m)}
+
+
+def _bias_corrections(beta: Any, steps: list[int], xs: list) -> list:
+    """``1 − β^t`` per parameter: numbers for a number β, broadcast tensors otherwise."""
+    if ops.is_num(beta):
+        return [1 - beta ** t for t in steps]
+    return [bcast(1 - beta ** t, x) for t, x in zip(steps, xs)]
+
+
+class ScaleByAdam(Transform):
+    """Adam's direction (torch.optim.Adam): ``m ← lerp(m, u, 1 − β1)``,
+    ``v ← β2·v + (1 − β2)·u²``, ``u ← m / (√v̂ / √(1 − β2ᵗ) + ε) / (1 − β1ᵗ)`` with
+    ``v̂ = max(v̂, v)`` under amsgrad (Kingma & Ba; Reddi et al.)."""
+
+    roles = {"betas": (0.9, 0.999), "eps": 1e-8, "amsgrad": False}
+    default_key = "adam"
+
+    def init(self, params):
+        return {"step": {n: 0 for n in params},
+                "exp_avg": {n: torch.zeros_like(p) for n, p in params.items()},
+                "exp_avg_sq": {n: torch.zeros_like(p) for n, p in params.items()},
+                "max_exp_avg_sq": {n: placeholder(p) for n, p in params.items()}}
+
+    def update(self, updates, state, params, h, inplace=False):
+        b1, b2 = self.hp(h, "betas")
+        eps = self.hp(h, "eps")
+        names = list(updates)
+        g, m, v, vmax = lists(names, updates, state["exp_avg"], state["exp_avg_sq"],
+                              state["max_exp_avg_sq"])
+        steps = [state["step"][n] + 1 for n in names]
+        m = ops.lerp(m, g, 1 - b1, inplace=inplace)
+        v = ops.ema_sq(v, g, b2, inplace=inplace)
+        bc1 = _bias_corrections(b1, steps, g)
+        bc2_sqrt = [c ** 0.5 for c in _bias_corrections(b2, steps, g)]
+        if self.hp(h, "amsgrad"):
+            vmax = ops.maximum(vmax, v)
+            src = vmax
+        else:
+            src = v
+        denom = ops.add_scalar(ops.div_scalar(ops.sqrt(src), bc2_sqrt, inplace=True), eps,
+                               inplace=True)
+        out = ops.div_scalar(ops.div(m, denom), bc1, inplace=True)
+        new_state = {"step": as_dict(names, steps), "exp_avg": as_dict(names, m),
+                     "exp_avg_sq": as_dict(names, v), "max_exp_avg_sq": as_dict(names, vmax)}
+        return as_dict(names, out), new_state
+
+
+class ScaleByRms(Transform):
+    """Adam-style second-moment scaling: ``v ← β·v + (1 − β)·u²``,
+    ``u ← u / (√(v / (1 − βᵗ)) + ε)`` (the diagonal preconditioner of NL eq. 20)."""
+
+    roles = {"beta": 0.999, "eps": 1e-8}
+    default_key = "rms"
+
+    def init(self, params):
+        return {"step": {n: 0 for n in params},
+                "exp_avg_sq": {n: placeholder(p) for n, p in params.items()}}
+
+    def update(self, updates, state, params, h, inplace=False):
+        beta, eps = self.hp(h, "beta"), self.hp(h, "eps")
+        names = list(updates)
+        g, v = lists(names, updates, state["exp_avg_sq"])
+        steps = [state["step"][n] + 1 for n in names]
+        v = ops.ema_sq(v, g, beta, inplace=inplace)
+        bc_sqrt = [c ** 0.5 for c in _bias_corrections(beta, steps, g)]
+        denom = ops.add_scalar(ops.div_scalar(ops.sqrt(v), bc_sqrt, inplace=True), eps,
+                               inplace=True)
+        return (as_dict(names, ops.div(g, denom)),
+                {"step": as_dict(names, steps), "exp_avg_sq": as_dict(names, v)})
