@@ -63,10 +63,12 @@ def assert_close(actual: Any, expected: Any, *, rtol: float, atol: float = 0.0,
                              f"{tuple(expected.shape)}")
     a, e = actual.detach().double(), expected.detach().double()
     fa, fe = torch.isfinite(a), torch.isfinite(e)
-    if not torch.equal(fa, fe) or not torch.equal(a[~fe], e[~fe]):
-        where = (fa != fe).nonzero()
-        at = tuple(where[0].tolist()) if len(where) else "non-finite values differ"
-        raise AssertionError(f"{name}: non-finite entries differ (first at {at}); "
+    same_kind = torch.nan_to_num(a, nan=0.0, posinf=1.0, neginf=-1.0) * ~fa == \
+        torch.nan_to_num(e, nan=0.0, posinf=1.0, neginf=-1.0) * ~fe
+    if not torch.equal(fa, fe) or not bool(same_kind.all()):
+        where = ((fa != fe) | ~same_kind).nonzero()
+        raise AssertionError(f"{name}: non-finite entries differ (first at "
+                             f"{tuple(where[0].tolist())}); "
                              f"actual has {int((~fa).sum())}, expected {int((~fe).sum())}")
     if a.numel() == 0:
         return

@@ -171,7 +171,7 @@ def configs(cls: type, **overrides: Any):
     return st.builds(_valid_or_none(cls), **fields).filter(lambda c: c is not None)
 
 
-def _valid_or_none(cls: type):
+def _valid_or_none(cls: type):  # noqa: D401
     def make(**kw: Any):
         try:
             return cls(**kw)
@@ -182,41 +182,100 @@ def _valid_or_none(cls: type):
     return make
 
 
-def specs(*, blocks: Sequence[str] | None = None, max_blocks: int = 3):
-    """Random valid model specs (dicts as a TOML spec file holds them).
+def specs(*, blocks: Sequence[str] | None = None, max_blocks: int = 3, model: str = "lm"):
+    """Random valid model specs, as the dict a TOML spec file holds.
 
-    Delegates to ``nlframe.spec.spec_strategy`` when the spec module provides one;
-    otherwise builds ``{"model": {..., "blocks": [{"type": name, **config}]}}``
-    from the registered blocks' ``Config`` classes via :func:`configs`. Each
-    drawn spec passes ``nlframe.spec.load_spec`` (checked by the kit's tests).
+    ``{"model": {"type": model, "dim": …, <model Config fields>, "blocks": [{"type":
+    name, <Config fields>}, …]}}``: each field of a block's attrs ``Config`` is left
+    at its default or drawn from its validators (``positive_int``, ``in_range``,
+    ``one_of``, ``plugin_name``, plugin references → registered names, nested
+    ``BlockSpec``s one level deep). Only dicts that ``nlframe.spec.load_spec``
+    accepts are produced (cross-field checks such as heads dividing ``dim``
+    included); ``blocks`` restricts the block types drawn.
     """
-    from importlib import import_module
+    from .. import spec as spec_mod
 
-    spec_mod = import_module("nlframe.spec")
-    provided = getattr(spec_mod, "spec_strategy", None)
-    if provided is not None:
-        return provided(blocks=blocks, max_blocks=max_blocks)
-    return _specs_from_configs(spec_mod, blocks, max_blocks)
-
-
-def _specs_from_configs(spec_mod: Any, blocks: Sequence[str] | None, max_blocks: int):
     reg = get_registry()
-    names = list(blocks) if blocks is not None else reg.names("block")
-    if not names:
-        raise ValueError("specs(): no block plugins are registered")
+    inner = [n for n in (blocks if blocks is not None else reg.names("block"))
+             if not _has_field(reg.get("block", n).Config, "dim")]
+    if not inner:
+        raise ValueError("specs(): no registered block can sit inside a model")
+    tables = st.lists(st.sampled_from(inner).flatmap(lambda n: _block_table(spec_mod, n, 1)),
+                      min_size=1, max_size=max_blocks)
+    model_table = _block_table(spec_mod, model, 0, blocks=tables)
 
-    def block_table(name: str):
-        cls = reg.get("block", name)
-        return configs(cls.Config).map(lambda c: {"type": name, **_unstructure(spec_mod, c)})
+    def valid(d: dict) -> bool:
+        try:
+            spec_mod.load_spec(d)
+        except (spec_mod.SpecError, ValueError, TypeError):
+            return False
+        return True
 
-    block_list = st.lists(st.sampled_from(names).flatmap(block_table), min_size=1,
-                          max_size=max_blocks)
-    model = st.fixed_dictionaries({"blocks": block_list})
-    return st.fixed_dictionaries({"model": model})
+    return st.fixed_dictionaries({"model": model_table}).filter(valid)
 
 
-def _unstructure(spec_mod: Any, cfg: Any) -> dict:
-    conv = getattr(spec_mod, "converter", None)
-    if conv is not None:
-        return conv.unstructure(cfg)
-    return attrs.asdict(cfg)
+def _has_field(cls: type, name: str) -> bool:
+    return attrs.has(cls) and any(f.name == name for f in attrs.fields(cls))
+
+
+def _validators(v: Any) -> list:
+    """Flatten ``and_``/``optional`` validators: ``[(validator, optional), ...]``."""
+    inner = getattr(v, "_validators", None) or getattr(v, "validators", None)
+    if isinstance(inner, (list, tuple)):
+        return [x for w in inner for x in _validators(w)]
+    if type(v).__name__ == "_OptionalValidator":
+        return [(w, True) for w, _ in _validators(v.validator)]
+    return [(v, False)] if v is not None else []
+
+
+def _field_strategy(spec_mod: Any, field: Any, depth: int, blocks: Any):
+    """A strategy for one Config field's value, or ``None`` when only the default fits."""
+    typ = field.type
+    if field.name == "dim":
+        return st.sampled_from([8, 16, 32])
+    if field.name == "blocks" and blocks is not None:
+        return blocks
+    for v, _optional in _validators(field.validator):
+        base = None
+        if isinstance(v, type(spec_mod.positive_int)):
+            base = st.sampled_from([1, 2, 4, 8])
+        elif isinstance(v, type(spec_mod.non_negative)):
+            base = st.floats(0.0, 1.0)
+        elif isinstance(v, spec_mod.InRange):
+            base = st.floats(v.lo, min(v.hi, v.lo + 1e3), exclude_min=v.lo_open,
+                             exclude_max=v.hi_open)
+        elif isinstance(v, spec_mod.OneOf):
+            base = st.sampled_from(list(v.choices))
+        elif isinstance(v, spec_mod.PluginName):
+            base = st.sampled_from([*get_registry().names(v.kind), *v.extra])
+        if base is not None:
+            return base  # optional fields: None is only reachable as their default (TOML has no null)
+    if isinstance(typ, type) and issubclass(typ, spec_mod.PluginRef):
+        return st.sampled_from(get_registry().names(typ.kind))
+    if typ is bool:
+        return st.booleans()
+    return None
+
+
+def _block_table(spec_mod: Any, name: str, depth: int, blocks: Any = None):
+    """``{"type": name, **drawn fields}`` for block ``name``'s ``Config``."""
+    cls = get_registry().get("block", name).Config
+    try:
+        attrs.resolve_types(cls)
+    except Exception:  # noqa: BLE001 - unresolved annotations: fall back to validators only
+        pass
+    fields = {}
+    for f in attrs.fields(cls):
+        strat = _field_strategy(spec_mod, f, depth, blocks)
+        required = f.default is attrs.NOTHING
+        if strat is None:
+            if required:
+                raise ValueError(f"specs(): cannot draw required field {name}.{f.name}")
+            continue
+        always = required or (f.name == "blocks" and blocks is not None)
+        fields[f.name] = strat if always else st.one_of(st.just(_DEFAULT), strat)
+    return st.fixed_dictionaries(fields).map(
+        lambda d: {"type": name, **{k: v for k, v in d.items() if v is not _DEFAULT}})
+
+
+_DEFAULT = object()

@@ -122,6 +122,11 @@ def module(name="kit_local_plugins", **extra):
             "backend": [("kit-reference", KitReference), ("kit-linear-l2", KitLinearL2)]}
     for kind, items in extra.items():
         regs.setdefault(kind, []).extend(items)
+    return bare_module(name, **regs)
+
+
+def bare_module(name, **regs):
+    """A plugin module registering ``regs``: kind → [(name, obj)]."""
     mod = types.ModuleType(name)
     for kind, items in regs.items():
         def hook(register, _items=items):
