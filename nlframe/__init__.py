@@ -14,6 +14,7 @@ from .interfaces import Backend, Block, DataSource, Memory, Objective, UpdateRul
 from .level import ContextFlow, Level, MemoryState
 from .registry import get_registry, reload_registry
 from .scan import initial_state, memory_scan
+from . import optim
 from .spec import SpecError, load_spec
 from .build import build
 
@@ -42,4 +43,5 @@ __all__ = [
     "load_spec",
     "build",
     "SpecError",
+    "optim",
 ]
