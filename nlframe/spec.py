@@ -248,6 +248,21 @@ class OptimizerRef(PluginRef):
     kind: ClassVar[str] = "optimizer"
 
 
+def _try_construct(kind: str, obj: Any, options: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Errors from ``obj(**options)``, attributed to the one option that fails alone."""
+    try:
+        obj(**options)
+        return []
+    except (TypeError, ValueError) as exc:
+        error = exc
+    for key, value in options.items():
+        try:
+            obj(**{key: value})
+        except (TypeError, ValueError) as exc:
+            return [(key, f"invalid option for {kind} plugin: {exc}")]
+    return [("", f"invalid options for {kind} plugin: {error}")]
+
+
 def _check_plugin_options(kind: str, obj: Any, options: Mapping[str, Any]) -> list[tuple[str, str]]:
     """Errors (relative paths) for options the plugin ``obj`` does not accept."""
     from .interfaces import Objective, UpdateRule
@@ -258,10 +273,7 @@ def _check_plugin_options(kind: str, obj: Any, options: Mapping[str, Any]) -> li
         for key in sorted(set(options) - set(accepted)):
             errors.append((key, _unknown_key_message(key, accepted)))
         if not errors:
-            try:
-                obj(**options)
-            except (TypeError, ValueError) as exc:
-                errors.append(("", f"invalid options for {kind} plugin: {exc}"))
+            errors = _try_construct(kind, obj, options)
         return errors
     config = getattr(obj, "Config", None)
     if config is not None and attrs.has(config):
@@ -271,18 +283,15 @@ def _check_plugin_options(kind: str, obj: Any, options: Mapping[str, Any]) -> li
             errors.extend(exc.errors)
         return errors
     if isinstance(obj, type) and issubclass(obj, Objective):
-        try:
-            obj(**options)
-        except (TypeError, ValueError) as exc:
-            errors.append(("", f"invalid options for {kind} plugin: {exc}"))
-        return errors
+        return _try_construct(kind, obj, options)
     try:
         params = inspect.signature(obj).parameters.values()
     except (TypeError, ValueError):  # pragma: no cover - builtins without signature
         return errors
     if any(p.kind is p.VAR_KEYWORD for p in params):
         return errors
-    accepted = sorted(p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
+    accepted = sorted(p.name for p in params if p.kind is p.KEYWORD_ONLY or (  # not dim_k/dim_v
+        p.kind is p.POSITIONAL_OR_KEYWORD and p.default is not p.empty))
     for key in sorted(set(options) - set(accepted)):
         errors.append((key, _unknown_key_message(key, accepted)))
     return errors
@@ -432,18 +441,17 @@ def _structure_plugin_ref(value: Any, cl: type[PluginRef]) -> PluginRef:
         name, options = value, {}
     elif isinstance(value, Mapping):
         if "type" not in value:
-            raise _note(KeyError("type"), AttributeValidationNote("type", "type", str))
+            raise SpecError([("type", f"missing required key (the {kind} plugin's registered name)")])
         name, options = value["type"], {k: v for k, v in value.items() if k != "type"}
     else:
         raise TypeError(f"expected a {kind} plugin name or a table with 'type', "
                         f"got {value!r} ({_typename(value)})")
+    where = "type" if isinstance(value, Mapping) else ""  # table form: errors at `.type`
     if not isinstance(name, str):
-        raise _note(TypeError(f"expected a {kind} plugin name (a string), got {name!r}"),
-                    AttributeValidationNote("type", "type", str))
+        raise SpecError([(where, f"expected a {kind} plugin name (a string), got {name!r}")])
     reg = get_registry()
     if (kind, name) not in reg:
-        raise _note(UnknownPluginError(kind, name, reg.names(kind)),
-                    AttributeValidationNote("type", "type", str))
+        raise SpecError([(where, UnknownPluginError(kind, name, reg.names(kind)).message)])
     errors = _check_plugin_options(kind, reg.get(kind, name), options)
     if errors:
         raise SpecError(errors)

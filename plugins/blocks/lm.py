@@ -44,7 +44,7 @@ class LM(Block):
         vocab_size: int = attrs.field(default=256, validator=positive_int)
         blocks: tuple[BlockSpec, ...] = ()
         norm: str = attrs.field(default="rmsnorm", validator=one_of("rmsnorm", "layernorm"))
-        norm_eps: float = attrs.field(default=1e-6, validator=in_range(0.0, 1.0, lo_open=True))
+        norm_eps: float = attrs.field(default=1e-6, validator=in_range(1e-12, 1.0))
         tie_embeddings: bool = True
         init_std: float = attrs.field(default=0.02, validator=non_negative)
 
