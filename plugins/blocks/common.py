@@ -1,0 +1,292 @@
+"""Shared pieces of the memory blocks: head reshapes, L2 normalisation, the short
+causal convolution, per-head gates, learned initial memory states, the
+write-time surprise of a scan level, and the *boundary level* (a memory whose
+parameters change only at chunk boundaries, NL arXiv 2512.24695 eq. 71)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import attrs
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nlframe.interfaces import Memory, Objective, OptState, Params, UpdateRule
+from nlframe.level import MemoryState, tree_map
+from nlframe.scan import memory_scan
+
+__all__ = ["l2norm", "split_heads", "merge_heads", "ShortConv", "HeadGate", "learned_init", "layer_inputs",
+           "check_input", "scan_surprise", "BoundaryState", "BoundaryLevel", "segments"]
+
+
+def l2norm(x: Tensor, eps: float = 1e-6) -> Tensor:
+    """``x / ‖x‖₂`` over the last dim (the q, k normalisation of DeltaNet / Titans / HOPE)."""
+    return x * torch.rsqrt((x * x).sum(-1, keepdim=True) + eps)
+
+
+def split_heads(x: Tensor, heads: int) -> Tensor:
+    """``(B, T, H·D) → (B, H, T, D)``."""
+    b, t, d = x.shape
+    return x.view(b, t, heads, d // heads).transpose(1, 2)
+
+
+def merge_heads(x: Tensor) -> Tensor:
+    """``(B, H, T, D) → (B, T, H·D)``."""
+    b, h, t, d = x.shape
+    return x.transpose(1, 2).reshape(b, t, h * d)
+
+
+def check_input(name: str, x: Any, dim: int) -> None:
+    """Raise ``ValueError`` unless ``x`` is a float tensor of shape ``(B, T, dim)``."""
+    if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != dim:
+        got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"{name}: x must have shape (B, T, {dim}), got {got}")
+
+
+class ShortConv(nn.Module):
+    """Depthwise causal convolution ``y_t = SiLU(Σ_{j<w} c_j ⊙ x_{t−j})`` (the local
+    convolution of window 4 used by HOPE, NL arXiv 2512.24695 §8.3, and DeltaNet).
+
+    Streaming state: the last ``w − 1`` inputs ``(B, w−1, D)`` (zeros before the
+    first token), so pieces fed one after another equal one pass.
+    """
+
+    def __init__(self, dim: int, width: int) -> None:
+        super().__init__()
+        self.width = width
+        self.weight = nn.Parameter(torch.zeros(dim, 1, width))
+        with torch.no_grad():  # start close to the identity: the newest tap dominates
+            self.weight[:, 0, -1] = 1.0
+            self.weight[:, 0, :-1].normal_(0.0, 0.1)
+
+    def forward(self, x: Tensor, cache: Tensor | None) -> tuple[Tensor, Tensor]:
+        b, t, d = x.shape
+        if cache is None:
+            cache = x.new_zeros(b, self.width - 1, d)
+        xx = torch.cat([cache, x], 1)  # (B, w−1+T, D)
+        if t == 0:
+            return x, cache
+        y = F.conv1d(xx.transpose(1, 2), self.weight, groups=d).transpose(1, 2)  # (B, T, D)
+        return F.silu(y), xx[:, xx.shape[1] - (self.width - 1):]
+
+
+class HeadGate(nn.Module):
+    """A per-head gate ``g_t = scale · σ(w_h · x_t + b_h)`` → ``(B, H, T)``, with the
+    bias initialised so that ``σ(b) = init`` (e.g. Titans' data-dependent θ, α, η,
+    arXiv 2501.00663 §3.1)."""
+
+    def __init__(self, dim: int, heads: int, init: float, scale: float = 1.0) -> None:
+        super().__init__()
+        self.scale = scale
+        self.proj = nn.Linear(dim, heads)
+        nn.init.normal_(self.proj.weight, std=0.02)
+        init = min(max(init, 1e-4), 1 - 1e-4)
+        nn.init.constant_(self.proj.bias, float(torch.logit(torch.tensor(init))))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.scale * torch.sigmoid(self.proj(x)).transpose(1, 2)  # (B, H, T)
+
+
+def learned_init(memory: Memory, heads: int) -> nn.ParameterDict:
+    """Learnable initial parameters ``W_0`` per head, ``name → (H, *shape)``, drawn
+    from the memory's own initialisation with the global RNG (so ``build(seed=…)``
+    decides them)."""
+    out = nn.ParameterDict()
+    for name, shape in memory.param_shapes().items():
+        gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, (), device="cpu")))
+        per_head = [memory.init_params(generator=gen)[name] for _ in range(heads)]
+        out[name] = nn.Parameter(torch.stack(per_head) if per_head else torch.zeros(0, *shape))
+    return out
+
+
+def segments(position: int, length: int, chunk_sizes: tuple[int, ...]) -> list[tuple[int, int]]:
+    """Split ``length`` tokens, starting ``position`` tokens into the stream, at every
+    multiple of every size in ``chunk_sizes`` → ``[(lo, hi), ...]`` (a loop over
+    chunks: ``≈ length / min(chunk_sizes)`` pieces)."""
+    cuts = {0, length}
+    for c in chunk_sizes:
+        first = (-position) % c
+        cuts.update(range(first, length, c))
+    edges = sorted(x for x in cuts if 0 <= x <= length)
+    return [(lo, hi) for lo, hi in zip(edges, edges[1:]) if hi > lo]
+
+
+def scan_surprise(k: Tensor, v: Tensor, state: MemoryState, *, memory: str, objective: str,
+                  chunk_size: int, gates: Mapping[str, Any], memory_kwargs=None,
+                  objective_kwargs=None, optimizer: str = "momentum",
+                  backend: str = "auto") -> Tensor:
+    """Mean write-time surprise ``mean_t ‖∂ℓ/∂pred_t‖`` of a scan level, with
+    ``pred_t = M_{W_{cC}}(k_t)`` read at the chunk-start parameters every gradient of
+    ``t``'s chunk is taken at (DESIGN.md §2).
+
+    Replays the level from ``state`` (its state before the call) chunk by chunk
+    without autograd, reading the keys at ``state.chunk_params`` before each chunk.
+    ``gates``: the scan's ``lr``/``decay``/``momentum`` (floats or ``(B, H, T)``).
+    """
+    from nlframe.scan import make_memory, make_objective
+
+    with torch.no_grad():
+        mem = make_memory(memory, k.shape[-1], v.shape[-1], **dict(memory_kwargs or {}))
+        obj = make_objective(objective, **dict(objective_kwargs or {}))
+        norms, t, T = [], 0, k.shape[2]
+        state = state.detach()
+        if chunk_size == 1:  # pred_{t+1} = W_t k_{t+1}: one scan whose query at t is k_{t+1}
+            q_next = torch.cat([k[:, :, 1:], torch.zeros_like(k[:, :, :1])], 2)
+            y, _ = memory_scan(q_next, k, v, memory=memory, objective=objective,
+                               optimizer=optimizer, chunk_size=1, backend=backend, state=state,
+                               memory_kwargs=memory_kwargs, objective_kwargs=objective_kwargs,
+                               check_finite=False, **gates)
+            pred = torch.cat([mem.read(state.params, k[:, :, :1]), y[:, :, :-1]], 2)
+            return obj.grad(pred, v).norm(dim=-1).mean()
+        while t < T:
+            n = min(chunk_size - state.position, T - t)
+            point = state.chunk_params if state.position else state.params
+            kk, vv = k[:, :, t:t + n], v[:, :, t:t + n]
+            norms.append(obj.grad(mem.read(point, kk), vv).norm(dim=-1))  # (B, H, n)
+            cut = {g: (x[:, :, t:t + n] if isinstance(x, Tensor) else x) for g, x in gates.items()}
+            _, state = memory_scan(kk, kk, vv, memory=memory, objective=objective,
+                                   optimizer=optimizer, chunk_size=chunk_size, backend=backend,
+                                   state=state, memory_kwargs=memory_kwargs,
+                                   objective_kwargs=objective_kwargs, check_finite=False, **cut)
+            t += n
+        return torch.cat(norms, 2).mean()
+
+
+# ------------------------------------------------------------------ boundary levels
+@attrs.define(eq=False)
+class BoundaryState:
+    """Fast state of a boundary level, per (batch element, head).
+
+    * ``params``: θ as of the last chunk boundary, name → ``(B, H, *shape)``;
+      every read and every gradient of the current chunk uses it;
+    * ``opt_state``: the update rule's state;
+    * ``grad_sum``: the gradient accumulated since the last boundary (same shapes);
+    * ``position``: tokens already consumed in the current chunk;
+    * ``step``: total tokens consumed;
+    * ``extra``: block-specific tensors (e.g. a nested CMS level's meta state).
+    """
+
+    params: Params
+    opt_state: OptState
+    grad_sum: Params
+    position: int = 0
+    step: int = 0
+    extra: dict = attrs.field(factory=dict)
+
+    def map(self, fn: Callable[[Tensor], Tensor]) -> "BoundaryState":
+        """A new state with ``fn`` applied to every tensor."""
+        return attrs.evolve(self, params=tree_map(fn, self.params),
+                            opt_state=tree_map(fn, self.opt_state),
+                            grad_sum=tree_map(fn, self.grad_sum), extra=tree_map(fn, self.extra))
+
+    def detach(self) -> "BoundaryState":
+        return self.map(lambda t: t.detach())
+
+    def to(self, *args: Any, **kwargs: Any) -> "BoundaryState":
+        return self.map(lambda t: t.to(*args, **kwargs))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"params": dict(self.params), "opt_state": self.opt_state,
+                "grad_sum": dict(self.grad_sum), "position": self.position, "step": self.step,
+                "extra": dict(self.extra)}
+
+    @classmethod
+    def from_state_dict(cls, d: Mapping[str, Any]) -> "BoundaryState":
+        return cls(params=dict(d["params"]), opt_state=d["opt_state"],
+                   grad_sum=dict(d["grad_sum"]), position=int(d["position"]),
+                   step=int(d["step"]), extra=dict(d.get("extra", {})))
+
+
+def layer_inputs(memory: Memory, params: Params, k: Tensor) -> dict[str, Tensor] | None:
+    """Input of every weight matrix of a structured memory when it reads ``k (…, n, Dk)``:
+    ``{"W": k}`` for ``linear``; ``{"W1": k, "W2": σ(W1 k)}`` for ``mlp`` / ``residual-mlp``;
+    ``None`` for other memories (their rule then sees no inputs)."""
+    if memory.structure == "linear":
+        return {"W": k}
+    if memory.structure in ("mlp", "residual-mlp"):
+        return {"W1": k, "W2": memory.activation(k @ params["W1"].transpose(-1, -2))}
+    return None
+
+
+class BoundaryLevel:
+    """A level written only at chunk boundaries (NL arXiv 2512.24695 eq. 71)::
+
+        θ_{(c+1)C} = rule(G_c, θ_{cC}),   G_c = Σ_{t ∈ chunk c} w_t ∇_θ ℓ(M_{θ_{cC}}(k_t), v_t)
+
+    (``reduce="mean"`` divides ``G_c`` by ``C``). Every read and every gradient of
+    chunk ``c`` uses ``θ_{cC}``, so a chunk's gradients are one batched
+    ``autograd.grad`` of the summed loss — per-token gradients are never
+    materialised — and the parameters change exactly at multiples of ``C`` tokens.
+    Memory, objective and rule are plugins; the rule is applied with its
+    functional ``update`` over the leading ``(B, H)`` dims.
+
+    A rule with an ``x`` hyperparameter (``dgd``: ``W ← W − lr(∇L + W XᵀX)``, NL
+    eqs. 28–29) receives each weight matrix's inputs over the chunk, scaled by
+    ``√w_t`` (and ``√(1/C)`` for ``"mean"``) so that ``XᵀX = Σ_t w_t x_t x_tᵀ``
+    matches the weighting of ``G_c``; they are carried in ``extra["x"]``.
+    """
+
+    def __init__(self, memory: Memory, objective: Objective, rule: UpdateRule, chunk_size: int,
+                 *, reduce: str = "sum", hyper: Mapping[str, Any] | None = None) -> None:
+        self.memory, self.objective, self.rule = memory, objective, rule
+        self.chunk_size, self.reduce = int(chunk_size), reduce
+        self.hyper = dict(hyper or {})
+        self.wants_inputs = "x" in rule.hyperparams
+
+    def init_state(self, params: Params) -> BoundaryState:
+        """A fresh state at ``params`` (``(B, H, *shape)``), zero accumulated gradient."""
+        return BoundaryState(params=dict(params), opt_state=self.rule.init(params),
+                             grad_sum={n: torch.zeros_like(p) for n, p in params.items()})
+
+    def accumulate(self, state: BoundaryState, k: Tensor, v: Tensor,
+                   weight: Tensor | None = None) -> tuple[BoundaryState, Tensor]:
+        """Add ``Σ_t w_t ∇ℓ_t`` of ``k, v (B, H, n, D)`` (tokens inside one chunk; ``w``
+        ``(B, H, n)`` or ``None`` for 1) to the accumulated gradient. Returns the new
+        state and the surprise ``‖∂ℓ/∂pred_t‖ (B, H, n)``."""
+        n = k.shape[2]
+        if state.position + n > self.chunk_size:
+            raise ValueError(f"accumulate: {n} tokens from position {state.position} cross a "
+                             f"chunk boundary (chunk_size {self.chunk_size})")
+        outer = torch.is_grad_enabled()
+        with torch.enable_grad():
+            names = list(state.params)
+            params = {m: (p if (outer and p.requires_grad) else p.detach().requires_grad_(True))
+                      for m, p in state.params.items()}
+            pred = self.memory.read(params, k)  # (B, H, n, Dv)
+            loss = self.objective.loss(pred, v)  # (B, H, n)
+            if weight is not None:
+                loss = loss * weight
+            grads = torch.autograd.grad(loss.sum(), [params[m] for m in names],
+                                        create_graph=outer, allow_unused=True)
+        with torch.no_grad():
+            surprise = self.objective.grad(pred.detach(), v.detach()).norm(dim=-1)
+        grad_sum = {m: state.grad_sum[m] + (g if g is not None else 0.0)
+                    for m, g in zip(names, grads)}
+        extra = dict(state.extra)
+        if self.wants_inputs:
+            xs = layer_inputs(self.memory, state.params, k)
+            if xs is not None:
+                root = weight.sqrt()[..., None] if weight is not None else 1.0
+                old = extra.get("x", {})
+                extra["x"] = {m: torch.cat([old[m], x * root], -2) if m in old else x * root
+                              for m, x in xs.items()}
+        return attrs.evolve(state, grad_sum=grad_sum, position=state.position + n,
+                            step=state.step + n, extra=extra), surprise
+
+    def maybe_apply(self, state: BoundaryState, **hyper: Any) -> BoundaryState:
+        """At a chunk boundary (``position == C``) apply the rule to the accumulated
+        gradient and open a new chunk; otherwise return ``state`` unchanged."""
+        if state.position < self.chunk_size:
+            return state
+        scale = 1.0 / self.chunk_size if self.reduce == "mean" else 1.0
+        grads = {m: g * scale for m, g in state.grad_sum.items()}
+        hyper = {**self.hyper, **hyper}
+        extra = dict(state.extra)
+        xs = extra.pop("x", None)
+        if self.wants_inputs and xs is not None:
+            hyper["x"] = {m: x * scale ** 0.5 for m, x in xs.items()}
+        params, opt_state = self.rule.update(grads, state.opt_state, state.params, **hyper)
+        return attrs.evolve(state, params=params, opt_state=opt_state,
+                            grad_sum={m: torch.zeros_like(g) for m, g in grads.items()},
+                            position=0, extra=extra)

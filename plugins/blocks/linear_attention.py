@@ -1,0 +1,100 @@
+"""``linear-attention``: multi-head linear attention as a scan level (linear memory,
+dot-product surprise)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+from torch import Tensor, nn
+
+from nlframe.interfaces import Block
+from nlframe.scan import initial_state, make_memory, make_rule, memory_scan
+from nlframe.spec import plugin_name, positive_int
+
+from .common import HeadGate, ShortConv, check_input, l2norm, merge_heads, scan_surprise, split_heads
+
+
+class LinearAttention(Block):
+    """Linear attention ``y_t = W_o · W_t q_t``, ``W_t = W_{t−1} + θ_t v_t k_tᵀ`` per head.
+
+    One gradient step on the dot-product objective ``ℓ = −⟨W k_t, v_t⟩`` with
+    ``α = η = 0`` (NL arXiv 2512.24695 eqs. 17–18: linear attention is an
+    associative memory trained by gradient descent; Titans arXiv 2501.00663
+    eqs. 4–5). ``θ_t = 1`` or, with ``learned_lr``, ``θ_t = σ(w_h·x_t + b_h)`` per head.
+    The dot objective's gradient does not depend on ``W``, so ``chunk_size`` only
+    changes speed, never results.
+
+    Shapes: ``x (B, T, dim) → y (B, T, dim)``; ``q, k, v (B, H, T, Dh)``.
+    State: ``{"memory": MemoryState, "conv": (B, w−1, 3·H·Dh) | None}``.
+    """
+
+    @attrs.frozen(kw_only=True)
+    class Config:
+        heads: int = attrs.field(default=4, validator=positive_int)
+        head_dim: int | None = attrs.field(default=None, validator=attrs.validators.optional(positive_int))
+        """Width of one head; default ``dim // heads``."""
+        qk_norm: bool = True
+        """L2-normalise queries and keys (keeps the unnormalised sum bounded)."""
+        learned_lr: bool = False
+        """Data-dependent write strength ``θ_t = σ(w·x_t + b)`` instead of ``θ = 1``."""
+        conv_size: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+        """Width of the short causal convolution on q, k, v (0: none)."""
+        chunk_size: int = attrs.field(default=64, validator=positive_int)
+        backend: str = attrs.field(default="auto", validator=plugin_name("backend", extra=("auto",)))
+
+        def check(self, dim: int) -> None:
+            if self.head_dim is None and dim % self.heads:
+                raise ValueError(f"heads: {self.heads} heads do not divide dim {dim}; "
+                                 "change heads or set head_dim")
+            if self.conv_size == 1:
+                raise ValueError("conv_size: a convolution needs width >= 2 (0 turns it off)")
+
+    def __init__(self, config: Config, dim: int) -> None:
+        super().__init__()
+        config.check(dim)
+        self.config, self.dim = config, dim
+        self.heads = config.heads
+        self.head_dim = config.head_dim or dim // config.heads
+        inner = self.heads * self.head_dim
+        self.qkv = nn.Linear(dim, 3 * inner, bias=False)
+        self.conv = ShortConv(3 * inner, config.conv_size) if config.conv_size else None
+        self.lr = HeadGate(dim, self.heads, init=0.5) if config.learned_lr else None
+        self.out_norm = nn.RMSNorm(self.head_dim, eps=1e-6)
+        self.out = nn.Linear(inner, dim, bias=False)
+        self.memory = make_memory("linear", self.head_dim, self.head_dim)
+        self._last: dict[str, Any] | None = None
+
+    def forward(self, x: Tensor, state: dict | None = None) -> tuple[Tensor, dict]:  # type: ignore[override]
+        check_input("linear-attention", x, self.dim)
+        state = state or {}
+        qkv = self.qkv(x)  # (B, T, 3·H·Dh)
+        conv = state.get("conv")
+        if self.conv is not None:
+            qkv, conv = self.conv(qkv, conv)
+        q, k, v = (split_heads(t, self.heads) for t in qkv.chunk(3, dim=-1))  # (B, H, T, Dh)
+        if self.config.qk_norm:
+            q, k = l2norm(q), l2norm(k)
+        lr = self.lr(x) if self.lr is not None else 1.0  # θ_t (B, H, T) or 1
+        mem = state.get("memory")
+        if mem is None:
+            mem = initial_state(self.memory, make_rule("momentum"), batch=x.shape[0],
+                                heads=self.heads, chunk_size=self.config.chunk_size,
+                                dtype=x.dtype, device=x.device)
+        self._last = {"k": k.detach(), "v": v.detach(), "state": mem,
+                      "lr": lr.detach() if isinstance(lr, Tensor) else lr}
+        # W_t = W_{t-1} + θ_t v_t k_tᵀ,  y_t = W_t q_t   (NL eq. 18)
+        y, mem = memory_scan(q, k, v, memory="linear", objective="dot", optimizer="momentum",
+                             lr=lr, chunk_size=self.config.chunk_size, backend=self.config.backend,
+                             state=mem)
+        y = self.out(merge_heads(self.out_norm(y)))
+        return y, {"memory": mem, "conv": conv}
+
+    def surprise(self) -> dict[str, Tensor]:
+        """Mean ``‖∂ℓ/∂pred‖ = ‖v_t‖`` of the last forward (dot objective)."""
+        if self._last is None or self._last["k"].shape[2] == 0:
+            return {}
+        last = self._last
+        return {"memory": scan_surprise(last["k"], last["v"], last["state"], memory="linear",
+                                        objective="dot", chunk_size=self.config.chunk_size,
+                                        gates={"lr": last["lr"]}, backend=self.config.backend)}
