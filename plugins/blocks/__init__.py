@@ -3,8 +3,11 @@
 from nlframe import hookimpl
 
 from .attention import Attention
+from .deltanet import DeltaNet
+from .linear_attention import LinearAttention
 from .lm import LM
 from .mlp import MLP
+from .titans import Titans
 
 
 @hookimpl
@@ -13,3 +16,6 @@ def nlframe_register_block(register):
     register("lm", LM)
     register("attention", Attention)
     register("mlp", MLP)
+    register("linear-attention", LinearAttention)
+    register("deltanet", DeltaNet)
+    register("titans", Titans)
