@@ -64,7 +64,8 @@ class Continual(DataSource):
         check_split("continual", split)
         check_int("continual", "batch_size", batch_size, 0)
         if seq_len < 2:
-            raise ValueError(f"continual: seq_len must be >= 2 (a key and its value), got {seq_len}")
+            raise ValueError(f"continual: seq_len must be >= 2 (a key and its value), "
+                             f"got {seq_len}")
         table = self.mapping(phase)
         B, T = batch_size, seq_len
         g = generator("continual", seed, split, phase, index)

@@ -110,8 +110,9 @@ def score_stream(model: Model, stream: Iterable[Batch], *,
             continue
         targets = piece["targets"].to(logits.device)[mask]  # (N,)
         if int(targets.max()) >= V:
-            raise ValueError(f"target id {int(targets.max())} is outside the model's vocabulary "
-                             f"of {V} logits; the data source needs vocab_size > {int(targets.max())}")
+            top = int(targets.max())
+            raise ValueError(f"target id {top} is outside the model's vocabulary of {V} "
+                             f"logits; the data source needs vocab_size > {top}")
         sel = logits[mask].float()  # (N, V)
         rows = mask.nonzero()[:, 0]  # (N,)
         nll = F.cross_entropy(sel, targets, reduction="none").double()

@@ -29,7 +29,7 @@ __all__ = ["MQAR"]
 
 
 class MQAR(AccuracyTask):
-    """Multi-query associative recall: recall ``v_i`` at a later query of ``k_i``."""
+    """Multi-query associative recall (Zoology arXiv 2312.04927): predict ``v_i`` at a later ``k_i``."""
 
     def __init__(self, arg: Any = None, *, num_pairs: int = 8, num_queries: int | None = None,
                  vocab_size: int = 256) -> None:

@@ -140,8 +140,9 @@ class NIAH(DataSource):
         first = self.answer_start(T) - 1  # predicts digit 0
         for a in range(0, T, chunk):
             b = min(a + chunk, T)
-            rows = np.stack([self._row(split, lay, r, a, min(b + 1, T)) for r in range(batch_size)]) \
-                if batch_size else np.zeros((0, min(b + 1, T) - a), dtype=np.uint8)
+            end = min(b + 1, T)
+            rows = (np.stack([self._row(split, lay, r, a, end) for r in range(batch_size)])
+                    if batch_size else np.zeros((0, end - a), dtype=np.uint8))
             win = torch.from_numpy(rows.astype(np.int64))  # (B, ≤ b − a + 1)
             if win.shape[1] < b - a + 1:  # the last target lies past the end: pad
                 win = torch.cat([win, torch.zeros(batch_size, 1, dtype=torch.int64)], 1)

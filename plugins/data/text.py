@@ -18,8 +18,8 @@ from .corpus import ByteCorpus, list_files, open_corpus
 __all__ = ["text"]
 
 
-def text(arg: Any = None, *, val_fraction: float = 0.05, suffixes: Sequence[str] | str | None = None,
-         verify: bool = True) -> ByteCorpus:
+def text(arg: Any = None, *, val_fraction: float = 0.05,
+         suffixes: Sequence[str] | str | None = None, verify: bool = True) -> ByteCorpus:
     """The byte corpus of the file or directory ``arg`` (the PATH in ``text:PATH``)."""
     if arg in (None, ""):
         raise ValueError("data 'text' needs a path: write it as text:PATH (a file or a directory)")

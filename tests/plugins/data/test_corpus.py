@@ -105,7 +105,7 @@ def test_cache_is_reused_and_rebuilt_when_corrupt_or_mismatched(tmp_path, monkey
     assert len(calls) == 5
 
 
-def test_a_crash_while_building_leaves_the_previous_cache_intact(tmp_path, monkeypatch):
+def test_a_crash_while_building_leaves_the_previous_cache_intact(tmp_path):
     root = _tree(tmp_path / "src", {"a.txt": b"x" * 100, "b.txt": b"y" * 100})
     c = text(str(root))
     before = {p.name: p.read_bytes() for p in c.directory.iterdir()}
@@ -115,12 +115,11 @@ def test_a_crash_while_building_leaves_the_previous_cache_intact(tmp_path, monke
         out.write(b"partial")
         raise KeyboardInterrupt("killed mid-write")
 
-    monkeypatch.setattr(corpus_mod, "_copy_into", crash)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(KeyboardInterrupt):
+        mp.setattr(corpus_mod, "_copy_into", crash)
         text(str(root))
     after = {p.name: p.read_bytes() for p in c.directory.iterdir()}
     assert after == before  # no temp files left, old data and manifest untouched
-    monkeypatch.undo()
     rebuilt = text(str(root))
     assert rebuilt.manifest["bytes"] == 220
     assert (bytes(rebuilt.split("train")) + bytes(rebuilt.split("validation"))).count(b"z") == 120
