@@ -191,7 +191,10 @@ class Trainer:
         finally:
             self.model.train()
 
-    def run(self) -> TrainResult:
+    def run(self, until: int | None = None) -> TrainResult:
+        """Train to ``cfg.steps`` (or stop early after step ``until``, with a checkpoint:
+        the run continues exactly with ``resume``).
+        """
         from torch.utils.tensorboard import SummaryWriter
         from tqdm.auto import tqdm
 
@@ -215,7 +218,8 @@ class Trainer:
         tokens, t0 = 0, time.perf_counter()
         self.model.train()
         try:
-            while self.step < cfg.steps and not stop["now"]:
+            end = cfg.steps if until is None else min(cfg.steps, until)
+            while self.step < end and not stop["now"]:
                 batch = self.data.batch("train", self.step, batch_size=cfg.batch_size,
                                         seq_len=cfg.seq_len, seed=cfg.seed)
                 batch = {k: v.to(self.device) for k, v in batch.items()}
@@ -250,7 +254,7 @@ class Trainer:
                         writer.add_scalar(k, v, self.step)
                     with open(metrics_path, "a") as fh:
                         fh.write(json.dumps({"step": self.step, **record}) + "\n")
-                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                if self.step % cfg.checkpoint_every == 0 or self.step in (cfg.steps, end):
                     self.save()
                 bar.set_postfix(loss=f"{last_loss:.3f}", lr=f"{lr:.2e}",
                                 tok_s=f"{record.get('perf/tokens_per_s', 0):.0f}" if record else None)

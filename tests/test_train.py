@@ -73,10 +73,9 @@ def test_loss_decreases_on_learnable_task(tmp_path):
 def test_resume_reproduces_the_uninterrupted_loss_curve(tmp_path):
     spec = tiny_spec(tmp_path, steps=6)
     train(spec, tmp_path / "straight", progress=False)
-    train(spec, tmp_path / "split", steps=3, progress=False)
-    assert load_checkpoint(tmp_path / "split")["trainer"]["step"] == 3
-    # the second part continues with the spec's own steps
-    Trainer(None, tmp_path / "split", resume=True, steps=6, progress=False).run()
+    Trainer(spec, tmp_path / "split", progress=False).run(until=4)  # stops off the checkpoint grid
+    assert load_checkpoint(tmp_path / "split")["trainer"]["step"] == 4
+    Trainer(None, tmp_path / "split", resume=True, progress=False).run()
     assert losses(tmp_path / "straight") == losses(tmp_path / "split")
 
 
@@ -147,3 +146,27 @@ def test_bad_input_errors(tmp_path):
     assert r.exit_code != 0 and "does not match" in r.output
     with pytest.raises(CheckpointError):
         find_checkpoint(tmp_path)
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    spec = tiny_spec(tmp_path, steps=100000)
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "nlframe", "train", str(spec), "--out", str(out),
+                             "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "interrupted: checkpoint saved" in stdout and "Traceback" not in stderr
+    step = load_checkpoint(out)["trainer"]["step"]
+    assert step >= 2 and losses(out)[-1][0] == step
