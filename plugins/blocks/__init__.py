@@ -3,10 +3,12 @@
 from nlframe import hookimpl
 
 from .attention import Attention
+from .cms import CMS
 from .deltanet import DeltaNet
 from .linear_attention import LinearAttention
 from .lm import LM
 from .mlp import MLP
+from .self_mod_titans import SelfModTitans
 from .titans import Titans
 
 
@@ -19,3 +21,5 @@ def nlframe_register_block(register):
     register("linear-attention", LinearAttention)
     register("deltanet", DeltaNet)
     register("titans", Titans)
+    register("cms", CMS)
+    register("self-mod-titans", SelfModTitans)

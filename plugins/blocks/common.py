@@ -15,9 +15,10 @@ from torch import Tensor, nn
 from nlframe.interfaces import Memory, Objective, OptState, Params, UpdateRule
 from nlframe.level import MemoryState, tree_map
 from nlframe.scan import memory_scan
+from nlframe.utils import bcast
 
 __all__ = ["l2norm", "split_heads", "merge_heads", "ShortConv", "HeadGate", "learned_init", "layer_inputs",
-           "check_input", "scan_surprise", "BoundaryState", "BoundaryLevel", "segments"]
+           "check_input", "scan_surprise", "BoundaryState", "BoundaryLevel", "segments", "map_state"]
 
 
 def l2norm(x: Tensor, eps: float = 1e-6) -> Tensor:
@@ -154,6 +155,18 @@ def scan_surprise(k: Tensor, v: Tensor, state: MemoryState, *, memory: str, obje
 
 
 # ------------------------------------------------------------------ boundary levels
+def map_state(fn: Callable[[Tensor], Tensor], tree: Any) -> Any:
+    """:func:`~nlframe.level.tree_map` that also maps inside :class:`MemoryState` and
+    :class:`BoundaryState` leaves (a block's whole carried state)."""
+    if isinstance(tree, (MemoryState, BoundaryState)):
+        return tree.map(fn)
+    if isinstance(tree, dict):
+        return {k: map_state(fn, v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(map_state(fn, v) for v in tree)
+    return tree_map(fn, tree)
+
+
 @attrs.define(eq=False)
 class BoundaryState:
     """Fast state of a boundary level, per (batch element, head).
@@ -175,10 +188,10 @@ class BoundaryState:
     extra: dict = attrs.field(factory=dict)
 
     def map(self, fn: Callable[[Tensor], Tensor]) -> "BoundaryState":
-        """A new state with ``fn`` applied to every tensor."""
+        """A new state with ``fn`` applied to every tensor (nested states included)."""
         return attrs.evolve(self, params=tree_map(fn, self.params),
                             opt_state=tree_map(fn, self.opt_state),
-                            grad_sum=tree_map(fn, self.grad_sum), extra=tree_map(fn, self.extra))
+                            grad_sum=tree_map(fn, self.grad_sum), extra=map_state(fn, self.extra))
 
     def detach(self) -> "BoundaryState":
         return self.map(lambda t: t.detach())
@@ -240,10 +253,12 @@ class BoundaryLevel:
                              grad_sum={n: torch.zeros_like(p) for n, p in params.items()})
 
     def accumulate(self, state: BoundaryState, k: Tensor, v: Tensor,
-                   weight: Tensor | None = None) -> tuple[BoundaryState, Tensor]:
+                   weight: Tensor | None = None,
+                   retention: Tensor | None = None) -> tuple[BoundaryState, Tensor]:
         """Add ``Σ_t w_t ∇ℓ_t`` of ``k, v (B, H, n, D)`` (tokens inside one chunk; ``w``
-        ``(B, H, n)`` or ``None`` for 1) to the accumulated gradient. Returns the new
-        state and the surprise ``‖∂ℓ/∂pred_t‖ (B, H, n)``."""
+        ``(B, H, n)`` or ``None`` for 1) to the accumulated gradient, and the per-token
+        retentions ``r_t (B, H, n)`` (``None``: 1) to the chunk's retention ``Π_t r_t``.
+        Returns the new state and the surprise ``‖∂ℓ/∂pred_t‖ (B, H, n)``."""
         n = k.shape[2]
         if state.position + n > self.chunk_size:
             raise ValueError(f"accumulate: {n} tokens from position {state.position} cross a "
@@ -271,12 +286,19 @@ class BoundaryLevel:
                 old = extra.get("x", {})
                 extra["x"] = {m: torch.cat([old[m], x * root], -2) if m in old else x * root
                               for m, x in xs.items()}
+        if retention is not None:  # Σ_t log r_t over the chunk so far   (B, H)
+            extra["log_retention"] = extra.get("log_retention", 0.0) + retention.log().sum(-1)
         return attrs.evolve(state, grad_sum=grad_sum, position=state.position + n,
                             step=state.step + n, extra=extra), surprise
 
     def maybe_apply(self, state: BoundaryState, **hyper: Any) -> BoundaryState:
         """At a chunk boundary (``position == C``) apply the rule to the accumulated
-        gradient and open a new chunk; otherwise return ``state`` unchanged."""
+        gradient and open a new chunk; otherwise return ``state`` unchanged.
+
+        With accumulated retentions ``r = Π_t r_t`` the old parameters are also
+        decayed, ``θ ← rule(G, θ) − (1 − r)·θ`` (the ``α_t I`` factor of NL eq. 88
+        over the chunk, independent of the rule).
+        """
         if state.position < self.chunk_size:
             return state
         scale = 1.0 / self.chunk_size if self.reduce == "mean" else 1.0
@@ -287,6 +309,10 @@ class BoundaryLevel:
         if self.wants_inputs and xs is not None:
             hyper["x"] = {m: x * scale ** 0.5 for m, x in xs.items()}
         params, opt_state = self.rule.update(grads, state.opt_state, state.params, **hyper)
+        log_r = extra.pop("log_retention", None)
+        if log_r is not None:
+            forget = -torch.expm1(log_r)  # 1 − Π_t r_t   (B, H)
+            params = {m: p - bcast(forget, p) * state.params[m] for m, p in params.items()}
         return attrs.evolve(state, params=params, opt_state=opt_state,
                             grad_sum={m: torch.zeros_like(g) for m, g in grads.items()},
                             position=0, extra=extra)

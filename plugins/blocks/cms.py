@@ -1,0 +1,223 @@
+"""``cms``: the Continuum Memory System — a chain of MLP levels, level ℓ updated
+every C(ℓ) tokens (NL arXiv 2512.24695 §7.1)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import torch
+from torch import Tensor, nn
+
+from nlframe.interfaces import Block
+from nlframe.spec import MemoryRef, ObjectiveRef, OptimizerRef, one_of, positive_int
+
+from .common import BoundaryLevel, BoundaryState, check_input, segments
+
+
+def _chunk_sizes(_inst: Any, _attr: Any, value: Any) -> None:
+    if not value:
+        raise ValueError("expected at least one level (a non-empty array of chunk sizes)")
+    for i, c in enumerate(value):
+        if isinstance(c, bool) or not isinstance(c, int) or c < 1:
+            raise ValueError(f"[{i}]: expected a positive int, got {c!r}")
+
+
+def _train_every(_inst: Any, _attr: Any, value: Any) -> None:
+    if value is None:
+        return
+    for i, c in enumerate(value):
+        if isinstance(c, bool) or not isinstance(c, int) or c < 1:
+            raise ValueError(f"[{i}]: expected a positive int, got {c!r}")
+
+
+class CMS(Block):
+    """Continuum Memory System: MLP levels ``MLP^{(f_1)} … MLP^{(f_k)}``, level ℓ with
+    chunk size ``C(ℓ)`` (NL arXiv 2512.24695 §7.1, eqs. 70–74).
+
+    Each level reads ``h + M_θℓ(norm_ℓ(h))`` with a memory plugin (default the
+    2-layer MLP ``W2 σ(W1 ·)``, dim → dim). Its parameters ``θ_ℓ`` learn in two
+    regimes, each switchable:
+
+    * **(b) in context** (``in_context``): per sequence, ``θ_ℓ`` starts from its
+      slow (learned) value, every read uses ``θ_ℓ`` as of the level's last
+      boundary, and at every multiple of ``C(ℓ)`` tokens the level applies its
+      rule to the chunk's mean gradient of a local surprise objective over keys
+      and values projected from its input (``k = W_k u``, ``v = W_v u``,
+      ``u = norm_ℓ(h)``, as in Titans) — eq. 71::
+
+          θ_{i+1} = rule(θ_i, (1/C) Σ_{t=i−C+1}^{i} ∇ℓ(M_θ_i(k_t), v_t))   if i ≡ 0 (mod C(ℓ)), else θ_i
+
+      so ``θ_ℓ`` changes exactly at multiples of ``C(ℓ)`` and nowhere else.
+    * **(a) training frequency** (``train_every``): every slow parameter of level ℓ
+      carries ``param._nl_update_every = C_train(ℓ)``; the trainer steps it only
+      every that many optimizer steps, from the gradients accumulated since.
+
+    Variants (how levels connect, §7.1):
+
+    * ``sequential`` (eqs. 70, 73): ``h ← h + MLP_ℓ(norm_ℓ(h))`` for ℓ = 1..k in
+      order; every level's initial state is a slow parameter trained by
+      backpropagation at the lowest frequency (the outer loop).
+    * ``nested`` (eqs. 70, 72): the same chain, but the initial state of level
+      ``s+1`` is *meta-learned in level s*: it is a fast parameter ``Φ_{s+1}`` of
+      level ``s`` (starting each sequence from the slow value), and at every
+      boundary of level ``s`` (every ``C(s)`` tokens, which must be a multiple of
+      ``C(s+1)``) ``Φ_{s+1}`` takes one step of the rule on the first-order
+      meta-gradient — the sum of level ``s+1``'s chunk gradients over that
+      ``C(s)``-token context — and level ``s+1`` is re-initialised to it.
+    * ``independent`` (eq. 74, head-wise): every level reads the same input and
+      ``y = x + Σ_ℓ w_ℓ MLP_ℓ(norm_ℓ(x))`` (Agg = a learnable weighted sum, ``w_ℓ``
+      starting at ``1/k``); knowledge transfer as in ``sequential``.
+
+    The block does its own norms and residuals (``handles_residual``).
+    State: one :class:`~.common.BoundaryState` per level (``None`` entries
+    without the in-context regime).
+    """
+
+    @attrs.frozen(kw_only=True)
+    class Config:
+        chunk_sizes: tuple[int, ...] = attrs.field(default=(16, 64), validator=_chunk_sizes)
+        """C(ℓ) per level, in the order the input flows through them."""
+        variant: str = attrs.field(default="sequential",
+                                   validator=one_of("sequential", "nested", "independent"))
+        memory: MemoryRef = attrs.field(factory=lambda: MemoryRef("mlp"))
+        """The level MLP: a memory plugin mapping dim → dim (``{type = "mlp", hidden = 256}``)."""
+        objective: ObjectiveRef = attrs.field(factory=lambda: ObjectiveRef("l2"))
+        """Local surprise objective of the in-context regime."""
+        rule: OptimizerRef = attrs.field(factory=lambda: OptimizerRef("sgd", {"lr": 0.01}))
+        """Update rule applied at each level's boundaries (its options are its defaults)."""
+        in_context: bool = True
+        """Regime (b): per-sequence fast weights written every C(ℓ) tokens."""
+        train_every: tuple[int, ...] | None = attrs.field(default=None, validator=_train_every)
+        """Regime (a): C_train(ℓ) per level (default: every optimizer step)."""
+
+        def check(self, dim: int) -> None:
+            try:
+                self.memory.build(dim, dim)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"memory: {exc}") from None
+            if not getattr(self.rule.cls, "batched", False):
+                raise ValueError(f"rule: {self.rule.type!r} does not declare batched functional "
+                                 "use, so it cannot write per-sequence fast weights")
+            if self.train_every is not None and len(self.train_every) != len(self.chunk_sizes):
+                raise ValueError(f"train_every: expected one entry per level "
+                                 f"({len(self.chunk_sizes)}), got {len(self.train_every)}")
+            if self.variant == "nested":
+                for s, (outer, inner) in enumerate(zip(self.chunk_sizes, self.chunk_sizes[1:])):
+                    if outer % inner:
+                        raise ValueError(f"chunk_sizes[{s + 1}]: a nested level's chunk size must "
+                                         f"divide its parent's ({outer}), got {inner}")
+
+    handles_residual = True
+
+    def __init__(self, config: Config, dim: int) -> None:
+        super().__init__()
+        config.check(dim)
+        self.config, self.dim = config, dim
+        n = len(config.chunk_sizes)
+        self.memories = [config.memory.build(dim, dim) for _ in range(n)]
+        objective, rule = config.objective.build(), config.rule.build()
+        self.levels = [BoundaryLevel(m, objective, rule, c, reduce="mean")
+                       for m, c in zip(self.memories, config.chunk_sizes)]
+        self.norms = nn.ModuleList(nn.RMSNorm(dim, eps=1e-6) for _ in range(n))
+        self.init = nn.ModuleList()  # θ_ℓ,0 (slow): name → (1, *shape)
+        for m in self.memories:
+            self.init.append(nn.ParameterDict({name: nn.Parameter(p[None]) for name, p in
+                                               m.init_params(generator=_generator()).items()}))
+        self.keys = nn.ModuleList(nn.Linear(dim, dim, bias=False) for _ in range(n)) \
+            if config.in_context else None
+        self.values = nn.ModuleList(nn.Linear(dim, dim, bias=False) for _ in range(n)) \
+            if config.in_context else None
+        self.agg = nn.Parameter(torch.full((n,), 1.0 / n)) if config.variant == "independent" else None
+        for i, every in enumerate(config.train_every or (1,) * n):
+            for module in (self.init[i], self.norms[i], *(
+                    (self.keys[i], self.values[i]) if config.in_context else ())):
+                for p in module.parameters():
+                    p._nl_update_every = every  # regime (a), read by the trainer
+        self._surprise: dict[str, Tensor] = {}
+
+    # ------------------------------------------------------------------ levels
+    def _fresh(self, i: int, batch: int) -> BoundaryState:
+        params = {n: p.expand(batch, *p.shape) for n, p in self.init[i].items()}  # (B, 1, …)
+        state = self.levels[i].init_state(params)
+        if self.config.variant == "nested" and i > 0:  # Φ_i: level i−1's fast copy of θ_i,0
+            state.extra["meta"] = self.levels[i].init_state(params)
+            state.extra["meta_position"] = 0
+        return state
+
+    def _level(self, i: int, h: Tensor, state: BoundaryState | None) -> tuple[Tensor, Any]:
+        """``M_θℓ(norm_ℓ(h))`` for ``h (B, T, dim)`` and the level's new state."""
+        u = self.norms[i](h)[:, None]  # (B, 1, T, dim)
+        memory, level = self.memories[i], self.levels[i]
+        if not self.config.in_context:
+            return memory.read(dict(self.init[i]), u)[:, 0], None  # θ_ℓ,0 for every sequence
+        if state is None:
+            state = self._fresh(i, h.shape[0])
+        k, v = self.keys[i](u), self.values[i](u)  # (B, 1, T, dim)
+        parent = self.config.chunk_sizes[i - 1] if self.config.variant == "nested" and i else None
+        ys, norms = [], []
+        for lo, hi in segments(state.position, h.shape[1], (level.chunk_size,)):
+            ys.append(memory.read(state.params, u[:, :, lo:hi]))  # read at θ of the last boundary
+            state, s = level.accumulate(state, k[:, :, lo:hi], v[:, :, lo:hi])
+            norms.append(s)
+            if state.position == level.chunk_size:
+                if parent is not None:  # first-order meta-gradient of Φ (eq. 72)
+                    meta = state.extra["meta"]
+                    meta = attrs.evolve(meta, grad_sum={n: g + state.grad_sum[n] / level.chunk_size
+                                                        for n, g in meta.grad_sum.items()})
+                    state = attrs.evolve(state, extra={**state.extra, "meta": meta})
+                state = level.maybe_apply(state)  # eq. 71: the boundary write
+            if parent is not None:
+                state = self._nested_boundary(i, state, hi - lo, parent)
+        self._surprise[f"level{i}"] = torch.cat(norms, 2).mean() if norms else None
+        return torch.cat(ys, 2)[:, 0] if ys else h.new_zeros(h.shape), state
+
+    def _nested_boundary(self, i: int, state: BoundaryState, n: int, parent: int) -> BoundaryState:
+        """Nested CMS: after ``C(parent)`` tokens, step ``Φ_i`` and re-initialise level i to it."""
+        extra = dict(state.extra)
+        extra["meta_position"] += n
+        if extra["meta_position"] < parent:
+            return attrs.evolve(state, extra=extra)
+        meta, scale = extra["meta"], self.levels[i].chunk_size / parent
+        grads = {m: g * scale for m, g in meta.grad_sum.items()}  # mean over the C(parent) context
+        params, opt_state = self.levels[i].rule.update(grads, meta.opt_state, meta.params,
+                                                       **self.levels[i].hyper)
+        meta = attrs.evolve(meta, params=params, opt_state=opt_state,
+                            grad_sum={m: torch.zeros_like(g) for m, g in meta.grad_sum.items()})
+        fresh = self.levels[i].init_state(params)  # θ_i ← Φ_i, fresh rule state
+        fresh.step, fresh.extra = state.step, {"meta": meta, "meta_position": 0}
+        return fresh
+
+    # ------------------------------------------------------------------ block
+    def forward(self, x: Tensor, state: list | None = None) -> tuple[Tensor, list]:  # type: ignore[override]
+        check_input("cms", x, self.dim)
+        n = len(self.levels)
+        if state is None:
+            state = [None] * n
+        elif not isinstance(state, (list, tuple)) or len(state) != n:
+            raise ValueError(f"cms: state must be the list of {n} level states returned by a "
+                             "previous call")
+        self._surprise = {}
+        new_state = []
+        if self.config.variant == "independent":  # eq. 74: y = x + Σ w_ℓ MLP_ℓ(x)
+            y = x
+            for i in range(n):
+                out, s = self._level(i, x, state[i])
+                y = y + self.agg[i] * out
+                new_state.append(s)
+            return y, new_state
+        h = x  # eq. 70: y = MLP^(f_k)(… MLP^(f_1)(x)), each level residual
+        for i in range(n):
+            out, s = self._level(i, h, state[i])
+            h = h + out
+            new_state.append(s)
+        return h, new_state
+
+    def surprise(self) -> dict[str, Tensor]:
+        """Last forward's mean ``‖∂ℓ/∂pred‖`` per level (in-context regime only)."""
+        return {name: v for name, v in self._surprise.items() if v is not None}
+
+
+def _generator() -> torch.Generator:
+    """A CPU generator seeded from the global RNG (so ``build(seed=…)`` decides θ_0)."""
+    return torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, (), device="cpu")))
