@@ -111,9 +111,10 @@ class ChunkedBackend(Backend):
     """
 
     priority = 10
+    tile: int = TILE
 
     def supports(self, request: ScanRequest) -> str | None:
         return unsupported_reason(request)
 
     def scan(self, request: ScanRequest) -> tuple[Tensor, MemoryState]:
-        return chunked_scan(request)
+        return chunked_scan(request, tile=self.tile)

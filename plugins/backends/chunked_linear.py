@@ -17,6 +17,9 @@ Per tile starting from ``(W_b, S_b)`` (tiles.py for ``D, c, P, A, Bθ``), with
     Y   = D∘(Q W_bᵀ) + c∘(Q S_bᵀ) − (A∘(Q Kᵀ)) E
     W_L = D_L W_b + c_L S_b − Eᵀ(A_{L,:}ᵀ∘K)
     S_L = P_L S_b − Eᵀ((Bθ)_{L,:}ᵀ∘K)
+
+Matrices are ``(n, B, H, ...)``, tile-major and contiguous; the loop works on
+``(B, H, ...)`` slices with fused ``baddbmm``-style updates.
 """
 
 from __future__ import annotations
@@ -29,6 +32,19 @@ from torch import Tensor
 from .tiles import Tiles
 
 
+def _bmm(out: Tensor, a: Tensor, b: Tensor, alpha: float = 1.0) -> Tensor:
+    """``out + alpha · a @ b`` over leading dims (a fused ``baddbmm``)."""
+    lead = a.shape[:-2]
+    res = torch.baddbmm(out.reshape(-1, *out.shape[-2:]), a.reshape(-1, *a.shape[-2:]),
+                        b.reshape(-1, *b.shape[-2:]), alpha=alpha)
+    return res.view(*lead, *res.shape[-2:])
+
+
+def _state_read(tiles: Tiles, t: int, W: Tensor, S: Tensor) -> Tensor:
+    """``D∘(Q W_bᵀ) + c∘(Q S_bᵀ)`` of tile ``t``: ``(B, H, L, Dv)``."""
+    return _bmm(tiles.cq[t] @ S.transpose(-1, -2), tiles.dq[t], W.transpose(-1, -2))
+
+
 def scan_within_chunks(tiles: Tiles, W: Tensor, S: Tensor, Wg: Tensor,
                        psi: Callable[[Tensor, Tensor], Tensor]):
     """Tiles inside chunks, gradients at the chunk start: ``E = ψ(K W_gᵀ, V)``.
@@ -36,16 +52,14 @@ def scan_within_chunks(tiles: Tiles, W: Tensor, S: Tensor, Wg: Tensor,
     ``W, S, Wg: (B, H, Dv, Dk)`` (``Wg`` is used until a tile opens a chunk).
     Returns ``y (n, B, H, L, Dv)``, the final ``W, S`` and the last chunk start ``W_g``.
     """
-    g = tiles.gates
-    Q, K, V = tiles.q, tiles.k, tiles.v
-    M = g.A * (Q @ K.transpose(-1, -2))  # (n, B, H, L, L)
-    QDC = torch.cat([g.D[..., None] * Q, g.c[..., None] * Q], -1)  # (n, B, H, L, 2Dk)
+    K, V = tiles.k, tiles.v
+    M = tiles.gates.A * (tiles.q @ K.transpose(-1, -2))  # (n, B, H, L, L)
     ys = []
     for t, opens in enumerate(tiles.plan.opens_chunk):
         if opens:
             Wg = W
         E = psi(K[t] @ Wg.transpose(-1, -2), V[t])  # (B, H, L, Dv)
-        ys.append(QDC[t] @ torch.cat([W, S], -1).transpose(-1, -2) - M[t] @ E)
+        ys.append(_bmm(_state_read(tiles, t, W, S), M[t], E, alpha=-1.0))
         W, S = tiles.advance(t, W, S, E, K[t])
     return torch.stack(ys), W, S, Wg
 
@@ -55,44 +69,50 @@ def scan_aligned(tiles: Tiles, W: Tensor, S: Tensor, chunk: int, a: float, b: fl
 
     Token i of a tile takes its gradient at ``W_{s(i)}``, ``s(i) = C⌊i/C⌋ − 1``
     (``W_{−1} = W_b``). Substituting the chunk form of ``W_s`` into ``e_i`` gives a
-    unit lower-triangular system independent of ``W_b, S_b``::
+    unit lower-triangular system whose matrix does not depend on ``W_b, S_b``::
 
         e_i + a Σ_{m≤s(i)} A_{s(i),m} (k_m·k_i) e_m = a (D_{s(i)} W_b + c_{s(i)} S_b) k_i + b v_i
-        ⇒ E = K_D W_bᵀ + K_C S_bᵀ + E_V     (solved for all tiles at once)
+        (I + N) E = a D̃∘(K W_bᵀ) + a c̃∘(K S_bᵀ) + b V
+        E = (G_D K) W_bᵀ + (G_C K) S_bᵀ + E_V,   G_D = (I+N)⁻¹ diag(a D̃),  G_C = (I+N)⁻¹ diag(a c̃)
 
-    so the loop over tiles does two matmuls: ``[E; Y] = Φ [W_b, S_b]ᵀ + Φ₀`` and the
-    end state. Returns ``y (n, B, H, L, Dv)``, final ``W, S``, and the parameters
-    at the start of the last (possibly unfinished) chunk.
+    ``G_D K``, ``G_C K``, ``E_V`` and their products with ``A∘(Q Kᵀ)`` are computed for
+    all tiles at once; the loop over tiles only multiplies them with the state.
+    Returns ``y (n, B, H, L, Dv)``, final ``W, S``, and the parameters at the start
+    of the last (possibly unfinished) chunk.
     """
     g = tiles.gates
     Q, K, V = tiles.q, tiles.k, tiles.v
-    n, L, Dk, Dv = Q.shape[0], Q.shape[-2], Q.shape[-1], V.shape[-1]
-    slot = torch.arange(L, device=Q.device)
-    s = chunk * (slot // chunk) - 1  # (L,) gradient point of each slot
-    opened = s >= 0
-    sc = s.clamp(min=0)
-    Ds = torch.where(opened, g.D[..., sc], torch.ones_like(g.D))  # (n, B, H, L)
-    cs = torch.where(opened, g.c[..., sc], torch.zeros_like(g.c))
-    if a != 0.0:
-        As = g.A[..., sc, :] * opened[:, None].to(Q.dtype)  # rows A_{s(i), :}
-        N = a * As * (K @ K.transpose(-1, -2))  # strictly lower triangular
-        rhs = torch.cat([a * Ds[..., None] * K, a * cs[..., None] * K, b * V], -1)
-        X = torch.linalg.solve_triangular(N, rhs, upper=False, unitriangular=True)
-        KE, EV = X[..., : 2 * Dk], X[..., 2 * Dk:]  # [K_D | K_C], E_V
-    else:
-        KE, EV = Q.new_zeros(*Q.shape[:-1], 2 * Dk), b * V
+    L = Q.shape[-2]
     M = g.A * (Q @ K.transpose(-1, -2))  # (n, B, H, L, L)
-    QY = torch.cat([g.D[..., None] * Q, g.c[..., None] * Q], -1) - M @ KE
-    Phi = torch.cat([KE, QY], -2)  # (n, B, H, 2L, 2Dk)
-    Phi0 = torch.cat([EV, -(M @ EV)], -2)  # (n, B, H, 2L, Dv)
+    if a != 0.0:
+        slot = torch.arange(L, device=Q.device)
+        s = chunk * (slot // chunk) - 1  # (L,) gradient point of each slot
+        opened = s >= 0
+        sc = s.clamp(min=0)
+        Ds = torch.where(opened, g.D[..., sc], torch.ones_like(g.D))  # (n, B, H, L)
+        cs = torch.where(opened, g.c[..., sc], torch.zeros_like(g.c))
+        N = g.A[..., sc, :] * (a * opened.to(Q.dtype))[:, None] * (K @ K.transpose(-1, -2))
+        eye = torch.eye(L, dtype=Q.dtype, device=Q.device).expand_as(N)
+        Tinv = torch.linalg.solve_triangular(N, eye, upper=False, unitriangular=True)
+        KD = (Tinv * (a * Ds)[..., None, :]) @ K  # G_D K  (n, B, H, L, Dk)
+        KC = (Tinv * (a * cs)[..., None, :]) @ K  # G_C K
+        EV = (Tinv * b) @ V  # (n, B, H, L, Dv)
+        QD = _bmm(tiles.dq, M, KD, alpha=-1.0)  # Y = QD W_bᵀ + QC S_bᵀ + Y0
+        QC = _bmm(tiles.cq, M, KC, alpha=-1.0)
+    else:  # dot: E = b V does not depend on the state
+        EV = b * V
+        QD, QC = tiles.dq, tiles.cq
+    Y0 = (M @ EV).neg_()
     ys = []
-    for t in range(n):
+    for t in range(Q.shape[0]):
         W_b, S_b = W, S
-        EY = Phi[t] @ torch.cat([W, S], -1).transpose(-1, -2) + Phi0[t]  # (B, H, 2L, Dv)
-        E = EY[..., :L, :]
-        ys.append(EY[..., L:, :])
+        if a != 0.0:
+            E = _bmm(_bmm(EV[t], KD[t], W.transpose(-1, -2)), KC[t], S.transpose(-1, -2))
+        else:
+            E = EV[t]
+        ys.append(_bmm(_bmm(Y0[t], QD[t], W.transpose(-1, -2)), QC[t], S.transpose(-1, -2)))
         W, S = tiles.advance(t, W, S, E, K[t])
-    # parameters at the start of the last chunk: W_{s} for s = its first slot − 1
+    # parameters at the start of the last chunk: W_s for s = its first slot − 1
     last = int(tiles.plan.last[-1])
     start = chunk * (last // chunk) - 1
     if start < 0:

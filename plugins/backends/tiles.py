@@ -78,14 +78,18 @@ class TileGates:
 
 @dataclass
 class TilePlan:
-    """Which token sits in which slot: ``index, valid: (n, L)``; ``last: (n,)`` the
-    slot of each tile's last token; ``opens_chunk[t]``: the gradient point of tile
-    ``t`` is the state at its start (a chunk starts there)."""
+    """Which token sits in which slot: ``index: (n, L)`` (padded slots hold ``T``, an
+    appended zero token), ``valid: (n, L)``, ``last: (n,)`` the slot of each tile's
+    last token, ``opens_chunk[t]``: the gradient point of tile ``t`` is the state at
+    its start (a chunk starts there). ``regular``: tiles are consecutive and full
+    but the last, so gathering is a reshape."""
 
     index: Tensor
     valid: Tensor
     last: Tensor
     opens_chunk: list[bool]
+    tokens: int
+    regular: bool
 
     @property
     def size(self) -> int:
@@ -96,13 +100,16 @@ class TilePlan:
         """Tiles from ``(start, length, opens_chunk)`` runs of consecutive tokens, each
         padded to the longest run."""
         L = max(r[1] for r in runs)
+        T = runs[-1][0] + runs[-1][1]
         slot = torch.arange(L)
         start = torch.tensor([r[0] for r in runs], dtype=torch.long)
         length = torch.tensor([r[1] for r in runs], dtype=torch.long)
         valid = slot[None, :] < length[:, None]
-        index = torch.where(valid, start[:, None] + slot[None, :], torch.zeros((), dtype=torch.long))
+        index = torch.where(valid, start[:, None] + slot[None, :], torch.full((), T))
+        regular = all(r[0] == i * L and (r[1] == L or i == len(runs) - 1)
+                      for i, r in enumerate(runs))
         return cls(index=index.to(device), valid=valid.to(device), last=(length - 1).to(device),
-                   opens_chunk=[r[2] for r in runs])
+                   opens_chunk=[r[2] for r in runs], tokens=T, regular=regular)
 
     @classmethod
     def within_chunks(cls, T: int, chunk: int, position: int, max_tile: int, device) -> "TilePlan":
@@ -124,18 +131,25 @@ class TilePlan:
         return cls.from_runs([(t, min(L, T - t), True) for t in range(0, T, L)], device)
 
     def gather(self, x: Tensor) -> Tensor:
-        """``(B, H, T, *f)`` → ``(n, B, H, L, *f)``; padded slots are zero."""
-        g = x[:, :, self.index]  # (B, H, n, L, *f)
-        mask = self.valid.view(*self.valid.shape, *([1] * (x.dim() - 3))).to(x.dtype)
-        g = g * mask
-        return g.movedim(2, 0)
+        """``(B, H, T, *f)`` → contiguous ``(n, B, H, L, *f)``; padded slots are zero."""
+        B, H, T = x.shape[:3]
+        n, L = self.index.shape
+        if self.regular:
+            if n * L > T:
+                x = torch.cat([x, x.new_zeros(B, H, n * L - T, *x.shape[3:])], 2)
+            g = x.reshape(B, H, n, L, *x.shape[3:])
+        else:
+            x = torch.cat([x, x.new_zeros(B, H, 1, *x.shape[3:])], 2)
+            g = x[:, :, self.index]
+        return g.movedim(2, 0).contiguous()
 
     def scatter(self, y: Tensor) -> Tensor:
         """``(n, B, H, L, *f)`` → ``(B, H, T, *f)``: the valid slots in token order."""
         n, B, H, L = y.shape[:4]
         flat = y.movedim(0, 2).reshape(B, H, n * L, *y.shape[4:])
-        keep = self.valid.reshape(-1).nonzero().squeeze(-1)
-        return flat.index_select(2, keep)
+        if self.regular:
+            return flat[:, :, : self.tokens]
+        return flat.index_select(2, self.valid.reshape(-1).nonzero().squeeze(-1))
 
 
 @dataclass
@@ -143,8 +157,9 @@ class Tiles:
     """Inputs of a batch of tiles in loop-friendly layout ``(n, B, H, L, ...)``.
 
     ``q, k: (n, B, H, L, Dk)``, ``v: (n, B, H, L, Dv)``; ``gates`` of every tile;
-    end-of-tile coefficients ``DL, cL, PL: (n, B, H, 1, 1)`` and rows
-    ``aL = A_{L,:}``, ``bL = (Bθ)_{L,:}: (n, B, H, L)``.
+    ``dq = D∘q``, ``cq = c∘q`` (the state part of every read); end-of-tile
+    coefficients ``DL, cL, PL: (n, B, H, 1, 1)`` and rows ``aL = A_{L,:}``,
+    ``bL = (Bθ)_{L,:}: (n, B, H, L)``.
     """
 
     plan: TilePlan
@@ -152,6 +167,8 @@ class Tiles:
     k: Tensor
     v: Tensor
     gates: TileGates
+    dq: Tensor
+    cq: Tensor
     DL: Tensor
     cL: Tensor
     PL: Tensor
@@ -166,7 +183,9 @@ class Tiles:
         th, al, et = (plan.gather(x) for x in (theta, alpha, eta))  # (n, B, H, L)
         gates = TileGates.build(th, al, et)
         DL, cL, PL, aL, bL = gates.rows(plan.last)
-        return cls(plan=plan, q=plan.gather(q), k=plan.gather(k), v=plan.gather(v), gates=gates,
+        q = plan.gather(q)
+        return cls(plan=plan, q=q, k=plan.gather(k), v=plan.gather(v), gates=gates,
+                   dq=gates.D[..., None] * q, cq=gates.c[..., None] * q,
                    DL=DL, cL=cL, PL=PL, aL=aL, bL=bL)
 
     def advance(self, t: int, W: Tensor, S: Tensor, err: Tensor, inp: Tensor) -> tuple[Tensor, Tensor]:
@@ -176,7 +195,8 @@ class Tiles:
 
         ``W, S: (B, H, R, I)``, ``err: (B, H, L, R)``, ``inp: (B, H, L, I)``.
         """
-        n_in = inp.shape[-1]
-        both = torch.cat([self.aL[t, ..., None] * inp, self.bL[t, ..., None] * inp], -1)
-        U = err.transpose(-1, -2) @ both  # (B, H, R, 2I)
-        return (self.DL[t] * W + self.cL[t] * S - U[..., :n_in], self.PL[t] * S - U[..., n_in:])
+        errT = err.transpose(-1, -2)
+        W_new = (errT @ (inp * self.aL[t, ..., None].neg())).addcmul_(self.DL[t], W)
+        W_new = W_new.addcmul_(self.cL[t], S)
+        S_new = (errT @ (inp * self.bL[t, ..., None].neg())).addcmul_(self.PL[t], S)
+        return W_new, S_new
