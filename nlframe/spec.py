@@ -396,7 +396,7 @@ def _run_validators(cl: type, values: dict[str, Any]) -> list[BaseException]:
         try:
             field.validator(None, field, values[field.alias])
         except Exception as exc:  # noqa: BLE001
-            errors.append(_note(exc, AttributeValidationNote(field.name, field.name, field.type)))
+            errors.append(_note(exc, AttributeValidationNote(field.alias, field.alias, field.type)))
     return errors
 
 
@@ -531,7 +531,8 @@ def _collect(exc: BaseException, path: str = "") -> list[tuple[str, str]]:
     if isinstance(exc, ForbiddenExtraKeysError):
         accepted = ([f.alias for f in attrs.fields(exc.cl) if f.init and not f.metadata.get("internal")]
                     if attrs.has(exc.cl) else [])
-        return [(_join(path, k), _unknown_key_message(k, accepted)) for k in sorted(exc.extra_fields)]
+        keys = sorted(str(k) for k in exc.extra_fields)
+        return [(_join(path, k), _unknown_key_message(k, accepted)) for k in keys]
     if isinstance(exc, (ClassValidationError, IterableValidationError)):
         out: list[tuple[str, str]] = []
         for sub in exc.exceptions:
@@ -578,6 +579,8 @@ def check_block(block: BlockSpec, dim: int | None, path: str) -> list[tuple[str,
             check(dim)
         except (ValueError, TypeError) as exc:
             errors.extend(_check_errors(config, dim, exc, path))
+        except Exception as exc:  # noqa: BLE001 - a bug in a plugin's check, still no traceback
+            errors.append((path, f"{block.type}.Config.check failed: {type(exc).__name__}: {exc}"))
     for field in attrs.fields(type(config)):
         value = getattr(config, field.name)
         if isinstance(value, BlockSpec):
@@ -605,7 +608,8 @@ def _read_source(source: Any) -> tuple[dict, str | None]:
         return dict(source), None
     if isinstance(source, (str, os.PathLike)):
         text, origin = None, None
-        if isinstance(source, os.PathLike) or os.path.exists(source) or not (
+        if isinstance(source, os.PathLike) or os.path.exists(source) or (
+                "\n" not in source and source.rstrip().endswith(".toml")) or not (
                 "=" in source or "[" in source):
             origin = os.fspath(source)
             try:

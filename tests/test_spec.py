@@ -460,6 +460,29 @@ def test_any_mutation_gives_a_path_labelled_error(data, choice):
     assert f"{table}.{key}" in [p for p, _ in info.value.errors], info.value
 
 
+JSONISH = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 3) | st.floats(allow_nan=True) | st.text(max_size=4),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=8)
+
+
+@given(data=spec_strategy(), junk=JSONISH, where=st.data())
+def test_arbitrary_values_anywhere_never_raise_anything_but_spec_error(data, junk, where):
+    tables = _tables(data)
+    table = where.draw(st.sampled_from(sorted(tables)))
+    key = where.draw(st.sampled_from(sorted(tables[table]) + ["type", "blocks", "zz"]))
+    tables[table][key] = junk
+    try:
+        load_spec(data)
+    except SpecError as exc:
+        assert exc.errors and all(isinstance(p, str) and m for p, m in exc.errors)
+
+
+@pytest.mark.parametrize("data", [{1: 2}, {"model": {"dim": 8, 3: 4}}, {"model": {"dim": 8, "blocks": [None]}}])
+def test_odd_keys_and_values(data):
+    assert errors_of(data)
+
+
 # --------------------------------------------------------------------------- CLI
 VALID = '[model]\ndim = 16\nvocab_size = 32\n[[model.blocks]]\ntype = "attention"\nheads = 2\n'
 INVALID = '[model]\ndim = 16\ncolour = 1\n[[model.blocks]]\ntype = "attention"\nheads = 3\nwindow = 0\n'

@@ -3,7 +3,6 @@ and a KV cache carried in ``state`` for streaming."""
 
 from __future__ import annotations
 
-from typing import Any
 
 import attrs
 import torch
@@ -75,7 +74,7 @@ class Attention(Block):
         self.qkv = nn.Linear(dim, 3 * inner, bias=config.bias)
         self.out = nn.Linear(inner, dim, bias=config.bias)
 
-    def _mask(self, t: int, s: int, pos: int, device: torch.device) -> Tensor | None:
+    def _mask(self, t: int, s: int, pos: int, device: torch.device) -> Tensor:
         """Boolean ``(T, S)`` mask: query at ``pos + i`` sees key at ``pos + t − s + j``
         when it is not in the future and within the window."""
         qpos = torch.arange(pos, pos + t, device=device)[:, None]
