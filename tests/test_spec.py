@@ -370,8 +370,10 @@ def spec_strategy() -> st.SearchStrategy:
     return st.fixed_dictionaries({"model": model}, optional={"train": st.just({"steps": 3})})
 
 
-def test_generator_covers_the_built_in_blocks():
-    assert {"attention", "mlp"} <= set(generatable_blocks(1))
+def test_generator_covers_every_registered_block():
+    reg = nlframe.get_registry()
+    blocks = {n for n in reg.names("block") if n not in SKIP_BLOCKS and not n.startswith("test-")}
+    assert {"attention", "mlp"} <= blocks == set(generatable_blocks(1))
 
 
 def is_valid(data: dict) -> bool:
