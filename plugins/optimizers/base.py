@@ -34,7 +34,7 @@ from nlframe.interfaces import OptState, Params, UpdateRule
 
 from . import ops
 
-__all__ = ["Transform", "chain", "partition", "TransformRule", "placeholder",
+__all__ = ["Transform", "chain", "partition", "TransformRule", "ScaleByLr", "placeholder",
            "check_nonneg", "check_unit", "check_betas", "check_positive", "check_choice",
            "check_int", "check_bool", "same_structure", "finite_in_finite_out"]
 
@@ -185,12 +185,25 @@ def partition(label: Callable[[str, Tensor], str], transforms: Mapping[str, Tran
     return _Partition(label, transforms)
 
 
+class ScaleByLr(Transform):
+    """``u ← −γ·u``: the descent step with learning rate ``lr`` γ."""
+
+    roles = {"lr": 1e-3}
+    default_key = "lr"
+
+    def update(self, updates, state, params, h, inplace=False):
+        names = list(updates)
+        return as_dict(names, ops.mul([updates[n] for n in names], -self.hp(h, "lr"))), state
+
+
 class TransformRule(UpdateRule):
     """An update rule from a transform: ``W ← W + T(∇L)``.
 
     Subclasses declare ``hyperparams`` and build their transform in
-    :meth:`build`. :meth:`update_` is the in-place twin used by
-    :class:`nlframe.optim.Optimizer`: same kernels, same results, bit for bit.
+    :meth:`build`. A chain ending in :class:`ScaleByLr` is applied as
+    ``W + (−γ)·u`` in one op (torch's ``param.add_(u, alpha=-lr)``).
+    :meth:`update_` is the in-place twin used by :class:`nlframe.optim.Optimizer`:
+    same kernels, same results, bit for bit.
     """
 
     def __init__(self, **defaults: Any) -> None:
@@ -208,22 +221,32 @@ class TransformRule(UpdateRule):
     def init(self, params: Params) -> OptState:
         return self.transform.init(params)
 
+    def _run(self, grads: Params, state: OptState, params: Params, h: Mapping[str, Any],
+             inplace: bool) -> tuple[Params, OptState, Any]:
+        """``(u, new_state, scale)`` with ``W_new = W + scale·u``."""
+        t = self.transform
+        if not (isinstance(t, _Chain) and isinstance(t.transforms[-1], ScaleByLr)):
+            return (*t.update(grads, state, params, h, inplace), 1)
+        *head, last = t.transforms
+        new_state, u = {last.key: state[last.key]}, grads
+        for tr in head:
+            u, new_state[tr.key] = tr.update(u, state[tr.key], params, h, inplace)
+        return u, {tr.key: new_state[tr.key] for tr in t.transforms}, -last.hp(h, "lr")
+
     def update(self, grads: Params, state: OptState, params: Params,
                **hyper: Any) -> tuple[Params, OptState]:
-        h = self.resolve(hyper)
-        updates, new_state = self.transform.update(grads, state, params, h, False)
+        updates, new_state, scale = self._run(grads, state, params, self.resolve(hyper), False)
         names = list(params)
         p, u = lists(names, params, updates)
-        return as_dict(names, ops.add(p, u)), new_state
+        return as_dict(names, ops.add(p, u, alpha=scale)), new_state
 
     def update_(self, grads: Params, state: OptState, params: Params, **hyper: Any) -> OptState:
         """Like :meth:`update` but adds the updates into ``params`` and may reuse the
         storage of ``state``; returns the new state. For optimizers that own both."""
-        h = self.resolve(hyper)
-        updates, new_state = self.transform.update(grads, state, params, h, True)
+        updates, new_state, scale = self._run(grads, state, params, self.resolve(hyper), True)
         names = list(params)
         p, u = lists(names, params, updates)
-        ops.add(p, u, inplace=True)
+        ops.add(p, u, alpha=scale, inplace=True)
         return new_state
 
 

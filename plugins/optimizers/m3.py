@@ -9,7 +9,8 @@ from .base import (Transform, TransformRule, as_dict, chain, check_betas, check_
                    check_nonneg, check_positive, finite_in_finite_out, lists, same_structure)
 from .muon import check_ns
 from .newton_schulz import NS_COEFFICIENTS, NS_EPS, NS_STEPS, orthogonalize
-from .transforms import AddDecayedWeights, ScaleByLr, _bias_corrections
+from .base import ScaleByLr
+from .transforms import AddDecayedWeights, _bias_corrections
 
 
 class M3Direction(Transform):
@@ -61,7 +62,7 @@ class M3Direction(Transform):
         new_state = {"step": as_dict(names, steps), "m1": as_dict(names, m1),
                      "v": as_dict(names, v), "m2": as_dict(names, m2), "acc": as_dict(names, acc),
                      "o2": as_dict(names, o2)}
-        return as_dict(names, ops.div(o, denom)), new_state
+        return as_dict(names, ops.div(o, denom, into_second=True)), new_state
 
 
 class M3(TransformRule):

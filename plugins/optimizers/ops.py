@@ -111,9 +111,11 @@ def ema_sq(vs: Tensors, gs: Tensors, beta: Any, inplace: bool = False) -> Tensor
     return [v * b + (1 - b) * g * g for v, g, b in zip(vs, gs, per(beta, vs))]
 
 
-def div(xs: Tensors, ys: Tensors) -> Tensors:
-    """``x / y``."""
+def div(xs: Tensors, ys: Tensors, into_second: bool = False) -> Tensors:
+    """``x / y``; ``into_second``: the caller owns ``ys`` and lets the result reuse them."""
     if _fast([xs, ys]):
+        if into_second:
+            return [torch.div(x, y, out=y) for x, y in zip(xs, ys)]
         return list(torch._foreach_div(xs, ys))
     return [x / y for x, y in zip(xs, ys)]
 

@@ -13,7 +13,10 @@ import torch
 from nlframe.utils import bcast
 
 from . import ops
-from .base import Transform, as_dict, lists, placeholder
+from .base import ScaleByLr, Transform, as_dict, lists, placeholder
+
+__all__ = ["Negate", "AddDecayedWeights", "ScaleByLr", "SGDMomentum", "EmaMomentum", "Trace",
+           "ScaleByAdam", "ScaleByRms"]
 
 
 class Negate(Transform):
@@ -44,19 +47,6 @@ class AddDecayedWeights(Transform):
         names = list(updates)
         u, p = lists(names, updates, params)
         return as_dict(names, ops.add(u, p, alpha=wd)), state
-
-
-class ScaleByLr(Transform):
-    """``u ← −γ·u``: the descent step with learning rate ``lr`` γ."""
-
-    roles = {"lr": 1e-3}
-    default_key = "lr"
-
-    def update(self, updates, state, params, h, inplace=False):
-        lr = self.hp(h, "lr")
-        names = list(updates)
-        neg_lr = -lr
-        return as_dict(names, ops.mul([updates[n] for n in names], neg_lr)), state
 
 
 class SGDMomentum(Transform):
@@ -167,9 +157,10 @@ class ScaleByAdam(Transform):
             src = vmax
         else:
             src = v
-        denom = ops.add_scalar(ops.div_scalar(ops.sqrt(src), bc2_sqrt, inplace=True), eps,
-                               inplace=True)
-        out = ops.div_scalar(ops.div(m, denom), bc1, inplace=True)
+        # (1 − β1ᵗ)(√v̂ / √(1 − β2ᵗ) + ε), in two passes over a fresh tensor
+        denom = ops.mul(ops.sqrt(src), [c1 / c2 for c1, c2 in zip(bc1, bc2_sqrt)], inplace=True)
+        denom = ops.add_scalar(denom, [eps * c1 for c1 in bc1], inplace=True)
+        out = ops.div(m, denom, into_second=True)
         new_state = {"step": as_dict(names, steps), "exp_avg": as_dict(names, m),
                      "exp_avg_sq": as_dict(names, v), "max_exp_avg_sq": as_dict(names, vmax)}
         return as_dict(names, out), new_state
@@ -195,5 +186,5 @@ class ScaleByRms(Transform):
         bc_sqrt = [c ** 0.5 for c in _bias_corrections(beta, steps, g)]
         denom = ops.add_scalar(ops.div_scalar(ops.sqrt(v), bc_sqrt, inplace=True), eps,
                                inplace=True)
-        return (as_dict(names, ops.div(g, denom)),
+        return (as_dict(names, ops.div(g, denom, into_second=True)),
                 {"step": as_dict(names, steps), "exp_avg_sq": as_dict(names, v)})
