@@ -118,6 +118,11 @@ class UpdateRule(abc.ABC):
     hyperparams: ClassVar[Mapping[str, Any]] = {}
     batched: ClassVar[bool] = True
     invariants: ClassVar[tuple[Invariant, ...]] = ()
+    zero_lr_hyper: ClassVar[Mapping[str, Any] | None] = {"lr": 0.0}
+    """Hyperparameters under which ``update`` returns ``params`` unchanged from any state
+    (e.g. ``{"lr": 0.0, "momentum": 0.0}`` for ``W ← W + m``); ``None``: no such setting."""
+    tensor_hyperparams: ClassVar[tuple[str, ...] | None] = None
+    """Float hyperparameters that may be tensors over the leading dims; ``None``: all."""
 
     def __init__(self, **defaults: Any) -> None:
         unknown = set(defaults) - set(self.hyperparams)
