@@ -1,0 +1,71 @@
+"""Tile plans and the gate kernel against their recurrences."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from nlframe_plugins.backends.tiles import TileGates, TilePlan, segment_products
+
+from .scan_cases import DT, assert_close, gates
+
+
+@given(L=st.integers(1, 12), seed=st.integers(0, 2**16))
+def test_gate_kernel_matches_recurrences(L, seed):
+    gen = torch.Generator().manual_seed(seed)
+    th, al, et = gates(gen, (2, L))
+    g = TileGates.build(th, al, et)
+    for b in range(2):
+        A = torch.zeros(L, L, dtype=DT)
+        Bm = torch.zeros(L, L, dtype=DT)
+        D, c, P = 1.0, 0.0, 1.0
+        for j in range(L):
+            for i in range(j + 1):
+                Bm[j, i] = 1.0 if i == j else Bm[j - 1, i] * et[b, j]
+                prev = A[j - 1, i] if j > 0 else 0.0
+                A[j, i] = (1 - al[b, j]) * prev + Bm[j, i] * th[b, i]
+            D, P = D * (1 - al[b, j]), P * et[b, j]
+            c = (1 - al[b, j]) * c + P
+            assert_close(g.D[b, j], torch.as_tensor(D, dtype=DT), f"D[{j}]")
+            assert_close(g.c[b, j], torch.as_tensor(c, dtype=DT), f"c[{j}]")
+            assert_close(g.P[b, j], torch.as_tensor(P, dtype=DT), f"P[{j}]")
+        assert_close(g.A[b], A, "A")
+        assert_close(g.Btheta[b], Bm * th[b][None, :], "Btheta")
+
+
+def test_segment_products_with_zeros_have_finite_gradients():
+    x = torch.tensor([0.5, 0.0, 2.0, 0.0, 0.3], dtype=DT, requires_grad=True)
+    m = segment_products(x)
+    expected = torch.zeros(5, 5, dtype=DT)
+    for j in range(5):
+        for i in range(j + 1):
+            expected[j, i] = torch.prod(x.detach()[i + 1:j + 1])
+    assert_close(m, expected, "segment products")
+    assert torch.autograd.gradcheck(segment_products, (x,))
+
+
+@pytest.mark.parametrize("T,chunk,position,max_tile", [(10, 4, 0, 64), (10, 4, 3, 64),
+                                                        (20, 7, 5, 3), (5, 100, 98, 64),
+                                                        (130, 100, 0, 64)])
+def test_within_chunks_plan_covers_tokens_in_order_inside_chunks(T, chunk, position, max_tile):
+    plan = TilePlan.within_chunks(T, chunk, position, max_tile, "cpu")
+    tokens = plan.index[plan.valid].tolist()
+    assert tokens == list(range(T))
+    assert plan.size <= max_tile
+    for t, opens in enumerate(plan.opens_chunk):
+        first = int(plan.index[t, 0])
+        last = int(plan.index[t, plan.last[t]])
+        # every tile stays inside one chunk; it opens one iff it starts at a boundary
+        assert (first + position) // chunk == (last + position) // chunk
+        assert opens == ((first + position) % chunk == 0)
+
+
+def test_gather_and_scatter_round_trip():
+    x = torch.arange(2 * 3 * 10, dtype=DT).view(2, 3, 10)
+    for plan in (TilePlan.aligned(10, 4, "cpu"), TilePlan.within_chunks(10, 3, 1, 64, "cpu")):
+        g = plan.gather(x[..., None])
+        assert g.shape == (plan.index.shape[0], 2, 3, plan.size, 1)
+        assert (g[..., 0].movedim(0, 2)[..., ~plan.valid] == 0).all()
+        assert torch.equal(plan.scatter(g)[..., 0], x)
