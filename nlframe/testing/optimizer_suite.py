@@ -6,13 +6,19 @@ Checked (float64, parameters are drawn matrices with 0–2 leading dims):
   ``{"lr": 0.0}``) an update from any reachable state returns ``W`` exactly;
   ``zero_lr_hyper = None`` on the class opts out;
 * ``batched_equals_per_element`` — for ``batched`` rules, an update over leading
-  dims with per-element tensor hyperparameters equals a loop over elements with
-  float hyperparameters, over several steps;
+  dims with per-element tensor hyperparameters equals a loop over elements (with
+  0-d tensor hyperparameters), over several steps;
 * ``pure`` — ``update`` and ``init`` leave their inputs untouched;
 * ``state_round_trip`` — params and state saved with ``torch.save`` and loaded
   (``weights_only``) continue bit-identically;
 * ``gradients_flow`` — ``W'`` and ``s'`` are differentiable w.r.t. ``W``, ``g``
-  and every float hyperparameter passed as a tensor (finite gradients);
+  and the zero-lr hyperparameters (``lr``) passed as tensors; every gradient
+  that exists is finite (a hyperparameter the configured variant ignores may
+  get none);
+
+Tensor hyperparameters vary per leading element in ``[0.5, 1]×`` their value;
+they are every float hyperparameter, or those a rule lists in
+``tensor_hyperparams`` when it accepts tensors for only some.
 * ``deterministic`` — the same inputs give bit-identical outputs;
 * ``finite_for_bounded_inputs`` — ``|W|, |g| ≤ 1`` (zero gradients included)
   stays finite over several steps;
@@ -60,6 +66,13 @@ def _float_names(rule: UpdateRule) -> list[str]:
     return [n for n, v in rule.defaults.items() if type(v) is float]
 
 
+def _tensor_names(rule: UpdateRule) -> list[str]:
+    """Hyperparameters passed as tensors: the rule's ``tensor_hyperparams`` declaration, or
+    every float hyperparameter (the interface's default promise)."""
+    declared = getattr(type(rule), "tensor_hyperparams", None)
+    return [n for n in _float_names(rule) if declared is None or n in declared]
+
+
 def _valid(rule: UpdateRule, values: dict[str, float]) -> bool:
     try:
         rule.check_hyper({**rule.defaults, **values})
@@ -83,6 +96,8 @@ def _tensor_hyper(data: Any, rule: UpdateRule, hyper: dict[str, float],
     """Each float hyperparameter as a tensor over ``lead``, varying per element in [0.5, 1]×."""
     out = {}
     for n, val in hyper.items():
+        if n not in _tensor_names(rule):
+            continue
         scale = data.draw(tensors(lead, low=0.5, high=1.0), label=f"per-element scale of {n}")
         t = val * scale
         if all(_valid(rule, {**hyper, n: float(x)}) for x in t.reshape(-1)):
@@ -177,7 +192,7 @@ def batched_equals_per_element(rule: UpdateRule, data: Any) -> None:
         g = _grads(data, params, label=f"grads {step}")
         params, state = rule.update(g, state, params, **{**hyper, **thyper})
         for idx, (p, s) in singles.items():
-            h = {**hyper, **{n: float(t[idx]) for n, t in thyper.items()}}
+            h = {**hyper, **{n: t[idx] for n, t in thyper.items()}}  # 0-d tensors
             singles[idx] = rule.update(_index(g, idx, lead), s, p, **h)
             where = f"step {step}, element {idx} of leading dims {lead}"
             assert_close(_index(params, idx, lead), singles[idx][0], rtol=BATCHED_RTOL,
@@ -225,7 +240,7 @@ def state_round_trip(rule: UpdateRule, data: Any) -> None:
 
 
 def gradients_flow(rule: UpdateRule, data: Any) -> None:
-    """``W'``, ``s'`` are differentiable w.r.t. ``W``, ``g`` and tensor hyperparameters."""
+    """``W'``, ``s'`` are differentiable w.r.t. ``W``, ``g``, ``lr`` and tensor hyperparameters."""
     params, lead = _problem(data, batch_dims=data.draw(st.integers(0, 2), label="leading dims"))
     hyper = _draw_hyper(data, rule)
     params, state = _warm(data, rule, params, hyper, data.draw(st.integers(1, 2), label="steps"))
@@ -247,10 +262,14 @@ def gradients_flow(rule: UpdateRule, data: Any) -> None:
         if not outs:
             raise AssertionError("no output of update requires grad: the graph is cut")
         got = torch.autograd.grad(total, list(leaves.values()), allow_unused=True)
+    zero = getattr(type(rule), "zero_lr_hyper", DEFAULT_ZERO_LR_HYPER) or {}
+    must = {n for n in leaves if not n.startswith("hyper")} | {f"hyper {n!r}" for n in zero}
     for name, grad in zip(leaves, got):
-        if grad is None:
+        if grad is None and name in must:
             raise AssertionError(f"no gradient reaches {name} through update (detached or "
                                  f"converted to a Python number?)")
+        if grad is None:
+            continue  # a hyperparameter the configured variant does not use
         if not torch.isfinite(grad).all():
             raise AssertionError(f"the gradient w.r.t. {name} is not finite: {grad}")
 

@@ -98,11 +98,8 @@ class Suite:
         except PropertyNotApplicable:
             raise
         except Exception as exc:  # noqa: BLE001 - any failure becomes one clear AssertionError
-            notes = "\n".join(getattr(exc, "__notes__", []))
-            kind = "" if isinstance(exc, AssertionError) else f"{type(exc).__name__}: "
             raise AssertionError(f"{self.kind} plugin {self.name!r} violates {p.name!r} "
-                                 f"({p.doc}): {kind}{exc}" + (f"\n{notes}" if notes else "")
-                                 ) from exc
+                                 f"({p.doc}): {_describe(exc)}") from exc
 
     def check(self, *, max_examples: int | None = None,
               properties: Sequence[str] | None = None) -> list[str]:
@@ -122,6 +119,16 @@ class Suite:
         if failures:
             raise AssertionError(f"{len(failures)} conformance failure(s):\n\n" + "\n\n".join(failures))
         return skipped
+
+
+def _describe(exc: BaseException) -> str:
+    """The message of ``exc`` (each one of an exception group) with hypothesis' notes."""
+    if isinstance(exc, BaseExceptionGroup):
+        return f"{len(exc.exceptions)} distinct failures:\n" + "\n".join(
+            f"  ({i}) {_describe(e)}" for i, e in enumerate(exc.exceptions, 1))
+    kind = "" if isinstance(exc, AssertionError) else f"{type(exc).__name__}: "
+    notes = "\n".join(getattr(exc, "__notes__", []))
+    return f"{kind}{exc}" + (f"\n{notes}" if notes else "")
 
 
 def suite(kind: str, name: Any, **options: Any) -> Suite:
