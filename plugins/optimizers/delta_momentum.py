@@ -68,6 +68,7 @@ class DeltaMomentum(TransformRule):
     hyperparams = {"lr": 1e-3, "momentum": 0.9, "delta_rate": 1.0, "normalize": True,
                    **PRECONDITION_HYPER}
     invariants = (same_structure, finite_in_finite_out)
+    zero_lr_hyper = {"lr": 0.0, "momentum": 0.0, "delta_rate": 0.0}
 
     def build(self):
         return DeltaTrace()

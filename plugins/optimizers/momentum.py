@@ -4,8 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from nlframe.interfaces import OptState, Params, UpdateRule
 from nlframe.utils import bcast
+
+from .base import finite_in_finite_out, same_structure
+
+
+def write_is_retention_plus_momentum(rule, grads, state, params, new_params, new_state, hyper):
+    """``W' = (1 − α)·W + S'`` with ``S' = η·S − θ·g`` (the scan contract's two lines)."""
+    for n, p in params.items():
+        s = bcast(hyper["momentum"], p) * state["momentum"][n] - bcast(hyper["lr"], p) * grads[n]
+        torch.testing.assert_close(new_state["momentum"][n], s, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(new_params[n], (1 - bcast(hyper["decay"], p)) * p + s,
+                                   rtol=1e-12, atol=1e-12)
 
 
 class Momentum(UpdateRule):
@@ -20,6 +33,8 @@ class Momentum(UpdateRule):
     """
 
     hyperparams = {"lr": 0.1, "decay": 0.0, "momentum": 0.0}
+    zero_lr_hyper = {"lr": 0.0, "decay": 0.0, "momentum": 0.0}
+    invariants = (same_structure, finite_in_finite_out, write_is_retention_plus_momentum)
 
     def check_hyper(self, hyper: dict[str, Any]) -> None:
         if isinstance(hyper["lr"], (int, float)) and hyper["lr"] < 0:
@@ -30,8 +45,6 @@ class Momentum(UpdateRule):
                 raise ValueError(f"{name} must be in [0, 1], got {v}")
 
     def init(self, params: Params) -> OptState:
-        import torch
-
         return {"momentum": {n: torch.zeros_like(p) for n, p in params.items()}}
 
     def update(self, grads: Params, state: OptState, params: Params,

@@ -40,6 +40,8 @@ def newton_schulz(g: Tensor, coefficients: Sequence[float] = NS_COEFFICIENTS,
     tall = g.size(-2) > g.size(-1)
     if tall:
         x = x.mT
+    if isinstance(eps, Tensor):  # per leading element (…,) → (…, 1, 1), in x's dtype
+        eps = eps.to(x.dtype).reshape(*eps.shape, *([1] * (x.dim() - eps.dim())))
     if x.dim() == 2:  # the exact operation sequence of torch.optim.Muon
         x = x / x.norm().clamp(min=eps)
         for _ in range(steps):
@@ -48,8 +50,8 @@ def newton_schulz(g: Tensor, coefficients: Sequence[float] = NS_COEFFICIENTS,
             x = torch.addmm(x, poly, x, beta=a)
     else:
         lead = x.shape[:-2]
-        x = x.reshape(-1, *x.shape[-2:])  # (N, m, n)
         x = x / torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True).clamp(min=eps)
+        x = x.reshape(-1, *x.shape[-2:])  # (N, m, n)
         for _ in range(steps):
             gram = x @ x.mT
             poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)
@@ -65,11 +67,13 @@ def as_matrix(x: Tensor) -> Tensor:
 
 def orthogonalize(xs: list[Tensor], coefficients, steps, eps, dtype) -> list[Tensor]:
     """:func:`newton_schulz` of each tensor, cast back to its dtype; tensors of equal
-    shape are stacked and orthogonalised in one batched call (same results)."""
+    shape are stacked and orthogonalised in one batched call (same results) unless
+    ``eps`` is a per-element tensor."""
     out: list[Tensor | None] = [None] * len(xs)
     groups: dict[tuple, list[int]] = {}
     for i, x in enumerate(xs):
-        groups.setdefault((tuple(x.shape), x.dtype, x.device), []).append(i)
+        key = (tuple(x.shape), x.dtype, x.device) if not isinstance(eps, Tensor) else i
+        groups.setdefault(key, []).append(i)
     for idx in groups.values():
         mats = [as_matrix(xs[i]) for i in idx]
         if len(idx) == 1:

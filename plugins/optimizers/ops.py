@@ -42,13 +42,16 @@ def _fast(lists: Sequence[Sequence[Tensor]], hypers: Sequence[Any] = ()) -> bool
                for ts in lists[1:])
 
 
-def per(h: Any, xs: Sequence[Tensor]) -> list:
-    """``h`` for each tensor of ``xs``: numbers repeat, tensors are broadcast over lead dims."""
+def per(h: Any, *refs: Sequence[Tensor]) -> list:
+    """``h`` for each parameter: numbers repeat, a tensor is broadcast over the leading dims
+    of the widest tensor of each position in ``refs`` (0-d placeholders are skipped), a
+    list is taken as is (already one value per parameter)."""
     if isinstance(h, list):
         return h
+    n = len(refs[0])
     if isinstance(h, Tensor):
-        return [bcast(h, x) for x in xs]
-    return [h] * len(xs)
+        return [bcast(h, max((r[i] for r in refs), key=Tensor.dim)) for i in range(n)]
+    return [h] * n
 
 
 def mul(xs: Tensors, s: Any, inplace: bool = False) -> Tensors:
@@ -69,7 +72,7 @@ def add(xs: Tensors, ys: Tensors, alpha: Any = 1, inplace: bool = False) -> Tens
             return xs
         return list(torch._foreach_add(xs, ys, alpha=alpha))
     return [x + a * y if not (is_num(a) and a == 1) else x + y
-            for x, y, a in zip(xs, ys, per(alpha, xs))]
+            for x, y, a in zip(xs, ys, per(alpha, xs, ys))]
 
 
 def add_scalar(xs: Tensors, s: Any, inplace: bool = False) -> Tensors:
@@ -89,7 +92,7 @@ def lerp(xs: Tensors, ys: Tensors, w: Any, inplace: bool = False) -> Tensors:
             torch._foreach_lerp_(xs, ys, w)
             return xs
         return list(torch._foreach_lerp(xs, ys, w))
-    return [torch.lerp(x, y, wi) for x, y, wi in zip(xs, ys, per(w, xs))]
+    return [torch.lerp(x, y, wi) for x, y, wi in zip(xs, ys, per(w, xs, ys))]
 
 
 def addcmul(xs: Tensors, ys: Tensors, zs: Tensors, value: Any, inplace: bool = False) -> Tensors:
@@ -99,7 +102,7 @@ def addcmul(xs: Tensors, ys: Tensors, zs: Tensors, value: Any, inplace: bool = F
             torch._foreach_addcmul_(xs, ys, zs, value)
             return xs
         return list(torch._foreach_addcmul(xs, ys, zs, value))
-    return [x + v * y * z for x, y, z, v in zip(xs, ys, zs, per(value, xs))]
+    return [x + v * y * z for x, y, z, v in zip(xs, ys, zs, per(value, xs, ys, zs))]
 
 
 def ema_sq(vs: Tensors, gs: Tensors, beta: Any, inplace: bool = False) -> Tensors:
@@ -108,7 +111,7 @@ def ema_sq(vs: Tensors, gs: Tensors, beta: Any, inplace: bool = False) -> Tensor
         out = mul(vs, beta, inplace=inplace)
         torch._foreach_addcmul_(out, gs, gs, 1 - beta)
         return out
-    return [v * b + (1 - b) * g * g for v, g, b in zip(vs, gs, per(beta, vs))]
+    return [v * b + (1 - b) * g * g for v, g, b in zip(vs, gs, per(beta, vs, gs))]
 
 
 def div(xs: Tensors, ys: Tensors, into_second: bool = False) -> Tensors:

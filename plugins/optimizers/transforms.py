@@ -51,7 +51,14 @@ class AddDecayedWeights(Transform):
 
 class SGDMomentum(Transform):
     """torch.optim.SGD's momentum: ``b ← μ·b + (1 − τ)·u`` (``b ← u`` on the first
-    step), output ``u + μ·b`` (Nesterov) or ``b``. ``μ = 0`` (a number) is a no-op."""
+    step), output ``u + μ·b`` (Nesterov) or ``b``.
+
+    ``μ = 0`` given as a number is torch's plain SGD (output ``u``; the buffer
+    just records ``u``, so that a batch with a zero ``μ`` tensor keeps the same
+    state). As a tensor ``μ`` runs the momentum formula for every element
+    (identical params whenever the dampening is 0). Unlike torch, switching
+    ``μ`` from 0 to non-zero mid-run continues from the recorded buffer.
+    """
 
     roles = {"momentum": 0.0, "dampening": 0.0, "nesterov": False}
     default_key = "sgd_momentum"
@@ -62,10 +69,13 @@ class SGDMomentum(Transform):
 
     def update(self, updates, state, params, h, inplace=False):
         mu, damp = self.hp(h, "momentum"), self.hp(h, "dampening")
-        if ops.is_num(mu) and mu == 0:
-            return updates, state
         names = list(updates)
         g, b = lists(names, updates, state["momentum_buffer"])
+        steps = {n: state["step"][n] + 1 for n in names}
+        if ops.is_num(mu) and mu == 0:
+            new_b = [bi.copy_(gi) if inplace and bi.shape == gi.shape else gi.clone()
+                     for bi, gi in zip(b, g)]
+            return updates, {"step": steps, "momentum_buffer": as_dict(names, new_b)}
         first = [i for i, n in enumerate(names) if state["step"][n] == 0]
         later = [i for i, n in enumerate(names) if state["step"][n] != 0]
         new_b: list = [None] * len(names)
@@ -78,9 +88,7 @@ class SGDMomentum(Transform):
             for i, t in zip(later, bl):
                 new_b[i] = t
         out = ops.add(g, new_b, alpha=mu) if self.hp(h, "nesterov") else new_b
-        new_state = {"step": {n: state["step"][n] + 1 for n in names},
-                     "momentum_buffer": as_dict(names, new_b)}
-        return as_dict(names, out), new_state
+        return as_dict(names, out), {"step": steps, "momentum_buffer": as_dict(names, new_b)}
 
 
 class EmaMomentum(Transform):
@@ -159,7 +167,8 @@ class ScaleByAdam(Transform):
             src = v
         # (1 − β1ᵗ)(√v̂ / √(1 − β2ᵗ) + ε), in two passes over a fresh tensor
         denom = ops.mul(ops.sqrt(src), [c1 / c2 for c1, c2 in zip(bc1, bc2_sqrt)], inplace=True)
-        denom = ops.add_scalar(denom, [eps * c1 for c1 in bc1], inplace=True)
+        denom = ops.add_scalar(denom, [e * c1 for e, c1 in zip(ops.per(eps, g), bc1)],
+                               inplace=True)
         out = ops.div(m, denom, into_second=True)
         new_state = {"step": as_dict(names, steps), "exp_avg": as_dict(names, m),
                      "exp_avg_sq": as_dict(names, v), "max_exp_avg_sq": as_dict(names, vmax)}
