@@ -141,7 +141,11 @@ class Trainer:
         self.spec_toml = dump_spec(self.spec)
         if self.cfg.device.startswith("cuda") and not torch.cuda.is_available():
             raise RuntimeError(f"device {self.cfg.device!r} requested but CUDA is not available")
-        self.device = torch.device(self.cfg.device)
+        self.dist = _Distributed.from_env(self.cfg.device)
+        self.device = self.dist.device(self.cfg.device)
+        if self.cfg.batch_size % self.dist.world:
+            raise ValueError(f"batch_size {self.cfg.batch_size} is not divisible by the "
+                             f"{self.dist.world} distributed processes")
         torch.manual_seed(self.cfg.seed)
         random.seed(self.cfg.seed)
         self.model = build(self.spec).to(self.device)
@@ -151,6 +155,7 @@ class Trainer:
             raise ValueError(f"vocabulary mismatch: data {self.cfg.data!r} has {self.data.vocab_size}"
                              f" tokens but the model's vocab_size is {vocab}")
         self.optimizer = _make_optimizer(self.model, self.cfg)
+        self.forward = self.dist.wrap(self.model)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, self.cfg))
         self.slow = _Slowdown(self.model)
@@ -175,11 +180,17 @@ class Trainer:
         random.setstate(st["rng"]["python"])
         self.step = int(st["step"])
 
-    def save(self) -> Path:
+    def save(self) -> Path | None:
+        """Checkpoint (rank 0 writes; every rank waits for it)."""
+        if not self.dist.is_main:
+            self.dist.barrier()
+            return None
         meta = {"step": self.step, "data": self.cfg.data, "nlframe_version": _version(),
                 "parameters": sum(p.numel() for p in self.model.parameters())}
-        return save_checkpoint(self.out, model=self.model, trainer_state=self.trainer_state(),
+        path = save_checkpoint(self.out, model=self.model, trainer_state=self.trainer_state(),
                                spec_toml=self.spec_toml, meta=meta)
+        self.dist.barrier()
+        return path
 
     # -- loop ------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
@@ -199,11 +210,14 @@ class Trainer:
         from tqdm.auto import tqdm
 
         cfg = self.cfg
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "spec.toml").write_text(self.spec_toml)
+        main = self.dist.is_main
         metrics_path = self.out / "metrics.jsonl"
-        _truncate_metrics(metrics_path, self.step)
-        writer = SummaryWriter(str(self.out / "tb"), purge_step=self.step or None)
+        writer = None
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "spec.toml").write_text(self.spec_toml)
+            _truncate_metrics(metrics_path, self.step)
+            writer = SummaryWriter(str(self.out / "tb"), purge_step=self.step or None)
         stop = {"now": False}
 
         def on_sigint(signum, frame):  # finish the step, checkpoint, exit cleanly
@@ -212,7 +226,7 @@ class Trainer:
             stop["now"] = True
 
         old_handler = signal.signal(signal.SIGINT, on_sigint) if _main_thread() else None
-        bar = tqdm(total=cfg.steps, initial=self.step, disable=not self.progress,
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not (self.progress and main),
                    desc="train", unit="step", dynamic_ncols=True)
         last_loss, last_eval = float("nan"), {}
         tokens, t0 = 0, time.perf_counter()
@@ -222,8 +236,8 @@ class Trainer:
             while self.step < end and not stop["now"]:
                 batch = self.data.batch("train", self.step, batch_size=cfg.batch_size,
                                         seq_len=cfg.seq_len, seed=cfg.seed)
-                batch = {k: v.to(self.device) for k, v in batch.items()}
-                logits, _ = self.model(batch["tokens"])
+                batch = {k: self.dist.shard(v).to(self.device) for k, v in batch.items()}
+                logits, _ = self.forward(batch["tokens"])
                 loss = lm_loss(logits, batch)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"training loss is {loss.item()} at step {self.step}"
@@ -237,8 +251,9 @@ class Trainer:
                 self.optimizer.step()
                 self.scheduler.step()
                 self.step += 1
-                last_loss = loss.item()
-                tokens += batch["tokens"].numel()
+                last_loss = self.dist.mean(loss.detach()).item()
+                tokens += batch["tokens"].numel() * self.dist.world
+                stop["now"] = self.dist.any(stop["now"])
                 record: dict[str, float] = {}
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                     dt = time.perf_counter() - t0
@@ -246,10 +261,10 @@ class Trainer:
                                    "perf/tokens_per_s": tokens / max(dt, 1e-9)})
                     record.update(_surprise(self.model))
                     tokens, t0 = 0, time.perf_counter()
-                if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
+                if (self.step % cfg.eval_every == 0 or self.step == cfg.steps) and main:
                     last_eval = {f"eval/{k}": float(v) for k, v in self.evaluate().items()}
                     record.update(last_eval)
-                if record:
+                if record and main:
                     for k, v in record.items():
                         writer.add_scalar(k, v, self.step)
                     with open(metrics_path, "a") as fh:
@@ -261,14 +276,88 @@ class Trainer:
                 bar.update(1)
             if stop["now"]:
                 self.save()
-                self.echo(f"interrupted: checkpoint saved at step {self.step} in {self.out / 'checkpoint'}")
+                if main:
+                    self.echo(f"interrupted: checkpoint saved at step {self.step} in {self.out / 'checkpoint'}")
         finally:
             bar.close()
-            writer.close()
+            if writer is not None:
+                writer.close()
             if old_handler is not None:
                 signal.signal(signal.SIGINT, old_handler)
         return TrainResult(out=self.out, step=self.step, last_loss=last_loss, metrics=last_eval,
                            interrupted=stop["now"])
+
+
+class _Distributed:
+    """Data-parallel training under ``torchrun`` (DDP; gloo on CPU, NCCL on CUDA).
+
+    ``batch_size`` is the global batch: every rank draws the same batch and
+    trains on its slice of rows, so N processes compute the gradients of one
+    process with the whole batch (up to float summation order).
+    """
+
+    def __init__(self, rank: int = 0, world: int = 1, local_rank: int = 0):
+        self.rank, self.world, self.local_rank = rank, world, local_rank
+
+    @classmethod
+    def from_env(cls, device: str) -> "_Distributed":
+        import os
+
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        return cls(dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def device(self, name: str) -> torch.device:
+        if name.startswith("cuda") and self.world > 1:
+            return torch.device("cuda", self.local_rank)
+        return torch.device(name)
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        if self.world == 1:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.local_rank] if next(model.parameters()).is_cuda else None
+        return DistributedDataParallel(model, device_ids=ids)
+
+    def shard(self, t: torch.Tensor) -> torch.Tensor:
+        if self.world == 1:
+            return t
+        rows = t.shape[0] // self.world
+        return t[self.rank * rows:(self.rank + 1) * rows]
+
+    def mean(self, t: torch.Tensor) -> torch.Tensor:
+        if self.world == 1:
+            return t
+        import torch.distributed as dist
+
+        t = t.clone()
+        dist.all_reduce(t)
+        return t / self.world
+
+    def any(self, flag: bool) -> bool:
+        if self.world == 1:
+            return flag
+        import torch.distributed as dist
+
+        t = torch.tensor([float(flag)])
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
 
 
 def _surprise(model: nn.Module) -> dict[str, float]:

@@ -1,0 +1,31 @@
+"""Data-parallel training under torchrun (gloo, 2 CPU processes) equals one process."""
+
+import subprocess
+import sys
+
+import pytest
+from safetensors.torch import load_file
+
+from .test_train import tiny_spec
+
+torch = pytest.importorskip("torch")
+dist = pytest.importorskip("torch.distributed")
+
+
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                    reason="torch.distributed with gloo is not available")
+def test_two_process_ddp_matches_single_process(tmp_path):
+    spec = tiny_spec(tmp_path, steps=3)
+    one, two = tmp_path / "one", tmp_path / "two"
+    common = ["train", str(spec), "--no-progress"]
+    subprocess.run([sys.executable, "-m", "nlframe", *common, "--out", str(one)], check=True,
+                   capture_output=True, timeout=300)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                        "--nproc_per_node=2", "-m", "nlframe", *common, "--out", str(two)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    w1 = load_file(str(one / "checkpoint" / "model.safetensors"))
+    w2 = load_file(str(two / "checkpoint" / "model.safetensors"))
+    assert w1.keys() == w2.keys()
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-5, msg=k)
