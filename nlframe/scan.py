@@ -98,9 +98,11 @@ def _as_gate(name: str, value: Any, q: Tensor) -> Tensor:
             shape = torch.broadcast_shapes(value.shape, (B, H, T))
         except RuntimeError:
             shape = None
-        if value.dim() > 3 or shape != torch.Size((B, H, T)):
+        # 0-dim or 3-dim only: a (B, T) gate would silently broadcast as (H, T)
+        if value.dim() not in (0, 3) or shape != torch.Size((B, H, T)):
             raise ValueError(f"{name} must be a float or a tensor of shape (B, H, T) = "
-                             f"{(B, H, T)}; got shape {tuple(value.shape)}")
+                             f"{(B, H, T)} (size-1 dims broadcast); got shape "
+                             f"{tuple(value.shape)}")
         return value.to(q.dtype).expand(B, H, T)
     if isinstance(value, Real) and not isinstance(value, bool):
         return torch.tensor(float(value), dtype=q.dtype, device=q.device).expand(B, H, T)
@@ -138,7 +140,21 @@ def _split_hyper(rule, scan_values: Mapping[str, Any], extra: Mapping[str, Any],
     return per_token, static
 
 
-def _check_state(state: Any, memory, q: Tensor, chunk_size: int) -> None:
+def _check_tree(path: str, got: Any, expected: Any) -> None:
+    """``got`` has the nested dict structure and tensor shapes of ``expected``."""
+    if isinstance(expected, dict):
+        if not isinstance(got, dict) or set(got) != set(expected):
+            keys = sorted(got) if isinstance(got, dict) else type(got).__name__
+            raise ValueError(f"{path} has keys {keys}; expected {sorted(expected)}")
+        for key in expected:
+            _check_tree(f"{path}[{key!r}]", got[key], expected[key])
+    elif isinstance(expected, Tensor):
+        if not isinstance(got, Tensor) or got.shape != expected.shape:
+            shape = tuple(got.shape) if isinstance(got, Tensor) else type(got).__name__
+            raise ValueError(f"{path} has shape {shape}; expected {tuple(expected.shape)}")
+
+
+def _check_state(state: Any, memory, q: Tensor, chunk_size: int, rule=None) -> None:
     if not isinstance(state, MemoryState):
         raise TypeError(f"state must be a MemoryState or None, got {type(state).__name__}")
     B, H = q.shape[:2]
@@ -151,6 +167,13 @@ def _check_state(state: Any, memory, q: Tensor, chunk_size: int) -> None:
                              f"{(B, H, *shape)} for q of shape {tuple(q.shape)}")
         if p.device != q.device:
             raise ValueError(f"state.params[{name!r}] is on {p.device} but q is on {q.device}")
+        if p.dtype != q.dtype:
+            raise TypeError(f"state.params[{name!r}] has dtype {p.dtype} but q has {q.dtype}; "
+                            "convert the state with state.to(dtype)")
+    if rule is not None:
+        _check_tree("state.opt_state", state.opt_state, rule.init(state.params))
+    if state.position:
+        _check_tree("state.chunk_params", state.chunk_params, state.params)
     if state.position and state.chunk_size not in (None, chunk_size):
         raise ValueError(f"state is {state.position} tokens into a chunk of size "
                          f"{state.chunk_size}; cannot continue it with chunk_size={chunk_size}")
@@ -238,7 +261,7 @@ def memory_scan(q: Tensor, k: Tensor, v: Tensor, *, memory: str = "linear", obje
         state = initial_state(mem, rule, batch=B, heads=H, chunk_size=chunk_size, dtype=q.dtype,
                               device=q.device)
     else:
-        _check_state(state, mem, q, chunk_size)
+        _check_state(state, mem, q, chunk_size, rule)
     if T == 0 or B == 0:
         return q.new_zeros(B, H, T, Dv), state
     request = ScanRequest(q=q, k=k, v=v, memory=mem, objective=obj, rule=rule, hyper=per_token,
