@@ -22,6 +22,7 @@ rule whose state has other leaves is called once per parameter instead.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, Iterable
 
 import torch
@@ -99,6 +100,8 @@ class Optimizer(torch.optim.Optimizer):
         self.rule, defaults = _make_rule(rule, hyper)
         self.rule_name = rule if isinstance(rule, str) else type(rule).__name__
         self._per_param: bool | None = None
+        self._init_hyper = any(a.kind is inspect.Parameter.VAR_KEYWORD
+                               for a in inspect.signature(self.rule.init).parameters.values())
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -108,7 +111,8 @@ class Optimizer(torch.optim.Optimizer):
         self._check_group(index, group)
         for i, p in enumerate(group["params"]):
             try:  # shape policies of the rule (e.g. muon and 1-D params), without allocating
-                self.rule.init({self._name(group, index, i): torch.empty_like(p, device="meta")})
+                self._init({self._name(group, index, i): torch.empty_like(p, device="meta")},
+                           self._hyper(group))
             except ValueError:
                 raise
             except Exception:  # noqa: BLE001 - a rule that cannot init on "meta" is checked later
@@ -129,11 +133,16 @@ class Optimizer(torch.optim.Optimizer):
         names = group.get("param_names")
         return str(names[i]) if names else f"group{index}.param{i}"
 
-    def _state_of(self, p: Tensor, name: str) -> Any:
+    def _init(self, params: dict[str, Tensor], hyper: dict[str, Any]) -> Any:
+        """``rule.init``, given the group's hyperparameters when it takes them (the
+        built-ins do: optional slots such as Adam's amsgrad maximum follow the group)."""
+        return self.rule.init(params, **hyper) if self._init_hyper else self.rule.init(params)
+
+    def _state_of(self, p: Tensor, name: str, hyper: dict[str, Any]) -> Any:
         """The stored state of ``p`` (created on first use)."""
         st = self.state[p]
         if not st:
-            full = self.rule.init({name: p})
+            full = self._init({name: p}, hyper)
             if self._per_param is None:
                 try:
                     _split(full, [name])
@@ -162,7 +171,7 @@ class Optimizer(torch.optim.Optimizer):
                 if p.grad.is_sparse:
                     raise RuntimeError(f"optimizer {self.rule_name!r}: parameter {name!r} has "
                                        "a sparse gradient, which update rules do not support")
-            states = [self._state_of(p, name) for name, p in items]
+            states = [self._state_of(p, name, hyper) for name, p in items]
             if self._per_param:
                 for (name, p), st in zip(items, states):
                     self._apply({name: p}, {name: p.grad}, st, hyper, lambda new, st=st: (

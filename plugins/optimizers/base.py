@@ -16,8 +16,9 @@ fast (``beta1``) and a slow (``beta3``) momentum in the same chain.
 
 State layout (what :mod:`nlframe.optim` relies on to save per-parameter state
 the ``torch.optim`` way): nested dicts whose innermost dicts are keyed by
-parameter name, ``{slot: {param_name: tensor | int}}``. A slot that a call may
-not need holds a 0-d zero placeholder that broadcasting fills on first use.
+parameter name, ``{slot: {param_name: tensor | int}}``, with shapes fixed by
+``init``. ``init(params, h)`` sees the hyperparameters too, for the few slots
+that exist only under an option (Adam's ``amsgrad`` maximum).
 """
 
 from __future__ import annotations
@@ -34,14 +35,9 @@ from nlframe.interfaces import OptState, Params, UpdateRule
 
 from . import ops
 
-__all__ = ["Transform", "chain", "partition", "TransformRule", "ScaleByLr", "placeholder",
+__all__ = ["Transform", "chain", "partition", "TransformRule", "ScaleByLr",
            "check_nonneg", "check_unit", "check_betas", "check_positive", "check_choice",
            "check_int", "check_bool", "same_structure", "finite_in_finite_out"]
-
-
-def placeholder(like: Tensor) -> Tensor:
-    """A 0-d zero of ``like``'s dtype/device standing for a not-yet-used state tensor."""
-    return torch.zeros((), dtype=like.dtype, device=like.device)
 
 
 class Transform(abc.ABC):
@@ -71,8 +67,8 @@ class Transform(abc.ABC):
         """The value of ``role`` in the resolved hyperparameters ``h``."""
         return h[self.names[role]]
 
-    def init(self, params: Params) -> OptState:
-        """Initial state (stateless transforms: ``{}``)."""
+    def init(self, params: Params, h: Mapping[str, Any]) -> OptState:
+        """Initial state (stateless transforms: ``{}``); ``h``: resolved hyperparameters."""
         return {}
 
     @abc.abstractmethod
@@ -113,8 +109,8 @@ class _Chain(Transform):
             out.update(t.hyperparams)
         return out
 
-    def init(self, params: Params) -> OptState:
-        return {t.key: t.init(params) for t in self.transforms}
+    def init(self, params: Params, h: Mapping[str, Any]) -> OptState:
+        return {t.key: t.init(params, h) for t in self.transforms}
 
     def update(self, updates, state, params, h, inplace=False):
         new_state = {}
@@ -152,8 +148,8 @@ class _Partition(Transform):
             groups[lab].append(n)
         return groups
 
-    def init(self, params):
-        return {lab: self.transforms[lab].init({n: params[n] for n in ns})
+    def init(self, params, h):
+        return {lab: self.transforms[lab].init({n: params[n] for n in ns}, h)
                 for lab, ns in self._groups(params).items()}
 
     def update(self, updates, state, params, h, inplace=False):
@@ -218,8 +214,9 @@ class TransformRule(UpdateRule):
     def build(self) -> Transform:
         """The transform (usually a :func:`chain`) this rule applies."""
 
-    def init(self, params: Params) -> OptState:
-        return self.transform.init(params)
+    def init(self, params: Params, **hyper: Any) -> OptState:
+        """Initial state; ``hyper`` (default: the rule's defaults) decides optional slots."""
+        return self.transform.init(params, self.resolve(hyper))
 
     def _run(self, grads: Params, state: OptState, params: Params, h: Mapping[str, Any],
              inplace: bool) -> tuple[Params, OptState, Any]:

@@ -35,9 +35,9 @@ class DeltaTrace(Transform):
     def hyperparams(self):
         return {**super().hyperparams, **self.precondition.hyperparams}
 
-    def init(self, params):
+    def init(self, params, h):
         return {"momentum": {n: torch.zeros_like(p) for n, p in params.items()},
-                "precondition": self.precondition.init(params)}
+                "precondition": self.precondition.init(params, h)}
 
     def update(self, updates, state, params, h, inplace=False):
         names = list(updates)

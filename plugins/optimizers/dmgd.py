@@ -34,7 +34,7 @@ class DeepMomentum(Transform):
     roles = {"momentum": 0.9, "inner_lr": 0.1}
     default_key = "memory"
 
-    def init(self, params):
+    def init(self, params, h):
         w1, w2 = {}, {}
         for n, p in params.items():
             lead, d = as_matrix(p).shape[:-2], p.shape[-1]

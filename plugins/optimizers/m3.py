@@ -28,7 +28,7 @@ class M3Direction(Transform):
              "ns_dtype": None}
     default_key = "m3"
 
-    def init(self, params):
+    def init(self, params, h):
         zeros = lambda: {n: torch.zeros_like(p) for n, p in params.items()}  # noqa: E731
         return {"step": {n: 0 for n in params}, "m1": zeros(), "v": zeros(), "m2": zeros(),
                 "acc": zeros(), "o2": zeros()}

@@ -51,10 +51,10 @@ class Muon(TransformRule):
         check_choice(hyper, "adjust_lr_fn", (None, "original", "match_rms_adamw"))
         check_ns(hyper)
 
-    def init(self, params):
+    def init(self, params, **hyper):
         for n, p in params.items():
             if p.dim() < 2:
                 raise ValueError(f"muon: parameter {n!r} has shape {tuple(p.shape)}; Muon "
                                  "orthogonalises matrices (the last two dims). Optimise 1-D "
                                  "parameters with another rule, e.g. adamw in its own param group")
-        return super().init(params)
+        return super().init(params, **hyper)

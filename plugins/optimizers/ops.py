@@ -44,8 +44,7 @@ def _fast(lists: Sequence[Sequence[Tensor]], hypers: Sequence[Any] = ()) -> bool
 
 def per(h: Any, *refs: Sequence[Tensor]) -> list:
     """``h`` for each parameter: numbers repeat, a tensor is broadcast over the leading dims
-    of the widest tensor of each position in ``refs`` (0-d placeholders are skipped), a
-    list is taken as is (already one value per parameter)."""
+    of the widest tensor of each position in ``refs``, a list is taken as is (already one value per parameter)."""
     if isinstance(h, list):
         return h
     n = len(refs[0])
@@ -86,7 +85,7 @@ def add_scalar(xs: Tensors, s: Any, inplace: bool = False) -> Tensors:
 
 
 def lerp(xs: Tensors, ys: Tensors, w: Any, inplace: bool = False) -> Tensors:
-    """``x + w · (y − x)`` (``torch.lerp``; shapes broadcast, e.g. a 0-d placeholder state)."""
+    """``x + w · (y − x)`` (``torch.lerp``)."""
     if _fast([xs, ys], [w]) and not isinstance(w, list):
         if inplace:
             torch._foreach_lerp_(xs, ys, w)

@@ -17,8 +17,8 @@ class Precondition(Transform):
     ``"identity"``: ``P u = u``; ``"adam"`` (default): diagonal ``u / (√v̂ + ε)``
     with ``v ← β2·v + (1 − β2)·u²`` (bias-corrected); ``"newton-schulz"``:
     ``NS(u)`` over the last two dims (1-D parameters as a row; ε of the iteration
-    fixed at torch's 1e-7). The Adam state exists for every choice (a 0-d
-    placeholder until used), so the choice may change per call.
+    fixed at torch's 1e-7). The Adam state exists for every choice, so the
+    choice may change per call.
     """
 
     roles = {"preconditioner": "adam"}
@@ -34,8 +34,8 @@ class Precondition(Transform):
         ortho = {k: v for k, v in self.ortho.hyperparams.items() if k != "eps"}
         return {**super().hyperparams, **self.rms.hyperparams, **ortho}
 
-    def init(self, params):
-        return {"rms": self.rms.init(params)}
+    def init(self, params, h):
+        return {"rms": self.rms.init(params, h)}
 
     def update(self, updates, state, params, h, inplace=False):
         kind = self.hp(h, "preconditioner")

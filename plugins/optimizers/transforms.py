@@ -13,7 +13,7 @@ import torch
 from nlframe.utils import bcast
 
 from . import ops
-from .base import ScaleByLr, Transform, as_dict, lists, placeholder
+from .base import ScaleByLr, Transform, as_dict, lists
 
 __all__ = ["Negate", "AddDecayedWeights", "ScaleByLr", "SGDMomentum", "EmaMomentum", "Trace",
            "ScaleByAdam", "ScaleByRms"]
@@ -63,9 +63,9 @@ class SGDMomentum(Transform):
     roles = {"momentum": 0.0, "dampening": 0.0, "nesterov": False}
     default_key = "sgd_momentum"
 
-    def init(self, params):
+    def init(self, params, h):
         return {"step": {n: 0 for n in params},
-                "momentum_buffer": {n: placeholder(p) for n, p in params.items()}}
+                "momentum_buffer": {n: torch.zeros_like(p) for n, p in params.items()}}
 
     def update(self, updates, state, params, h, inplace=False):
         mu, damp = self.hp(h, "momentum"), self.hp(h, "dampening")
@@ -73,8 +73,7 @@ class SGDMomentum(Transform):
         g, b = lists(names, updates, state["momentum_buffer"])
         steps = {n: state["step"][n] + 1 for n in names}
         if ops.is_num(mu) and mu == 0:
-            new_b = [bi.copy_(gi) if inplace and bi.shape == gi.shape else gi.clone()
-                     for bi, gi in zip(b, g)]
+            new_b = [bi.copy_(gi) if inplace else gi.clone() for bi, gi in zip(b, g)]
             return updates, {"step": steps, "momentum_buffer": as_dict(names, new_b)}
         first = [i for i, n in enumerate(names) if state["step"][n] == 0]
         later = [i for i, n in enumerate(names) if state["step"][n] != 0]
@@ -98,7 +97,7 @@ class EmaMomentum(Transform):
     roles = {"momentum": 0.95, "nesterov": True}
     default_key = "ema_momentum"
 
-    def init(self, params):
+    def init(self, params, h):
         return {"momentum_buffer": {n: torch.zeros_like(p) for n, p in params.items()}}
 
     def update(self, updates, state, params, h, inplace=False):
@@ -117,7 +116,7 @@ class Trace(Transform):
     roles = {"momentum": 0.9, "lr": 1e-3}
     default_key = "trace"
 
-    def init(self, params):
+    def init(self, params, h):
         return {"momentum": {n: torch.zeros_like(p) for n, p in params.items()}}
 
     def update(self, updates, state, params, h, inplace=False):
@@ -143,35 +142,39 @@ class ScaleByAdam(Transform):
     roles = {"betas": (0.9, 0.999), "eps": 1e-8, "amsgrad": False}
     default_key = "adam"
 
-    def init(self, params):
-        return {"step": {n: 0 for n in params},
-                "exp_avg": {n: torch.zeros_like(p) for n, p in params.items()},
-                "exp_avg_sq": {n: torch.zeros_like(p) for n, p in params.items()},
-                "max_exp_avg_sq": {n: placeholder(p) for n, p in params.items()}}
+    def init(self, params, h):
+        zeros = lambda: {n: torch.zeros_like(p) for n, p in params.items()}  # noqa: E731
+        state = {"step": {n: 0 for n in params}, "exp_avg": zeros(), "exp_avg_sq": zeros()}
+        if self.hp(h, "amsgrad"):
+            state["max_exp_avg_sq"] = zeros()
+        return state
 
     def update(self, updates, state, params, h, inplace=False):
         b1, b2 = self.hp(h, "betas")
         eps = self.hp(h, "eps")
         names = list(updates)
-        g, m, v, vmax = lists(names, updates, state["exp_avg"], state["exp_avg_sq"],
-                              state["max_exp_avg_sq"])
+        g, m, v = lists(names, updates, state["exp_avg"], state["exp_avg_sq"])
         steps = [state["step"][n] + 1 for n in names]
         m = ops.lerp(m, g, 1 - b1, inplace=inplace)
         v = ops.ema_sq(v, g, b2, inplace=inplace)
         bc1 = _bias_corrections(b1, steps, g)
         bc2_sqrt = [c ** 0.5 for c in _bias_corrections(b2, steps, g)]
-        if self.hp(h, "amsgrad"):
-            vmax = ops.maximum(vmax, v)
-            src = vmax
-        else:
-            src = v
+        new_state = {"step": as_dict(names, steps), "exp_avg": as_dict(names, m),
+                     "exp_avg_sq": as_dict(names, v)}
+        src = v
+        if "max_exp_avg_sq" in state:  # kept (and frozen) while amsgrad is off
+            vmax = [state["max_exp_avg_sq"][n] for n in names]
+            if self.hp(h, "amsgrad"):
+                vmax = src = ops.maximum(vmax, v)
+            new_state["max_exp_avg_sq"] = as_dict(names, vmax)
+        elif self.hp(h, "amsgrad"):
+            raise ValueError("amsgrad=True needs the state created with amsgrad=True "
+                             "(init(params, amsgrad=True), or the rule constructed with it)")
         # (1 − β1ᵗ)(√v̂ / √(1 − β2ᵗ) + ε), in two passes over a fresh tensor
         denom = ops.mul(ops.sqrt(src), [c1 / c2 for c1, c2 in zip(bc1, bc2_sqrt)], inplace=True)
         denom = ops.add_scalar(denom, [e * c1 for e, c1 in zip(ops.per(eps, g), bc1)],
                                inplace=True)
         out = ops.div(m, denom, into_second=True)
-        new_state = {"step": as_dict(names, steps), "exp_avg": as_dict(names, m),
-                     "exp_avg_sq": as_dict(names, v), "max_exp_avg_sq": as_dict(names, vmax)}
         return as_dict(names, out), new_state
 
 
@@ -182,9 +185,9 @@ class ScaleByRms(Transform):
     roles = {"beta": 0.999, "eps": 1e-8}
     default_key = "rms"
 
-    def init(self, params):
+    def init(self, params, h):
         return {"step": {n: 0 for n in params},
-                "exp_avg_sq": {n: placeholder(p) for n, p in params.items()}}
+                "exp_avg_sq": {n: torch.zeros_like(p) for n, p in params.items()}}
 
     def update(self, updates, state, params, h, inplace=False):
         beta, eps = self.hp(h, "beta"), self.hp(h, "eps")

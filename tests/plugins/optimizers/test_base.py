@@ -46,7 +46,7 @@ def test_partition_applies_each_parameters_own_transform():
 
 
 def _alone(t, params, grads, h):
-    st = t.init(params)
+    st = t.init(params, h)
     for g in grads:
         u, st = t.update(g, st, params, h)
         params = {n: params[n] + u[n] for n in params}
@@ -56,7 +56,7 @@ def _alone(t, params, grads, h):
 def test_partition_rejects_unknown_labels():
     t = partition(lambda n, p: "other", {"a": ScaleByLr()})
     with pytest.raises(ValueError, match="'x'.*'other'"):
-        t.init({"x": torch.zeros(2)})
+        t.init({"x": torch.zeros(2)}, {"lr": 0.1})
 
 
 def test_chain_rejects_clashing_state_keys():
@@ -104,3 +104,13 @@ def _run_rule(name, W, gs, **hyper):
     for g in gs:
         params, st = r.update({"W": g}, st, params, **hyper)
     return params["W"], st
+
+
+def test_optional_state_follows_init_hyper():
+    """Adam's amsgrad maximum exists only when the state is created with amsgrad=True."""
+    r = rule("adam")
+    W = torch.zeros(2, 3, dtype=torch.float64)
+    assert "max_exp_avg_sq" not in r.init({"W": W})["adam"]
+    assert "max_exp_avg_sq" in r.init({"W": W}, amsgrad=True)["adam"]
+    with pytest.raises(ValueError, match="amsgrad"):
+        r.update({"W": W}, r.init({"W": W}), {"W": W}, amsgrad=True)
