@@ -9,6 +9,8 @@ import attrs
 import pytest
 import torch
 
+pytest.importorskip("nlframe_lion", reason="not installed: pip install ./examples/nlframe-lion")
+
 import nlframe
 from nlframe.optim import Optimizer
 from nlframe.scan import make_rule
