@@ -12,7 +12,7 @@ from ..optimizers.momentum import Momentum
 from . import chunked_linear, chunked_mlp
 from .tiles import TilePlan, Tiles
 
-TILE = 64
+TILE = 32
 """Default tile length ``L`` (tokens per step of the sequential loop)."""
 
 

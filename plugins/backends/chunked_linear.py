@@ -32,17 +32,16 @@ from torch import Tensor
 from .tiles import Tiles
 
 
-def _bmm(out: Tensor, a: Tensor, b: Tensor, alpha: float = 1.0) -> Tensor:
-    """``out + alpha · a @ b`` over leading dims (a fused ``baddbmm``)."""
-    lead = a.shape[:-2]
-    res = torch.baddbmm(out.reshape(-1, *out.shape[-2:]), a.reshape(-1, *a.shape[-2:]),
-                        b.reshape(-1, *b.shape[-2:]), alpha=alpha)
-    return res.view(*lead, *res.shape[-2:])
+def _acc(out: Tensor, a: Tensor, b: Tensor, alpha: float = 1.0) -> Tensor:
+    """``out += alpha · a @ b`` in place over leading dims (``out`` is a fresh buffer)."""
+    flat = out.view(-1, *out.shape[-2:])
+    flat.baddbmm_(a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:]), alpha=alpha)
+    return out
 
 
 def _state_read(tiles: Tiles, t: int, W: Tensor, S: Tensor) -> Tensor:
-    """``D∘(Q W_bᵀ) + c∘(Q S_bᵀ)`` of tile ``t``: ``(B, H, L, Dv)``."""
-    return _bmm(tiles.cq[t] @ S.transpose(-1, -2), tiles.dq[t], W.transpose(-1, -2))
+    """``D∘(Q W_bᵀ) + c∘(Q S_bᵀ)`` of tile ``t``: ``(B, H, L, Dv)``, a fresh tensor."""
+    return _acc(tiles.dq[t] @ W.transpose(-1, -2), tiles.cq[t], S.transpose(-1, -2))
 
 
 def scan_within_chunks(tiles: Tiles, W: Tensor, S: Tensor, Wg: Tensor,
@@ -59,7 +58,7 @@ def scan_within_chunks(tiles: Tiles, W: Tensor, S: Tensor, Wg: Tensor,
         if opens:
             Wg = W
         E = psi(K[t] @ Wg.transpose(-1, -2), V[t])  # (B, H, L, Dv)
-        ys.append(_bmm(_state_read(tiles, t, W, S), M[t], E, alpha=-1.0))
+        ys.append(_acc(_state_read(tiles, t, W, S), M[t], E, alpha=-1.0))
         W, S = tiles.advance(t, W, S, E, K[t])
     return torch.stack(ys), W, S, Wg
 
@@ -75,8 +74,13 @@ def scan_aligned(tiles: Tiles, W: Tensor, S: Tensor, chunk: int, a: float, b: fl
         (I + N) E = a D̃∘(K W_bᵀ) + a c̃∘(K S_bᵀ) + b V
         E = (G_D K) W_bᵀ + (G_C K) S_bᵀ + E_V,   G_D = (I+N)⁻¹ diag(a D̃),  G_C = (I+N)⁻¹ diag(a c̃)
 
-    ``G_D K``, ``G_C K``, ``E_V`` and their products with ``A∘(Q Kᵀ)`` are computed for
-    all tiles at once; the loop over tiles only multiplies them with the state.
+    ``G_D K``, ``G_C K`` and ``b (I+N)⁻¹`` are computed for all tiles at once; the
+    loop over tiles accumulates every product into fresh buffers with in-place
+    ``baddbmm`` (no elementwise passes over tile-sized tensors)::
+
+        E = (G_D K) W_bᵀ + (G_C K) S_bᵀ + b (I+N)⁻¹ V
+        Y = D∘(Q W_bᵀ) + c∘(Q S_bᵀ) − (A∘(Q Kᵀ)) E
+
     Returns ``y (n, B, H, L, Dv)``, final ``W, S``, and the parameters at the start
     of the last (possibly unfinished) chunk.
     """
@@ -96,21 +100,15 @@ def scan_aligned(tiles: Tiles, W: Tensor, S: Tensor, chunk: int, a: float, b: fl
         Tinv = torch.linalg.solve_triangular(N, eye, upper=False, unitriangular=True)
         KD = (Tinv * (a * Ds)[..., None, :]) @ K  # G_D K  (n, B, H, L, Dk)
         KC = (Tinv * (a * cs)[..., None, :]) @ K  # G_C K
-        EV = (Tinv * b) @ V  # (n, B, H, L, Dv)
-        QD = _bmm(tiles.dq, M, KD, alpha=-1.0)  # Y = QD W_bᵀ + QC S_bᵀ + Y0
-        QC = _bmm(tiles.cq, M, KC, alpha=-1.0)
-    else:  # dot: E = b V does not depend on the state
-        EV = b * V
-        QD, QC = tiles.dq, tiles.cq
-    Y0 = (M @ EV).neg_()
     ys = []
     for t in range(Q.shape[0]):
         W_b, S_b = W, S
+        Wt, St = W.transpose(-1, -2), S.transpose(-1, -2)
         if a != 0.0:
-            E = _bmm(_bmm(EV[t], KD[t], W.transpose(-1, -2)), KC[t], S.transpose(-1, -2))
-        else:
-            E = EV[t]
-        ys.append(_bmm(_bmm(Y0[t], QD[t], W.transpose(-1, -2)), QC[t], S.transpose(-1, -2)))
+            E = _acc(_acc(KD[t] @ Wt, KC[t], St), Tinv[t], V[t], alpha=b)  # (B, H, L, Dv)
+        else:  # dot: E = b V does not depend on the state
+            E = V[t] * b
+        ys.append(_acc(_state_read(tiles, t, W, S), M[t], E, alpha=-1.0))
         W, S = tiles.advance(t, W, S, E, K[t])
     # parameters at the start of the last chunk: W_s for s = its first slot − 1
     last = int(tiles.plan.last[-1])
