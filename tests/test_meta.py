@@ -68,3 +68,18 @@ def test_builtin_docstring_states_its_equation_and_source(entry):
         f"{entry.kind} {entry.name!r}: the docstring should give the equation it computes"
     cited = any(c in doc or c in module_doc for c in ("arXiv", "DESIGN.md"))
     assert cited, f"{entry.kind} {entry.name!r}: cite the paper (arXiv id) the equation comes from"
+
+
+def test_plugins_doc_is_generated_from_the_current_sources():
+    """docs/plugins.md's hook reference and example listing match their sources."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gen_hookspec_docs.py"
+    spec = importlib.util.spec_from_file_location("gen_hookspec_docs", script)
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    text = gen.DOC.read_text(encoding="utf-8")
+    assert gen.updated(text) == text, "docs/plugins.md is stale: run python scripts/gen_hookspec_docs.py"
+    for kind in KINDS:
+        assert f"nlframe_register_{kind}(register)" in text
