@@ -5,6 +5,7 @@ from nlframe import hookimpl
 from .attention import Attention
 from .cms import CMS
 from .deltanet import DeltaNet
+from .hope import Hope, HopeAttention
 from .linear_attention import LinearAttention
 from .lm import LM
 from .mlp import MLP
@@ -23,3 +24,5 @@ def nlframe_register_block(register):
     register("titans", Titans)
     register("cms", CMS)
     register("self-mod-titans", SelfModTitans)
+    register("hope", Hope)
+    register("hope-attention", HopeAttention)

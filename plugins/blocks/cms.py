@@ -134,16 +134,41 @@ class CMS(Block):
                     (self.keys[i], self.values[i]) if config.in_context else ())):
                 for p in module.parameters():
                     p._nl_update_every = every  # regime (a), read by the trainer
-        self._surprise: dict[str, Tensor] = {}
+        self._last: list = [None] * n
 
     # ------------------------------------------------------------------ levels
     def _fresh(self, i: int, batch: int) -> BoundaryState:
         params = {n: p.expand(batch, *p.shape) for n, p in self.init[i].items()}  # (B, 1, …)
         state = self.levels[i].init_state(params)
-        if self.config.variant == "nested" and i > 0:  # Φ_i: level i−1's fast copy of θ_i,0
-            state.extra["meta"] = self.levels[i].init_state(params)
-            state.extra["meta_position"] = 0
+        if self._parent(i):  # Φ_i: level i−1's fast copy of θ_i,0 (nested)
+            state.extra = {"meta": self.levels[i].init_state(params), "meta_grad": {},
+                           "meta_position": 0}
         return state
+
+    def _parent(self, i: int) -> int | None:
+        """``C(i−1)`` for a nested level (its context length), else ``None``."""
+        return self.config.chunk_sizes[i - 1] if self.config.variant == "nested" and i else None
+
+    def _settle(self, i: int, state: BoundaryState) -> tuple[BoundaryState, Tensor | None]:
+        """Apply level i's completed chunk (eq. 71) and, for a nested level at its
+        parent's boundary, the meta step of ``Φ_i`` and the re-initialisation (eq. 72)."""
+        level, parent = self.levels[i], self._parent(i)
+        collect: dict | None = {} if parent else None
+        state, surprise = level.settle(state, collect=collect)
+        if not parent or surprise is None:
+            return state, surprise
+        extra = dict(state.extra)
+        extra["meta_grad"] = {m: extra["meta_grad"][m] + g if m in extra["meta_grad"] else g
+                              for m, g in collect["grads"].items()}  # first-order meta-gradient
+        if extra["meta_position"] < parent:
+            return attrs.evolve(state, extra=extra), surprise
+        meta, scale = extra["meta"], level.chunk_size / parent  # mean over the C(parent) context
+        grads = {m: g * scale for m, g in extra["meta_grad"].items()}
+        params, opt_state = level.rule.update(grads, meta.opt_state, meta.params, **level.hyper)
+        meta = attrs.evolve(meta, params=params, opt_state=opt_state)
+        fresh = level.init_state(params)  # θ_i ← Φ_i, with a fresh rule state
+        fresh.step, fresh.extra = state.step, {"meta": meta, "meta_grad": {}, "meta_position": 0}
+        return fresh, surprise
 
     def _level(self, i: int, h: Tensor, state: BoundaryState | None) -> tuple[Tensor, Any]:
         """``M_θℓ(norm_ℓ(h))`` for ``h (B, T, dim)`` and the level's new state."""
@@ -154,39 +179,26 @@ class CMS(Block):
         if state is None:
             state = self._fresh(i, h.shape[0])
         k, v = self.keys[i](u), self.values[i](u)  # (B, 1, T, dim)
-        parent = self.config.chunk_sizes[i - 1] if self.config.variant == "nested" and i else None
-        ys, norms = [], []
+        ys, norms, new = [], [], 0
         for lo, hi in segments(state.position, h.shape[1], (level.chunk_size,)):
-            ys.append(memory.read(state.params, u[:, :, lo:hi]))  # read at θ of the last boundary
-            state, s = level.accumulate(state, k[:, :, lo:hi], v[:, :, lo:hi])
-            norms.append(s)
-            if state.position == level.chunk_size:
-                if parent is not None:  # first-order meta-gradient of Φ (eq. 72)
-                    meta = state.extra["meta"]
-                    meta = attrs.evolve(meta, grad_sum={n: g + state.grad_sum[n] / level.chunk_size
-                                                        for n, g in meta.grad_sum.items()})
-                    state = attrs.evolve(state, extra={**state.extra, "meta": meta})
-                state = level.maybe_apply(state)  # eq. 71: the boundary write
-            if parent is not None:
-                state = self._nested_boundary(i, state, hi - lo, parent)
-        self._surprise[f"level{i}"] = torch.cat(norms, 2).mean() if norms else None
+            state, s = self._settle(i, state)  # a completed chunk is written before any read
+            if s is not None:
+                norms.append(s.flatten(1))
+            ys.append(level.read(state, u[:, :, lo:hi]))  # read at θ of the last boundary
+            state = level.append(state, k[:, :, lo:hi], v[:, :, lo:hi])
+            if self._parent(i):
+                state.extra = {**state.extra, "meta_position": state.extra["meta_position"] + hi - lo}
+            new = state.position
+        self._last[i] = (state, min(new, h.shape[1]), norms)
         return torch.cat(ys, 2)[:, 0] if ys else h.new_zeros(h.shape), state
 
-    def _nested_boundary(self, i: int, state: BoundaryState, n: int, parent: int) -> BoundaryState:
-        """Nested CMS: after ``C(parent)`` tokens, step ``Φ_i`` and re-initialise level i to it."""
-        extra = dict(state.extra)
-        extra["meta_position"] += n
-        if extra["meta_position"] < parent:
-            return attrs.evolve(state, extra=extra)
-        meta, scale = extra["meta"], self.levels[i].chunk_size / parent
-        grads = {m: g * scale for m, g in meta.grad_sum.items()}  # mean over the C(parent) context
-        params, opt_state = self.levels[i].rule.update(grads, meta.opt_state, meta.params,
-                                                       **self.levels[i].hyper)
-        meta = attrs.evolve(meta, params=params, opt_state=opt_state,
-                            grad_sum={m: torch.zeros_like(g) for m, g in meta.grad_sum.items()})
-        fresh = self.levels[i].init_state(params)  # θ_i ← Φ_i, fresh rule state
-        fresh.step, fresh.extra = state.step, {"meta": meta, "meta_position": 0}
-        return fresh
+    def fast_params(self, state: list) -> list[dict[str, Tensor] | None]:
+        """θ_ℓ in effect for the next read of each level, ``(B, 1, *shape)`` (pending
+        completed chunks applied), from a state returned by :meth:`forward`."""
+        out = []
+        for i, s in enumerate(state):
+            out.append(None if s is None else self._settle(i, s)[0].params)
+        return out
 
     # ------------------------------------------------------------------ block
     def forward(self, x: Tensor, state: list | None = None) -> tuple[Tensor, list]:  # type: ignore[override]
@@ -197,7 +209,7 @@ class CMS(Block):
         elif not isinstance(state, (list, tuple)) or len(state) != n:
             raise ValueError(f"cms: state must be the list of {n} level states returned by a "
                              "previous call")
-        self._surprise = {}
+        self._last = [None] * n
         new_state = []
         if self.config.variant == "independent":  # eq. 74: y = x + Σ w_ℓ MLP_ℓ(x)
             y = x
@@ -214,8 +226,19 @@ class CMS(Block):
         return h, new_state
 
     def surprise(self) -> dict[str, Tensor]:
-        """Last forward's mean ``‖∂ℓ/∂pred‖`` per level (in-context regime only)."""
-        return {name: v for name, v in self._surprise.items() if v is not None}
+        """Mean ``‖∂ℓ/∂pred_t‖`` per level over the last forward's writes: the chunks
+        it completed and the tokens still pending at its end (in-context regime)."""
+        out = {}
+        for i, last in enumerate(self._last):
+            if last is None:
+                continue
+            state, tail, norms = last
+            delta = self.levels[i].chunk_delta(state) if tail else None
+            if delta is not None:
+                norms = [*norms, delta.norm(dim=-1)[:, :, -tail:].flatten(1)]
+            if norms:
+                out[f"level{i}"] = torch.cat(norms, 1).mean()
+        return out
 
 
 def _generator() -> torch.Generator:

@@ -171,18 +171,24 @@ def map_state(fn: Callable[[Tensor], Tensor], tree: Any) -> Any:
 class BoundaryState:
     """Fast state of a boundary level, per (batch element, head).
 
-    * ``params``: θ as of the last chunk boundary, name → ``(B, H, *shape)``;
+    * ``params``: θ as of the last applied chunk boundary, name → ``(B, H, *shape)``;
       every read and every gradient of the current chunk uses it;
     * ``opt_state``: the update rule's state;
-    * ``grad_sum``: the gradient accumulated since the last boundary (same shapes);
-    * ``position``: tokens already consumed in the current chunk;
+    * ``pending``: the current chunk's tokens so far, name → ``(B, H|1, m, ·)``
+      (keys ``k``; targets ``v`` or ``self_target`` inputs; ``weight``, ``retention``);
+    * ``position``: ``m``, tokens in the current chunk (``m = C``: the chunk is
+      complete and its write is applied before the next read — see
+      :meth:`BoundaryLevel.settle`);
     * ``step``: total tokens consumed;
     * ``extra``: block-specific tensors (e.g. a nested CMS level's meta state).
+
+    Carrying the chunk's tokens rather than its gradient keeps the state small
+    and computes each chunk's gradient once, in one batched call.
     """
 
     params: Params
     opt_state: OptState
-    grad_sum: Params
+    pending: dict = attrs.field(factory=dict)
     position: int = 0
     step: int = 0
     extra: dict = attrs.field(factory=dict)
@@ -191,7 +197,7 @@ class BoundaryState:
         """A new state with ``fn`` applied to every tensor (nested states included)."""
         return attrs.evolve(self, params=tree_map(fn, self.params),
                             opt_state=tree_map(fn, self.opt_state),
-                            grad_sum=tree_map(fn, self.grad_sum), extra=map_state(fn, self.extra))
+                            pending=tree_map(fn, self.pending), extra=map_state(fn, self.extra))
 
     def detach(self) -> "BoundaryState":
         return self.map(lambda t: t.detach())
@@ -201,13 +207,13 @@ class BoundaryState:
 
     def state_dict(self) -> dict[str, Any]:
         return {"params": dict(self.params), "opt_state": self.opt_state,
-                "grad_sum": dict(self.grad_sum), "position": self.position, "step": self.step,
+                "pending": dict(self.pending), "position": self.position, "step": self.step,
                 "extra": dict(self.extra)}
 
     @classmethod
     def from_state_dict(cls, d: Mapping[str, Any]) -> "BoundaryState":
         return cls(params=dict(d["params"]), opt_state=d["opt_state"],
-                   grad_sum=dict(d["grad_sum"]), position=int(d["position"]),
+                   pending=dict(d.get("pending", {})), position=int(d["position"]),
                    step=int(d["step"]), extra=dict(d.get("extra", {})))
 
 
@@ -228,16 +234,23 @@ class BoundaryLevel:
         θ_{(c+1)C} = rule(G_c, θ_{cC}),   G_c = Σ_{t ∈ chunk c} w_t ∇_θ ℓ(M_{θ_{cC}}(k_t), v_t)
 
     (``reduce="mean"`` divides ``G_c`` by ``C``). Every read and every gradient of
-    chunk ``c`` uses ``θ_{cC}``, so a chunk's gradients are one batched
-    ``autograd.grad`` of the summed loss — per-token gradients are never
+    chunk ``c`` uses ``θ_{cC}``, so a chunk's gradient is one batched vector-Jacobian
+    product ``Σ_t (∂pred_t/∂θ)ᵀ w_t ∂ℓ/∂pred_t`` — per-token gradients are never
     materialised — and the parameters change exactly at multiples of ``C`` tokens.
     Memory, objective and rule are plugins; the rule is applied with its
     functional ``update`` over the leading ``(B, H)`` dims.
 
+    Usage per piece of a stream that stays inside one chunk: ``settle`` (apply a
+    completed chunk), ``read`` (outputs at θ), ``append`` (the piece's tokens).
+    The write of the last chunk of a call is applied lazily by the next call's
+    ``settle`` — the same function, computed only when a read needs it.
+
     A rule with an ``x`` hyperparameter (``dgd``: ``W ← W − lr(∇L + W XᵀX)``, NL
-    eqs. 28–29) receives each weight matrix's inputs over the chunk, scaled by
-    ``√w_t`` (and ``√(1/C)`` for ``"mean"``) so that ``XᵀX = Σ_t w_t x_t x_tᵀ``
-    matches the weighting of ``G_c``; they are carried in ``extra["x"]``.
+    eqs. 28–29) receives each weight matrix's inputs over the chunk scaled by
+    ``√w_t`` (``√(w_t/C)`` for ``"mean"``), so ``XᵀX = Σ_t w_t x_t x_tᵀ`` matches
+    the weighting of ``G_c``. Per-token retentions ``r_t`` decay the chunk-start
+    parameters, ``θ ← rule(G_c, θ) − (1 − Π_t r_t)·θ`` (the ``α_t I`` factor of
+    NL eq. 88 over the chunk, for any rule).
     """
 
     def __init__(self, memory: Memory, objective: Objective, rule: UpdateRule, chunk_size: int,
@@ -248,71 +261,93 @@ class BoundaryLevel:
         self.wants_inputs = "x" in rule.hyperparams
 
     def init_state(self, params: Params) -> BoundaryState:
-        """A fresh state at ``params`` (``(B, H, *shape)``), zero accumulated gradient."""
-        return BoundaryState(params=dict(params), opt_state=self.rule.init(params),
-                             grad_sum={n: torch.zeros_like(p) for n, p in params.items()})
+        """A fresh state at ``params`` (``(B, H, *shape)``), nothing pending."""
+        return BoundaryState(params=dict(params), opt_state=self.rule.init(params))
 
-    def accumulate(self, state: BoundaryState, k: Tensor, v: Tensor,
-                   weight: Tensor | None = None,
-                   retention: Tensor | None = None) -> tuple[BoundaryState, Tensor]:
-        """Add ``Σ_t w_t ∇ℓ_t`` of ``k, v (B, H, n, D)`` (tokens inside one chunk; ``w``
-        ``(B, H, n)`` or ``None`` for 1) to the accumulated gradient, and the per-token
-        retentions ``r_t (B, H, n)`` (``None``: 1) to the chunk's retention ``Π_t r_t``.
-        Returns the new state and the surprise ``‖∂ℓ/∂pred_t‖ (B, H, n)``."""
+    def read(self, state: BoundaryState, x: Tensor) -> Tensor:
+        """``M_θ(x)`` at the parameters of the last applied boundary."""
+        return self.memory.read(state.params, x)
+
+    def append(self, state: BoundaryState, k: Tensor, v: Tensor | None = None, *,
+               self_target: Tensor | None = None, weight: Tensor | None = None,
+               retention: Tensor | None = None) -> BoundaryState:
+        """Add ``n`` tokens inside the current chunk: keys ``k (B, H|1, n, Dk)``;
+        targets ``v (B, H|1, n, Dv)``, or ``self_target`` inputs whose targets are the
+        memory's own reads ``v̂ = M_θ(self_target)`` (self-generated values, NL eq. 87;
+        not differentiated by the inner gradient); ``weight`` w_t and ``retention``
+        r_t ``(B, H, n)`` (``None``: 1)."""
         n = k.shape[2]
         if state.position + n > self.chunk_size:
-            raise ValueError(f"accumulate: {n} tokens from position {state.position} cross a "
+            raise ValueError(f"append: {n} tokens from position {state.position} cross a "
                              f"chunk boundary (chunk_size {self.chunk_size})")
+        if (v is None) == (self_target is None):
+            raise ValueError("append: give exactly one of v and self_target")
+        new = {"k": k, "v": v, "self_target": self_target, "weight": weight,
+               "retention": retention}
+        pending = dict(state.pending)
+        for name, t in new.items():
+            if t is not None:
+                pending[name] = torch.cat([pending[name], t], 2) if name in pending else t
+        return attrs.evolve(state, pending=pending, position=state.position + n,
+                            step=state.step + n)
+
+    def chunk_delta(self, state: BoundaryState) -> Tensor | None:
+        """``∂ℓ/∂pred_t (B, H, m, Dv)`` of the pending tokens at θ, without autograd."""
+        if not state.pending:
+            return None
+        with torch.no_grad():
+            pred, target = self._pred_target(state.params, state.pending)
+            return self.objective.grad(pred, target)
+
+    def _pred_target(self, params: Params, pending: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        k = pending["k"]
+        if "self_target" not in pending:
+            return self.memory.read(params, k), pending["v"]
+        n, st = k.shape[2], pending["self_target"]
+        lead = torch.broadcast_shapes(k.shape[:2], st.shape[:2])
+        out = self.memory.read(params, torch.cat([st.expand(*lead, *st.shape[2:]),
+                                                  k.expand(*lead, *k.shape[2:])], 2))
+        return out[:, :, n:], out[:, :, :n]
+
+    def settle(self, state: BoundaryState, *, collect: dict | None = None,
+               **hyper: Any) -> tuple[BoundaryState, Tensor | None]:
+        """Apply the write of a completed chunk (``position == C``); otherwise return
+        ``state`` unchanged. Returns the new state and the chunk's surprise
+        ``‖∂ℓ/∂pred_t‖ (B, H, C)`` (``None`` if nothing was applied); ``collect["grads"]``
+        receives the chunk's (reduced) gradient when a dict is given."""
+        if state.position < self.chunk_size:
+            return state, None
+        pending, scale = state.pending, (1.0 / self.chunk_size if self.reduce == "mean" else 1.0)
+        weight = pending.get("weight")
+        w = weight * scale if weight is not None else (scale if scale != 1.0 else None)
         outer = torch.is_grad_enabled()
         with torch.enable_grad():
             names = list(state.params)
-            params = {m: (p if (outer and p.requires_grad) else p.detach().requires_grad_(True))
-                      for m, p in state.params.items()}
-            pred = self.memory.read(params, k)  # (B, H, n, Dv)
-            loss = self.objective.loss(pred, v)  # (B, H, n)
-            if weight is not None:
-                loss = loss * weight
-            grads = torch.autograd.grad(loss.sum(), [params[m] for m in names],
+            # fresh views: the inner gradient flows through this read only (targets are
+            # constants for it), while the outer graph still reaches θ behind the views
+            views = {m: (p.view_as(p) if (outer and p.requires_grad)
+                         else p.detach().requires_grad_(True)) for m, p in state.params.items()}
+            pred, target = self._pred_target(views, pending)  # (B, H, C, Dv)
+            delta = self.objective.grad(pred, target)  # ∂ℓ/∂pred_t
+            cot = delta * (w[..., None] if isinstance(w, Tensor) else w) if w is not None else delta
+            grads = torch.autograd.grad(pred, [views[m] for m in names], grad_outputs=cot,
                                         create_graph=outer, allow_unused=True)
-        with torch.no_grad():
-            surprise = self.objective.grad(pred.detach(), v.detach()).norm(dim=-1)
-        grad_sum = {m: state.grad_sum[m] + (g if g is not None else 0.0)
-                    for m, g in zip(names, grads)}
-        extra = dict(state.extra)
-        if self.wants_inputs:
-            xs = layer_inputs(self.memory, state.params, k)
-            if xs is not None:
-                root = weight.sqrt()[..., None] if weight is not None else 1.0
-                old = extra.get("x", {})
-                extra["x"] = {m: torch.cat([old[m], x * root], -2) if m in old else x * root
-                              for m, x in xs.items()}
-        if retention is not None:  # Σ_t log r_t over the chunk so far   (B, H)
-            extra["log_retention"] = extra.get("log_retention", 0.0) + retention.log().sum(-1)
-        return attrs.evolve(state, grad_sum=grad_sum, position=state.position + n,
-                            step=state.step + n, extra=extra), surprise
-
-    def maybe_apply(self, state: BoundaryState, **hyper: Any) -> BoundaryState:
-        """At a chunk boundary (``position == C``) apply the rule to the accumulated
-        gradient and open a new chunk; otherwise return ``state`` unchanged.
-
-        With accumulated retentions ``r = Π_t r_t`` the old parameters are also
-        decayed, ``θ ← rule(G, θ) − (1 − r)·θ`` (the ``α_t I`` factor of NL eq. 88
-        over the chunk, independent of the rule).
-        """
-        if state.position < self.chunk_size:
-            return state
-        scale = 1.0 / self.chunk_size if self.reduce == "mean" else 1.0
-        grads = {m: g * scale for m, g in state.grad_sum.items()}
+        grads = {m: (g if outer else g.detach()) if g is not None else torch.zeros_like(state.params[m])
+                 for m, g in zip(names, grads)}
+        if collect is not None:
+            collect["grads"] = grads
         hyper = {**self.hyper, **hyper}
-        extra = dict(state.extra)
-        xs = extra.pop("x", None)
-        if self.wants_inputs and xs is not None:
-            hyper["x"] = {m: x * scale ** 0.5 for m, x in xs.items()}
+        if self.wants_inputs:
+            xs = layer_inputs(self.memory, state.params, pending["k"])
+            if xs is not None:
+                root = w.sqrt()[..., None] if isinstance(w, Tensor) else (w ** 0.5 if w else 1.0)
+                hyper["x"] = {m: (x * root).expand(*state.params[m].shape[:-2], *x.shape[-2:])
+                              for m, x in xs.items()}
         params, opt_state = self.rule.update(grads, state.opt_state, state.params, **hyper)
-        log_r = extra.pop("log_retention", None)
-        if log_r is not None:
-            forget = -torch.expm1(log_r)  # 1 − Π_t r_t   (B, H)
+        if "retention" in pending:
+            forget = -torch.expm1(pending["retention"].log().sum(-1))  # 1 − Π_t r_t   (B, H)
             params = {m: p - bcast(forget, p) * state.params[m] for m, p in params.items()}
-        return attrs.evolve(state, params=params, opt_state=opt_state,
-                            grad_sum={m: torch.zeros_like(g) for m, g in grads.items()},
-                            position=0, extra=extra)
+        if not outer:
+            params, opt_state = tree_map(Tensor.detach, params), tree_map(Tensor.detach, opt_state)
+        return (attrs.evolve(state, params=params, opt_state=opt_state, pending={}, position=0),
+                delta.detach().norm(dim=-1))

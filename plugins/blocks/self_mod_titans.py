@@ -129,7 +129,7 @@ class SelfModTitans(Block):
         self.objective = config.objective.build()
         self.out_norm = nn.RMSNorm(self.head_dim, eps=1e-6)
         self.out = nn.Linear(dim, dim, bias=False)
-        self._surprise: dict[str, Tensor] = {}
+        self._last: dict[str, Any] | None = None
 
     def _fresh(self, batch: int) -> dict:
         proj = {n: p.expand(batch, *p.shape) for n, p in self.proj_init.items()}  # (B, P, …)
@@ -144,48 +144,74 @@ class SelfModTitans(Block):
         conv = state["conv"]
         if self.conv is not None:
             x, conv = self.conv(x, conv)
-        proj, mem, step = state["proj"], state["memory"], state["step"]
-        ys, s_proj, s_mem = [], [], []
-        for lo, hi in segments(step, x.shape[1], (cfg.proj_chunk_size, cfg.chunk_size)):
-            # unit-norm inputs: DGD's closed form assumes ‖x_t‖ constant (NL eq. 57), and the
-            # memories then read, write and generate values at one scale
-            xs = l2norm(x[:, None, lo:hi]).expand(B, P, hi - lo, self.dim)  # (B, P, n, dim)
-            out = self.proj_memory.read(proj.params, xs)  # eq. 90: every M_□ at its chunk start
-            k, v, e, a = out[:, 0], out[:, 1], out[:, 2], out[:, 3]  # (B, n, dim)
-            q = out[:, 4] if cfg.adaptive_q else self.q(x[:, lo:hi])  # (B, n, dim)
-            eta = torch.sigmoid(self.eta(e)).transpose(1, 2)  # η_t (B, H, n)
-            alpha = torch.sigmoid(self.alpha(a)).transpose(1, 2)  # α_t retention (B, H, n)
-            # self-generated values v̂_□ = M_□(v_t) (eq. 87) and the write of every M_□ (eq. 88)
-            vp = v[:, None].expand(B, P, hi - lo, self.dim)
-            targets = self.proj_memory.read(proj.params, vp) if cfg.self_values else vp
-            kp = l2norm(k)[:, None].expand(B, P, hi - lo, self.dim)
-            w = (cfg.proj_lr * eta.mean(1))[:, None].expand(B, P, hi - lo)  # (B, P, n)
-            r = alpha.mean(1)[:, None].expand(B, P, hi - lo)
-            proj, s = self.proj.accumulate(proj, kp, targets, weight=w, retention=r)
-            s_proj.append(s)
-            # main memory: a scan level written from (k̂, v̂_mem) with θ = lr_max·η, decay 1 − α
-            qh, kh, vh = l2norm(split_heads(q, H)), l2norm(split_heads(k, H)), split_heads(v, H)
+        proj, mem, step, T = state["proj"], state["memory"], state["step"], x.shape[1]
+        # 1) projection memories, chunk by chunk (eq. 90): read at the chunk start, then write
+        outs, s_proj = [], []
+        xs = l2norm(x)[:, None]  # (B, 1, T, dim) unit-norm inputs: DGD's closed form assumes
+        for lo, hi in segments(step, T, (cfg.proj_chunk_size,)):  # ‖x_t‖ constant (NL eq. 57)
+            proj, s = self.proj.settle(proj)  # M_□ ← rule(…) at the boundary (eq. 88)
+            if s is not None:
+                s_proj.append(s.mean(-1))
+            out = self.proj.read(proj, xs[:, :, lo:hi])  # every M_□ at its chunk start (B, P, n, dim)
+            k, v, eta, alpha = self._gates(out)
+            n = hi - lo
+            w = (cfg.proj_lr * eta.mean(1))[:, None].expand(B, P, n)  # w_t (B, P, n)
+            r = alpha.mean(1)[:, None].expand(B, P, n)  # retention (B, P, n)
+            kp = l2norm(k)[:, None]  # (B, 1, n, dim): the key of every M_□
+            if cfg.self_values:  # v̂_□ = M_□(v_t) (eq. 87)
+                proj = self.proj.append(proj, kp, self_target=v[:, None], weight=w, retention=r)
+            else:
+                proj = self.proj.append(proj, kp, v[:, None], weight=w, retention=r)
+            outs.append(out)
+        out = torch.cat(outs, 2) if outs else xs.new_zeros(B, P, 0, self.dim)
+        k, v, eta, alpha = self._gates(out)
+        q = out[:, 4] if cfg.adaptive_q else self.q(x)  # (B, T, dim)
+        # 2) main memory, chunk by chunk: values generated at its chunk start, then the scan
+        qh, kh, vh = l2norm(split_heads(q, H)), l2norm(split_heads(k, H)), split_heads(v, H)
+        ys, s_mem = [], []
+        for lo, hi in segments(step, T, (cfg.chunk_size,)):
             point = mem.chunk_params if mem.position else mem.params
-            vhat = self.memory.read(point, vh) if cfg.self_values else vh  # (B, H, n, Dh)
+            vhat = self.memory.read(point, vh[:, :, lo:hi]) if cfg.self_values else vh[:, :, lo:hi]
             with torch.no_grad():
-                s_mem.append(self.objective.grad(self.memory.read(point, kh), vhat).norm(dim=-1))
-            y, mem = memory_scan(qh, kh, vhat, memory=cfg.memory.type, objective=cfg.objective.type,
-                                 optimizer="momentum", lr=cfg.lr_max * eta, decay=1.0 - alpha,
-                                 momentum=cfg.momentum, chunk_size=cfg.chunk_size,
-                                 backend=cfg.backend, state=mem,
+                pred = self.memory.read(point, kh[:, :, lo:hi])
+                s_mem.append(self.objective.grad(pred, vhat).norm(dim=-1).flatten(1))
+            y, mem = memory_scan(qh[:, :, lo:hi], kh[:, :, lo:hi], vhat, memory=cfg.memory.type,
+                                 objective=cfg.objective.type, optimizer="momentum",
+                                 lr=cfg.lr_max * eta[:, :, lo:hi],
+                                 decay=1.0 - alpha[:, :, lo:hi], momentum=cfg.momentum,
+                                 chunk_size=cfg.chunk_size, backend=cfg.backend, state=mem,
                                  memory_kwargs=cfg.memory.options,
                                  objective_kwargs=cfg.objective.options)
             ys.append(y)
-            proj = self.proj.maybe_apply(proj)  # boundary: M_□ ← rule(…) (eq. 88)
-        self._surprise = {}
-        if s_proj:
-            sp = torch.cat(s_proj, 2).mean((0, 2))  # (P,)
-            self._surprise = {f"proj_{n}": sp[i] for i, n in enumerate(self.names)}
-            self._surprise["memory"] = torch.cat(s_mem, 2).mean()
         y = torch.cat(ys, 2) if ys else x.new_zeros(B, H, 0, self.head_dim)
+        self._last = {"proj": proj, "tail": min(proj.position, T), "s_proj": s_proj,
+                      "s_mem": s_mem}
         y = self.out(merge_heads(self.out_norm(y)))
-        return y, {"proj": proj, "memory": mem, "conv": conv, "step": step + x.shape[1]}
+        return y, {"proj": proj, "memory": mem, "conv": conv, "step": step + T}
+
+    def _gates(self, out: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``k, v (B, n, dim)`` and per-head ``η_t``, ``α_t (B, H, n)`` from the reads of
+        ``M_k, M_v, M_η, M_α`` (eq. 86)."""
+        eta = torch.sigmoid(self.eta(out[:, 2])).transpose(1, 2)  # η_t = σ(⟨u_η, e_t⟩ + b_η)
+        alpha = torch.sigmoid(self.alpha(out[:, 3])).transpose(1, 2)  # retention α_t
+        return out[:, 0], out[:, 1], eta, alpha
+
+    def fast_params(self, state: dict) -> dict[str, Tensor]:
+        """The projection memories' parameters in effect for the next read,
+        name → ``(B, P, *shape)`` in the order of ``self.names``."""
+        return self.proj.settle(state["proj"])[0].params
 
     def surprise(self) -> dict[str, Tensor]:
-        """Last forward's mean ``‖∂ℓ/∂pred‖`` of the main memory and of every projection memory."""
-        return dict(self._surprise)
+        """Last forward's mean write-time ``‖∂ℓ/∂pred‖`` of the main memory and of every
+        projection memory (its completed chunks and its still-pending tokens)."""
+        last = self._last
+        if last is None or not last["s_mem"]:
+            return {}
+        s_proj = list(last["s_proj"])  # (B, P) means per chunk
+        if last["tail"]:
+            delta = self.proj.chunk_delta(last["proj"])  # (B, P, m, dim)
+            s_proj.append(delta.norm(dim=-1)[:, :, -last["tail"]:].mean(-1))
+        sp = torch.stack(s_proj).mean((0, 1))  # (P,)
+        out = {f"proj_{n}": sp[i] for i, n in enumerate(self.names)}
+        out["memory"] = torch.cat(last["s_mem"], 1).mean()
+        return out
