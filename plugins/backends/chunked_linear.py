@@ -29,7 +29,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .tiles import Tiles
+from .tiles import Tiles, side_by_side
 
 
 def _acc(out: Tensor, a: Tensor, b: Tensor, alpha: float = 1.0) -> Tensor:
@@ -39,11 +39,6 @@ def _acc(out: Tensor, a: Tensor, b: Tensor, alpha: float = 1.0) -> Tensor:
     return out
 
 
-def _state_read(tiles: Tiles, t: int, W: Tensor, S: Tensor) -> Tensor:
-    """``D∘(Q W_bᵀ) + c∘(Q S_bᵀ)`` of tile ``t``: ``(B, H, L, Dv)``, a fresh tensor."""
-    return _acc(tiles.dq[t] @ W.transpose(-1, -2), tiles.cq[t], S.transpose(-1, -2))
-
-
 def scan_within_chunks(tiles: Tiles, W: Tensor, S: Tensor, Wg: Tensor,
                        psi: Callable[[Tensor, Tensor], Tensor]):
     """Tiles inside chunks, gradients at the chunk start: ``E = ψ(K W_gᵀ, V)``.
@@ -51,16 +46,18 @@ def scan_within_chunks(tiles: Tiles, W: Tensor, S: Tensor, Wg: Tensor,
     ``W, S, Wg: (B, H, Dv, Dk)`` (``Wg`` is used until a tile opens a chunk).
     Returns ``y (n, B, H, L, Dv)``, the final ``W, S`` and the last chunk start ``W_g``.
     """
-    K, V = tiles.k, tiles.v
+    K, V, Dk = tiles.k, tiles.v, W.shape[-1]
     M = tiles.gates.A * (tiles.q @ K.transpose(-1, -2))  # (n, B, H, L, L)
+    KAB = side_by_side(K, -tiles.aL, -tiles.bL)  # (n, B, H, L, 2Dk)
+    X = torch.cat([W, S], -1)  # joint state [W | S]: (B, H, Dv, 2Dk)
     ys = []
     for t, opens in enumerate(tiles.plan.opens_chunk):
         if opens:
-            Wg = W
+            Wg = X[..., :Dk]
         E = psi(K[t] @ Wg.transpose(-1, -2), V[t])  # (B, H, L, Dv)
-        ys.append(_acc(_state_read(tiles, t, W, S), M[t], E, alpha=-1.0))
-        W, S = tiles.advance(t, W, S, E, K[t])
-    return torch.stack(ys), W, S, Wg
+        ys.append(_acc(tiles.qdc[t] @ X.transpose(-1, -2), M[t], E, alpha=-1.0))
+        X = tiles.advance_joint(t, X, E, KAB[t])
+    return torch.stack(ys), X[..., :Dk].contiguous(), X[..., Dk:].contiguous(), Wg.contiguous()
 
 
 def scan_aligned(tiles: Tiles, W: Tensor, S: Tensor, chunk: int, a: float, b: float):
@@ -98,23 +95,26 @@ def scan_aligned(tiles: Tiles, W: Tensor, S: Tensor, chunk: int, a: float, b: fl
         N = g.A[..., sc, :] * (a * opened.to(Q.dtype))[:, None] * (K @ K.transpose(-1, -2))
         eye = torch.eye(L, dtype=Q.dtype, device=Q.device).expand_as(N)
         Tinv = torch.linalg.solve_triangular(N, eye, upper=False, unitriangular=True)
-        KD = (Tinv * (a * Ds)[..., None, :]) @ K  # G_D K  (n, B, H, L, Dk)
-        KC = (Tinv * (a * cs)[..., None, :]) @ K  # G_C K
+        KDC = Tinv @ side_by_side(K, a * Ds, a * cs)  # [G_D K | G_C K]: (n, B, H, L, 2Dk)
+    KAB = side_by_side(K, -tiles.aL, -tiles.bL)  # (n, B, H, L, 2Dk)
+    Dk = W.shape[-1]
+    X = torch.cat([W, S], -1)  # joint state [W | S]: (B, H, Dv, 2Dk)
     ys = []
     for t in range(Q.shape[0]):
-        W_b, S_b = W, S
-        Wt, St = W.transpose(-1, -2), S.transpose(-1, -2)
+        X_b, Xt = X, X.transpose(-1, -2)
         if a != 0.0:
-            E = _acc(_acc(KD[t] @ Wt, KC[t], St), Tinv[t], V[t], alpha=b)  # (B, H, L, Dv)
+            E = _acc(KDC[t] @ Xt, Tinv[t], V[t], alpha=b)  # (B, H, L, Dv)
         else:  # dot: E = b V does not depend on the state
             E = V[t] * b
-        ys.append(_acc(_state_read(tiles, t, W, S), M[t], E, alpha=-1.0))
-        W, S = tiles.advance(t, W, S, E, K[t])
+        ys.append(_acc(tiles.qdc[t] @ Xt, M[t], E, alpha=-1.0))
+        X = tiles.advance_joint(t, X, E, KAB[t])
+    W, S = X[..., :Dk].contiguous(), X[..., Dk:].contiguous()
+    W_b, S_b = X_b[..., :Dk], X_b[..., Dk:]
     # parameters at the start of the last chunk: W_s for s = its first slot − 1
     last = int(tiles.plan.last[-1])
     start = chunk * (last // chunk) - 1
     if start < 0:
-        W_cs = W_b
+        W_cs = W_b.contiguous()
     else:
         row = g.A[-1, ..., start, :, None] * K[-1]  # (B, H, L, Dk): A_{s,:}ᵀ∘K
         W_cs = g.D[-1, ..., start, None, None] * W_b + g.c[-1, ..., start, None, None] * S_b \

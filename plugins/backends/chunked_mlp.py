@@ -47,7 +47,6 @@ def scan_within_chunks(tiles: Tiles, params: Params, mom: Params, grad_point: Pa
     W1, W2, S1, S2 = params["W1"], params["W2"], mom["W1"], mom["W2"]
     G1, G2 = grad_point["W1"], grad_point["W2"]
     M = g.A * (Q @ K.transpose(-1, -2))  # (n, B, H, L, L)
-    QDC = torch.cat([g.D[..., None] * Q, g.c[..., None] * Q], -1)  # (n, B, H, L, 2Dk)
     ys = []
     for t, opens in enumerate(tiles.plan.opens_chunk):
         if opens:
@@ -62,7 +61,7 @@ def scan_within_chunks(tiles: Tiles, params: Params, mom: Params, grad_point: Pa
         d2 = psi(pred, V[t])  # (B, H, L, Dv)
         d1 = (d2 @ G2) * activation_grad(z)  # (B, H, L, Dh)
         # read after write, layer by layer
-        h = activation(QDC[t] @ _cat_t(W1, S1) - M[t] @ d1)  # (B, H, L, Dh)
+        h = activation(tiles.qdc[t] @ _cat_t(W1, S1) - M[t] @ d1)  # (B, H, L, Dh)
         y = torch.cat([D * h, c * h], -1) @ _cat_t(W2, S2) \
             - (A * (h @ act.transpose(-1, -2))) @ d2  # (B, H, L, Dv)
         ys.append(y + Q[t] if residual else y)

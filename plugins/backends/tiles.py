@@ -38,6 +38,13 @@ def segment_products(x: Tensor) -> Tensor:
     return m * (r[:, None] >= r[None, :]).to(x.dtype)
 
 
+def side_by_side(x: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """``[a∘x | b∘x]``: rows of ``x (..., L, D)`` scaled by ``a, b (..., L)``, side by
+    side → ``(..., L, 2D)`` (one op, no concatenation copy)."""
+    scale = torch.stack([a, b], -1)[..., None]  # (..., L, 2, 1)
+    return (x.unsqueeze(-2) * scale).flatten(-2)
+
+
 @dataclass
 class TileGates:
     """Gate kernel of a batch of tiles (leading dims ``...``, tile length ``L``).
@@ -157,9 +164,9 @@ class Tiles:
     """Inputs of a batch of tiles in loop-friendly layout ``(n, B, H, L, ...)``.
 
     ``q, k: (n, B, H, L, Dk)``, ``v: (n, B, H, L, Dv)``; ``gates`` of every tile;
-    ``dq = D∘q``, ``cq = c∘q`` (the state part of every read); end-of-tile
-    coefficients ``DL, cL, PL: (n, B, H, 1, 1)`` and rows ``aL = A_{L,:}``,
-    ``bL = (Bθ)_{L,:}: (n, B, H, L)``.
+    ``qdc = [D∘q | c∘q]: (n, B, H, L, 2Dk)`` (the state part of every read is
+    ``qdc [W_b | S_b]ᵀ``); end-of-tile coefficients ``DL, cL, PL: (n, B, H, 1, 1)``
+    and rows ``aL = A_{L,:}``, ``bL = (Bθ)_{L,:}: (n, B, H, L)``.
     """
 
     plan: TilePlan
@@ -167,8 +174,7 @@ class Tiles:
     k: Tensor
     v: Tensor
     gates: TileGates
-    dq: Tensor
-    cq: Tensor
+    qdc: Tensor
     DL: Tensor
     cL: Tensor
     PL: Tensor
@@ -185,8 +191,18 @@ class Tiles:
         DL, cL, PL, aL, bL = gates.rows(plan.last)
         q = plan.gather(q)
         return cls(plan=plan, q=q, k=plan.gather(k), v=plan.gather(v), gates=gates,
-                   dq=gates.D[..., None] * q, cq=gates.c[..., None] * q,
+                   qdc=side_by_side(q, gates.D, gates.c),
                    DL=DL, cL=cL, PL=PL, aL=aL, bL=bL)
+
+    def advance_joint(self, t: int, X: Tensor, err: Tensor, inp_ab: Tensor) -> Tensor:
+        """:meth:`advance` on the joint state ``X = [W | S]: (B, H, R, 2I)`` with
+        ``inp_ab = [−A_{L,:}ᵀ∘inp | −(Bθ)_{L,:}ᵀ∘inp]: (B, H, L, 2I)`` precomputed."""
+        n_in = X.shape[-1] // 2
+        W, S = X[..., :n_in], X[..., n_in:]
+        U = err.transpose(-1, -2) @ inp_ab  # (B, H, R, 2I), a fresh buffer
+        U[..., :n_in].addcmul_(self.DL[t], W).addcmul_(self.cL[t], S)
+        U[..., n_in:].addcmul_(self.PL[t], S)
+        return U
 
     def advance(self, t: int, W: Tensor, S: Tensor, err: Tensor, inp: Tensor) -> tuple[Tensor, Tensor]:
         """End of tile ``t`` for a layer with per-token gradients ``g_i = err_i inp_iᵀ``::
