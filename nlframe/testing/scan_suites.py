@@ -97,9 +97,13 @@ def scan_batch_independent(subject: ScanSubject, data: Any) -> None:
 
 
 def scan_gradients_match_finite_differences(subject: ScanSubject, data: Any) -> None:
-    """``∂y/∂(q, k, v, W_0, gates)`` of the scan equals central finite differences (float64)."""
-    combos = [c for c in subject.combos if c[4] == torch.float64]
-    if not combos:
+    """``∂y/∂(q, k, v, W_0, gates)`` of the scan equals central finite differences (float64).
+
+    Run with the smooth ``momentum`` rule; gradients under other rules are held to
+    the reference's by ``matches_reference``.
+    """
+    combos = [c for c in subject.combos if c[4] == torch.float64 and c[2] == "momentum"]
+    if not combos:  # other rules may be non-smooth (sign, low-precision Newton–Schulz)
         return
     memory, objective, optimizer, chunks, _ = data.draw(st.sampled_from(combos), label="combination")
     inp = data.draw(scan_inputs(memory, objective, optimizer=optimizer, max_B=1, max_H=1, max_T=3,

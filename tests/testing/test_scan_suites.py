@@ -15,7 +15,6 @@ def test_correct_local_plugins_pass(kit_plugins):
     assert check_memory("kit-residual", objective="kit-l2", max_examples=3, **LOCAL) == []
     assert check_objective("kit-l2", memory="kit-linear", max_examples=4, **LOCAL) == []
     assert check_backend("kit-linear-l2", reference="kit-reference", max_examples=4) == []
-    assert check_backend("kit-reference", reference="kit-reference", max_examples=3) == []
 
 
 class BatchMeanMemory(KitLinear):
