@@ -111,8 +111,8 @@ class ConformanceProperty(pytest.Item):
 def pytest_collection_modifyitems(session, config, items):
     """Append the requested suites' properties (before -k/-m deselection runs)."""
     for kind, name in config.stash.get(_stash_key, []):
-        col = ConformanceSuite.from_parent(session, name=f"nlframe-conformance[{kind}:{name}]",
-                                           kind=kind, target=name)
+        node = f"nlframe-conformance[{kind}:{name}]"
+        col = ConformanceSuite.from_parent(session, name=node, nodeid=node, kind=kind, target=name)
         report = col.ihook.pytest_make_collect_report(collector=col)
         session.ihook.pytest_collectreport(report=report)
         if report.passed:
