@@ -320,3 +320,12 @@ def test_copy_of_state_dict_is_independent():
     sd = copy.deepcopy(opt.state_dict())
     opt.step()
     assert sd["state"][0]["adam"]["step"] == 1
+
+
+@pytest.mark.parametrize("rule,torch_cls,hyper,second", TORCH_CASES,
+                         ids=[f"{c[0]}-{i}" for i, c in enumerate(TORCH_CASES)])
+def test_elementwise_rules_are_bit_identical_to_torch(rule, torch_cls, hyper, second):
+    """sgd/adam/adamw apply torch's own operation sequence (fused tail: add_/mul_/addcdiv_)."""
+    ours = trajectory(lambda m: Optimizer(two_groups(m, **second), rule=rule, **hyper))
+    ref = trajectory(lambda m: torch_cls(two_groups(m, **second), **hyper))
+    assert torch.equal(ours, ref)

@@ -39,8 +39,8 @@ class Adam(TransformRule):
 class AdamW(TransformRule):
     """AdamW: Adam's direction ``d`` with decoupled decay, ``W ← W − γ·(d + λW)``.
 
-    ``torch.optim.AdamW`` (Loshchilov & Hutter 2019): torch computes
-    ``W·(1 − γλ) − γ d``, the same value. Defaults as torch (``weight_decay=0.01``).
+    ``torch.optim.AdamW`` (Loshchilov & Hutter 2019), applied as torch does,
+    ``W·(1 − γλ) − γ d`` (bit-identical on CPU). Defaults as torch (``weight_decay=0.01``).
     """
 
     hyperparams = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 1e-2,

@@ -35,7 +35,7 @@ from nlframe.interfaces import OptState, Params, UpdateRule
 
 from . import ops
 
-__all__ = ["Transform", "chain", "partition", "TransformRule", "ScaleByLr",
+__all__ = ["Transform", "chain", "partition", "TransformRule", "ScaleByLr", "AddDecayedWeights",
            "check_nonneg", "check_unit", "check_betas", "check_positive", "check_choice",
            "check_int", "check_bool", "same_structure", "finite_in_finite_out"]
 
@@ -192,23 +192,54 @@ class ScaleByLr(Transform):
         return as_dict(names, ops.mul([updates[n] for n in names], -self.hp(h, "lr"))), state
 
 
+class AddDecayedWeights(Transform):
+    """``u ← u + λ·W``: before a momentum it is L2 regularisation (torch SGD/Adam
+    ``weight_decay``); after the direction and before :class:`ScaleByLr` it is
+    decoupled decay ``W ← W − γ(d + λW)`` (AdamW, Muon)."""
+
+    roles = {"weight_decay": 0.0}
+    default_key = "weight_decay"
+
+    def update(self, updates, state, params, h, inplace=False):
+        wd = self.hp(h, "weight_decay")
+        if ops.is_num(wd) and wd == 0:
+            return updates, state
+        names = list(updates)
+        u, p = lists(names, updates, params)
+        return as_dict(names, ops.add(u, p, alpha=wd)), state
+
+
 class TransformRule(UpdateRule):
     """An update rule from a transform: ``W ← W + T(∇L)``.
 
     Subclasses declare ``hyperparams`` and build their transform in
-    :meth:`build`. A chain ending in :class:`ScaleByLr` is applied as
-    ``W + (−γ)·u`` in one op (torch's ``param.add_(u, alpha=-lr)``).
+    :meth:`build`. A chain's tail is applied the way torch applies it, in as few
+    passes: ``[…, ScaleByLr]`` as ``W + (−γ)·u`` (``param.add_(u, alpha=-lr)``),
+    ``[…, AddDecayedWeights, ScaleByLr]`` as ``W·(1 − γλ) + (−γ)·u`` (decoupled
+    decay), and a quotient transform (one with ``parts``, e.g. Adam's
+    ``u = m / d / c``) right before them as ``addcdiv(W, m, d, −γ/c)``.
     :meth:`update_` is the in-place twin used by :class:`nlframe.optim.Optimizer`:
     same kernels, same results, bit for bit.
     """
 
     def __init__(self, **defaults: Any) -> None:
         super().__init__(**defaults)
-        self.transform = self.build()
+        t = self.build()
+        self.transform = t if isinstance(t, _Chain) else chain(t)
         missing = set(self.transform.hyperparams) - set(self.hyperparams)
         if missing:
             raise TypeError(f"{type(self).__name__}: its transform reads {sorted(missing)}, "
                             "which are not declared in hyperparams")
+        self._head, self._quotient, self._decay, self._lr = self._tail_plan(self.transform)
+
+    @staticmethod
+    def _tail_plan(t: Transform) -> tuple[list, Any, Any, Any]:
+        """Split ``t`` into ``head`` transforms and the fused tail (quotient, decay, lr)."""
+        ts = list(t.transforms)
+        lr = ts.pop() if isinstance(ts[-1], ScaleByLr) else None
+        decay = ts.pop() if lr and ts and isinstance(ts[-1], AddDecayedWeights) else None
+        quotient = ts.pop() if lr and ts and hasattr(ts[-1], "parts") else None
+        return ts, quotient, decay, lr
 
     @abc.abstractmethod
     def build(self) -> Transform:
@@ -218,32 +249,48 @@ class TransformRule(UpdateRule):
         """Initial state; ``hyper`` (default: the rule's defaults) decides optional slots."""
         return self.transform.init(params, self.resolve(hyper))
 
-    def _run(self, grads: Params, state: OptState, params: Params, h: Mapping[str, Any],
-             inplace: bool) -> tuple[Params, OptState, Any]:
-        """``(u, new_state, scale)`` with ``W_new = W + scale·u``."""
-        t = self.transform
-        if not (isinstance(t, _Chain) and isinstance(t.transforms[-1], ScaleByLr)):
-            return (*t.update(grads, state, params, h, inplace), 1)
-        *head, last = t.transforms
-        new_state, u = {last.key: state[last.key]}, grads
-        for tr in head:
+    def _apply(self, grads: Params, state: OptState, params: Params, h: Mapping[str, Any],
+               inplace: bool) -> tuple[list[Tensor], OptState]:
+        """New params (in ``params`` order; written in place when ``inplace``) and state."""
+        new_state: dict[str, Any] = {}
+        u = grads
+        for tr in self._head:
             u, new_state[tr.key] = tr.update(u, state[tr.key], params, h, inplace)
-        return u, {tr.key: new_state[tr.key] for tr in t.transforms}, -last.hp(h, "lr")
+        names = list(params)
+        p = [params[n] for n in names]
+        if self._lr is None:
+            return ops.add(p, [u[n] for n in names], inplace=inplace), new_state
+        lr = self._lr.hp(h, "lr")
+        for tr in (self._decay, self._lr):
+            if tr is not None:
+                new_state[tr.key] = state[tr.key]
+        if self._decay is not None:
+            wd = self._decay.hp(h, "weight_decay")
+            if not (ops.is_num(wd) and wd == 0):
+                p = ops.mul(p, [1 - a * b for a, b in zip(ops.per(lr, p), ops.per(wd, p))],
+                            inplace=inplace)
+        if self._quotient is not None:
+            q = self._quotient
+            u = {n: u[n] for n in names}  # parts come back in this order
+            num, den, divisor, new_state[q.key] = q.parts(u, state[q.key], params, h, inplace)
+            step = [-(a / c) for a, c in zip(ops.per(lr, p), divisor)]
+            p = ops.addcdiv(p, num, den, step, inplace=inplace)
+        else:
+            p = ops.add(p, [u[n] for n in names], alpha=-lr, inplace=inplace)
+        return p, {tr.key: new_state[tr.key] for tr in self.transform.transforms}
 
     def update(self, grads: Params, state: OptState, params: Params,
                **hyper: Any) -> tuple[Params, OptState]:
-        updates, new_state, scale = self._run(grads, state, params, self.resolve(hyper), False)
-        names = list(params)
-        p, u = lists(names, params, updates)
-        return as_dict(names, ops.add(p, u, alpha=scale)), new_state
+        new, new_state = self._apply(grads, state, params, self.resolve(hyper), False)
+        return as_dict(list(params), new), new_state
 
     def update_(self, grads: Params, state: OptState, params: Params, **hyper: Any) -> OptState:
-        """Like :meth:`update` but adds the updates into ``params`` and may reuse the
+        """Like :meth:`update` but writes the new values into ``params`` and may reuse the
         storage of ``state``; returns the new state. For optimizers that own both."""
-        updates, new_state, scale = self._run(grads, state, params, self.resolve(hyper), True)
-        names = list(params)
-        p, u = lists(names, params, updates)
-        ops.add(p, u, alpha=scale, inplace=True)
+        new, new_state = self._apply(grads, state, params, self.resolve(hyper), True)
+        for n, q in zip(params, new):
+            if q is not params[n]:  # a path that could not work in place
+                params[n].copy_(q)
         return new_state
 
 

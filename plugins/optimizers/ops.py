@@ -104,6 +104,16 @@ def addcmul(xs: Tensors, ys: Tensors, zs: Tensors, value: Any, inplace: bool = F
     return [x + v * y * z for x, y, z, v in zip(xs, ys, zs, per(value, xs, ys, zs))]
 
 
+def addcdiv(xs: Tensors, ys: Tensors, zs: Tensors, value: Any, inplace: bool = False) -> Tensors:
+    """``x + value · y / z`` (``value``: a number or one per parameter)."""
+    if _fast([xs, ys, zs], [value]):
+        if inplace:
+            torch._foreach_addcdiv_(xs, ys, zs, value)
+            return xs
+        return list(torch._foreach_addcdiv(xs, ys, zs, value))
+    return [x + v * y / z for x, y, z, v in zip(xs, ys, zs, per(value, xs, ys, zs))]
+
+
 def ema_sq(vs: Tensors, gs: Tensors, beta: Any, inplace: bool = False) -> Tensors:
     """``β · v + (1 − β) · g²`` computed as torch's Adam does (``mul_`` then ``addcmul_``)."""
     if _fast([vs, gs], [beta]) and not isinstance(beta, list):

@@ -13,7 +13,7 @@ import torch
 from nlframe.utils import bcast
 
 from . import ops
-from .base import ScaleByLr, Transform, as_dict, lists
+from .base import AddDecayedWeights, ScaleByLr, Transform, as_dict, lists
 
 __all__ = ["Negate", "AddDecayedWeights", "ScaleByLr", "SGDMomentum", "EmaMomentum", "Trace",
            "ScaleByAdam", "ScaleByRms"]
@@ -30,23 +30,6 @@ class Negate(Transform):
             return updates, state
         names = list(updates)
         return as_dict(names, ops.neg([updates[n] for n in names])), state
-
-
-class AddDecayedWeights(Transform):
-    """``u ← u + λ·W``: before a momentum it is L2 regularisation (torch SGD/Adam
-    ``weight_decay``); after the direction and before :class:`ScaleByLr` it is
-    decoupled decay ``W ← W − γ(d + λW)`` (AdamW, Muon)."""
-
-    roles = {"weight_decay": 0.0}
-    default_key = "weight_decay"
-
-    def update(self, updates, state, params, h, inplace=False):
-        wd = self.hp(h, "weight_decay")
-        if ops.is_num(wd) and wd == 0:
-            return updates, state
-        names = list(updates)
-        u, p = lists(names, updates, params)
-        return as_dict(names, ops.add(u, p, alpha=wd)), state
 
 
 class SGDMomentum(Transform):
@@ -149,7 +132,9 @@ class ScaleByAdam(Transform):
             state["max_exp_avg_sq"] = zeros()
         return state
 
-    def update(self, updates, state, params, h, inplace=False):
+    def parts(self, updates, state, params, h, inplace=False):
+        """``(m, d, c, state)`` with the update ``u = m / d / c``: torch's
+        ``d = √v̂ / √(1 − β2ᵗ) + ε`` and ``c = 1 − β1ᵗ`` (one per parameter)."""
         b1, b2 = self.hp(h, "betas")
         eps = self.hp(h, "eps")
         names = list(updates)
@@ -157,8 +142,6 @@ class ScaleByAdam(Transform):
         steps = [state["step"][n] + 1 for n in names]
         m = ops.lerp(m, g, 1 - b1, inplace=inplace)
         v = ops.ema_sq(v, g, b2, inplace=inplace)
-        bc1 = _bias_corrections(b1, steps, g)
-        bc2_sqrt = [c ** 0.5 for c in _bias_corrections(b2, steps, g)]
         new_state = {"step": as_dict(names, steps), "exp_avg": as_dict(names, m),
                      "exp_avg_sq": as_dict(names, v)}
         src = v
@@ -170,12 +153,15 @@ class ScaleByAdam(Transform):
         elif self.hp(h, "amsgrad"):
             raise ValueError("amsgrad=True needs the state created with amsgrad=True "
                              "(init(params, amsgrad=True), or the rule constructed with it)")
-        # (1 − β1ᵗ)(√v̂ / √(1 − β2ᵗ) + ε), in two passes over a fresh tensor
-        denom = ops.mul(ops.sqrt(src), [c1 / c2 for c1, c2 in zip(bc1, bc2_sqrt)], inplace=True)
-        denom = ops.add_scalar(denom, [e * c1 for e, c1 in zip(ops.per(eps, g), bc1)],
+        bc2_sqrt = [c ** 0.5 for c in _bias_corrections(b2, steps, g)]
+        denom = ops.add_scalar(ops.div_scalar(ops.sqrt(src), bc2_sqrt, inplace=True), eps,
                                inplace=True)
-        out = ops.div(m, denom, into_second=True)
-        return as_dict(names, out), new_state
+        return m, denom, _bias_corrections(b1, steps, g), new_state
+
+    def update(self, updates, state, params, h, inplace=False):
+        m, denom, bc1, new_state = self.parts(updates, state, params, h, inplace)
+        out = ops.div_scalar(ops.div(m, denom, into_second=True), bc1, inplace=True)
+        return as_dict(list(updates), out), new_state
 
 
 class ScaleByRms(Transform):
