@@ -1,6 +1,6 @@
 """Composable gradient transforms and the rule that applies a chain of them.
 
-A :class:`Transform` is a pure pair ``init(params) -> state`` and
+A :class:`Transform` is a pure pair ``init(params, h) -> state`` and
 ``update(updates, state, params, h) -> (updates, state)`` (optax's
 ``GradientTransformation``, torch-native): it maps incoming updates (at first
 the gradients) to outgoing updates. :func:`chain` runs transforms in sequence,
@@ -173,7 +173,8 @@ def _restrict(state: Any, names: set[str]) -> Any:
     return state
 
 
-def partition(label: Callable[[str, Tensor], str], transforms: Mapping[str, Transform]) -> Transform:
+def partition(label: Callable[[str, Tensor], str],
+              transforms: Mapping[str, Transform]) -> Transform:
     """Give each parameter the transform of its label (optax ``multi_transform``).
 
     ``label(name, param) -> str`` must return a key of ``transforms``.

@@ -43,8 +43,9 @@ def _fast(lists: Sequence[Sequence[Tensor]], hypers: Sequence[Any] = ()) -> bool
 
 
 def per(h: Any, *refs: Sequence[Tensor]) -> list:
-    """``h`` for each parameter: numbers repeat, a tensor is broadcast over the leading dims
-    of the widest tensor of each position in ``refs``, a list is taken as is (already one value per parameter)."""
+    """``h`` for each parameter: numbers repeat, a tensor is broadcast over the leading
+    dims of the widest tensor of each position in ``refs``, a list is taken as is (it
+    already holds one value per parameter)."""
     if isinstance(h, list):
         return h
     n = len(refs[0])

@@ -43,7 +43,8 @@ class Precondition(Transform):
             u, rms = self.rms.update(updates, state["rms"], params, h, inplace)
             return u, {"rms": rms}
         if kind == "newton-schulz":
-            return self.ortho.update(updates, state, params, {**h, "eps": NS_EPS}, inplace)[0], state
+            u, _ = self.ortho.update(updates, state, params, {**h, "eps": NS_EPS}, inplace)
+            return u, state
         return updates, state
 
 
