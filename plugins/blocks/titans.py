@@ -82,7 +82,12 @@ class Titans(Block):
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"memory: {exc}") from None
             if self.layout == "mal":
-                Attention.Config(heads=self.attention_heads or self.heads, window=self.window).check(dim)
+                try:
+                    Attention.Config(heads=self.attention_heads or self.heads,
+                                     window=self.window).check(dim)
+                except ValueError as exc:
+                    field = "attention_heads" if self.attention_heads else "heads"
+                    raise ValueError(f"{field}: attention: {str(exc).split(': ', 1)[-1]}") from None
 
     def __init__(self, config: Config, dim: int) -> None:
         super().__init__()
