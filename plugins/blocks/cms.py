@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from nlframe.interfaces import Block
-from nlframe.spec import MemoryRef, ObjectiveRef, OptimizerRef, one_of, positive_int
+from nlframe.spec import MemoryRef, ObjectiveRef, OptimizerRef, one_of
 
 from .common import BoundaryLevel, BoundaryState, check_input, segments
 
@@ -187,7 +187,8 @@ class CMS(Block):
             ys.append(level.read(state, u[:, :, lo:hi]))  # read at θ of the last boundary
             state = level.append(state, k[:, :, lo:hi], v[:, :, lo:hi])
             if self._parent(i):
-                state.extra = {**state.extra, "meta_position": state.extra["meta_position"] + hi - lo}
+                state = attrs.evolve(state, extra={
+                    **state.extra, "meta_position": state.extra["meta_position"] + hi - lo})
             new = state.position
         self._last[i] = (state, min(new, h.shape[1]), norms)
         return torch.cat(ys, 2)[:, 0] if ys else h.new_zeros(h.shape), state

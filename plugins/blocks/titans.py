@@ -17,6 +17,8 @@ from .attention import Attention
 from .common import (HeadGate, ShortConv, check_input, l2norm, learned_init, merge_heads,
                      scan_surprise, split_heads)
 
+_unit_open = in_range(0.0, 1.0, lo_open=True, hi_open=True)
+
 
 class Titans(Block):
     """Titans neural memory ``y_t = W_o · M_{W_t}(q_t)``, per head (arXiv 2501.00663 §3).
@@ -54,19 +56,20 @@ class Titans(Block):
         chunk_size: int = attrs.field(default=16, validator=positive_int)
         lr_max: float = attrs.field(default=1.0, validator=in_range(0.0, 100.0, lo_open=True))
         """θ_t = lr_max · σ(w·x_t + b)."""
-        lr_init: float = attrs.field(default=0.1, validator=in_range(0.0, 1.0, lo_open=True, hi_open=True))
+        lr_init: float = attrs.field(default=0.1, validator=_unit_open)
         """Initial typical θ_t / lr_max (sets the gate's bias)."""
         momentum: bool = True
         """Data-dependent surprise momentum η_t (eq. 10); false: η = 0."""
-        momentum_init: float = attrs.field(default=0.9, validator=in_range(0.0, 1.0, lo_open=True, hi_open=True))
+        momentum_init: float = attrs.field(default=0.9, validator=_unit_open)
         decay: bool = True
         """Data-dependent forgetting α_t (eq. 13); false: α = 0."""
-        decay_init: float = attrs.field(default=0.01, validator=in_range(0.0, 1.0, lo_open=True, hi_open=True))
+        decay_init: float = attrs.field(default=0.01, validator=_unit_open)
         conv_size: int = attrs.field(default=4, validator=attrs.validators.ge(0))
         layout: str = attrs.field(default="standalone", validator=one_of("standalone", "mal"))
         window: int = attrs.field(default=64, validator=positive_int)
         """MAL: sliding-window size of the attention."""
-        attention_heads: int | None = attrs.field(default=None, validator=attrs.validators.optional(positive_int))
+        attention_heads: int | None = attrs.field(default=None,
+                                                  validator=attrs.validators.optional(positive_int))
         """MAL: heads of the attention (default ``heads``)."""
         backend: str = attrs.field(default="auto", validator=plugin_name("backend", extra=("auto",)))
 

@@ -97,7 +97,8 @@ def test_errors_carry_the_nested_path():
     with pytest.raises(SpecError, match=r"model.blocks\[0\].titans.heads: 3 heads do not divide dim 16"):
         load_spec(bad)
     bad = HOPE.replace('variant = "nested"', 'variant = "nestd"')
-    with pytest.raises(SpecError, match=r"model.blocks\[0\].cms.variant: expected one of .* did you mean 'nested'"):
+    with pytest.raises(SpecError,
+                       match=r"model.blocks\[0\].cms.variant: expected one of .* did you mean 'nested'"):
         load_spec(bad)
     bad = HOPE.replace("window = 5", "window = 5, foo = 1")
     with pytest.raises(SpecError, match=r"model.blocks\[1\].attention.foo: unknown key"):
