@@ -22,7 +22,8 @@ from .common import (BoundaryLevel, ShortConv, check_input, l2norm, learned_init
 class SelfModTitans(Block):
     """Self-modifying Titans (NL arXiv 2512.24695 eqs. 86–90): every projection is a memory.
 
-    For input ``x_t`` (after a short causal convolution), per chunk of the
+    For input ``x_t`` (after a short causal convolution, then L2-normalised, as
+    DGD's closed form assumes ``‖x_t‖`` constant, NL eq. 57), per chunk of the
     projection memories (``proj_chunk_size`` tokens, all read at the params of
     the chunk start — eq. 90)::
 
@@ -34,8 +35,9 @@ class SelfModTitans(Block):
     with every projection memory a residual MLP ``M(x) = x + W2 σ(W1 x)``
     (eq. 89; ``dim → dim``) starting each sequence from learned parameters. At
     the end of each chunk every projection memory ``□`` is written with its own
-    objective ``ℓ(M_□; k_t, v̂_□,t)`` (default L2) and the update rule (default
-    ``dgd``, eqs. 88/93)::
+    objective ``ℓ(M_□; k̄_t, v̂_□,t)`` (default L2, key ``k̄_t = k_t/‖k_t‖``, the
+    target a constant for the inner step) and the update rule (default ``dgd``,
+    eqs. 88/93), with the chunk's gradients at the chunk-start params::
 
         M_□ ← rule(Σ_t w_t ∇ℓ(M_□; k_t, v̂_□,t), M_□) − (1 − Π_t ᾱ_t) M_□
 
