@@ -5,8 +5,9 @@ times ``A = X Xᵀ``, ``X ← a·X + (b·A + c·A²) X``; the result approximate
 ``U Vᵀ`` of ``G = U S Vᵀ`` (Jordan et al. 2024, "Muon"). Matrices are the last
 two dims; leading dims are independent batch elements. For a 2-D input the
 operations are exactly those of ``torch.optim.Muon`` (torch 2.13), so the
-results agree bit for bit; stacked inputs use ``baddbmm``, which agrees with
-the per-matrix ``addmm`` bit for bit as well (tested).
+results agree bit for bit. Stacked inputs iterate with ``baddbmm`` in float32 /
+float64; in bfloat16 / float16 ``baddbmm`` and ``addmm`` round differently now
+and then, so there each matrix runs the 2-D sequence (bit-identical per element).
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 NS_STEPS = 5
 NS_EPS = 1e-7
 NS_DTYPES = (None, "bfloat16", "float16", "float32", "float64")
+
+
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
 def newton_schulz(g: Tensor, coefficients: Sequence[float] = NS_COEFFICIENTS,
@@ -42,12 +46,14 @@ def newton_schulz(g: Tensor, coefficients: Sequence[float] = NS_COEFFICIENTS,
         x = x.mT
     if isinstance(eps, Tensor):  # per leading element (…,) → (…, 1, 1), in x's dtype
         eps = eps.to(x.dtype).reshape(*eps.shape, *([1] * (x.dim() - eps.dim())))
-    if x.dim() == 2:  # the exact operation sequence of torch.optim.Muon
-        x = x / x.norm().clamp(min=eps)
-        for _ in range(steps):
-            gram = x @ x.T
-            poly = torch.addmm(gram, gram, gram, beta=b, alpha=c)
-            x = torch.addmm(x, poly, x, beta=a)
+    if x.dim() > 2 and x.dtype in _LOW_PRECISION:  # per matrix: see the module docstring
+        flat = x.reshape(-1, *x.shape[-2:])
+        eps_flat = eps.expand(*x.shape[:-2], 1, 1).reshape(-1) if isinstance(eps, Tensor) \
+            else [eps] * len(flat)
+        out = torch.stack([_ns_2d(m, a, b, c, steps, e) for m, e in zip(flat, eps_flat)])
+        x = out.reshape(x.shape)
+    elif x.dim() == 2:
+        x = _ns_2d(x, a, b, c, steps, eps)
     else:
         lead = x.shape[:-2]
         x = x / torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True).clamp(min=eps)
@@ -60,6 +66,16 @@ def newton_schulz(g: Tensor, coefficients: Sequence[float] = NS_COEFFICIENTS,
     return x.mT if tall else x
 
 
+def _ns_2d(x: Tensor, a: float, b: float, c: float, steps: int, eps: Any) -> Tensor:
+    """The exact operation sequence of torch.optim.Muon on one (wide) matrix."""
+    x = x / x.norm().clamp(min=eps)
+    for _ in range(steps):
+        gram = x @ x.T
+        poly = torch.addmm(gram, gram, gram, beta=b, alpha=c)
+        x = torch.addmm(x, poly, x, beta=a)
+    return x
+
+
 def as_matrix(x: Tensor) -> Tensor:
     """A 1-D tensor as a row ``(1, n)``; others unchanged (matrix = last two dims)."""
     return x.unsqueeze(0) if x.dim() == 1 else x
@@ -67,12 +83,14 @@ def as_matrix(x: Tensor) -> Tensor:
 
 def orthogonalize(xs: list[Tensor], coefficients, steps, eps, dtype) -> list[Tensor]:
     """:func:`newton_schulz` of each tensor, cast back to its dtype; tensors of equal
-    shape are stacked and orthogonalised in one batched call (same results) unless
-    ``eps`` is a per-element tensor."""
+    shape are stacked and orthogonalised in one batched call when the iteration runs
+    in float32/float64 and ``eps`` is a number."""
     out: list[Tensor | None] = [None] * len(xs)
     groups: dict[tuple, list[int]] = {}
     for i, x in enumerate(xs):
-        key = (tuple(x.shape), x.dtype, x.device) if not isinstance(eps, Tensor) else i
+        stack = not isinstance(eps, Tensor) and dtype not in ("bfloat16", "float16") and \
+            not (dtype is None and x.dtype in _LOW_PRECISION)
+        key = (tuple(x.shape), x.dtype, x.device) if stack else i
         groups.setdefault(key, []).append(i)
     for idx in groups.values():
         mats = [as_matrix(xs[i]) for i in idx]
