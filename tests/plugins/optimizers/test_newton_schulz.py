@@ -43,6 +43,9 @@ def test_stacking_equal_shapes_changes_nothing():
     for x, o in zip(xs, out):
         assert o.dtype == torch.float64
         assert torch.equal(o, newton_schulz(x).to(torch.float64))
+    out = orthogonalize(xs, NS_COEFFICIENTS, 5, 1e-7, None)  # stacked: baddbmm in float64
+    for x, o in zip(xs, out):
+        torch.testing.assert_close(o, newton_schulz(x, dtype=None), rtol=1e-13, atol=1e-14)
 
 
 def test_orthogonalises_in_float64():
