@@ -75,8 +75,9 @@ class SelfModTitans(Block):
         """Chunk of the main memory."""
         proj_chunk_size: int = attrs.field(default=16, validator=positive_int)
         """Chunk of the projection memories."""
-        lr_max: float = attrs.field(default=1.0, validator=in_range(0.0, 100.0, lo_open=True))
-        """Main memory θ_t = lr_max · η_t."""
+        lr_max: float = attrs.field(default=0.1, validator=in_range(0.0, 100.0, lo_open=True))
+        """Main memory θ_t = lr_max · η_t. The in-chunk steps add up (Σ_{i≤j} θ_i g_i
+        at the chunk start), so keep ``lr_max · chunk_size`` of order 1."""
         proj_lr: float = attrs.field(default=0.05, validator=in_range(0.0, 100.0))
         """Projection memories' token weight w_t = proj_lr · η_t."""
         lr_init: float = attrs.field(default=0.1, validator=in_range(0.0, 1.0, lo_open=True, hi_open=True))

@@ -54,8 +54,9 @@ class Titans(Block):
         objective: ObjectiveRef = attrs.field(factory=lambda: ObjectiveRef("l2"))
         """Surprise objective (``l2`` as in Titans; ``huber``, ``lp``, ``dot`` also work)."""
         chunk_size: int = attrs.field(default=16, validator=positive_int)
-        lr_max: float = attrs.field(default=1.0, validator=in_range(0.0, 100.0, lo_open=True))
-        """θ_t = lr_max · σ(w·x_t + b)."""
+        lr_max: float = attrs.field(default=0.1, validator=in_range(0.0, 100.0, lo_open=True))
+        """θ_t = lr_max · σ(w·x_t + b). The in-chunk steps add up (Σ_{i≤j} θ_i g_i
+        at the chunk start), so keep ``lr_max · chunk_size`` of order 1."""
         lr_init: float = attrs.field(default=0.1, validator=_unit_open)
         """Initial typical θ_t / lr_max (sets the gate's bias)."""
         momentum: bool = True
