@@ -63,14 +63,10 @@ class TrainResult:
     interrupted: bool = False
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on matrices, none on vectors (norm gains, biases) and embeddings' duplicates."""
+def _param_groups(params: list[torch.Tensor], weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on matrices, none on vectors (norm gains, biases)."""
     decay, no_decay = [], []
-    seen: set[int] = set()
-    for p in model.parameters():
-        if not p.requires_grad or id(p) in seen:
-            continue
-        seen.add(id(p))
+    for p in params:
         (decay if p.dim() >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}]
     if no_decay:
@@ -78,15 +74,38 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]
     return [g for g in groups if g["params"]]
 
 
-def _make_optimizer(model: nn.Module, cfg: TrainConfig):
+def _rule_takes(rule: Any, p: torch.Tensor) -> bool:
+    """Whether ``rule`` accepts a parameter of ``p``'s shape (its ``init`` raises
+    ``ValueError`` otherwise; probed on the meta device, allocating nothing)."""
+    try:
+        rule.init({"p": torch.empty_like(p, device="meta")})
+    except ValueError:
+        return False
+    except Exception:  # noqa: BLE001 - rules that cannot init on "meta" are checked by the optimizer
+        return True
+    return True
+
+
+def _make_optimizers(model: nn.Module, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
+    """The outer optimizer(s): ``cfg.optimizer`` for the parameters it takes, and
+    ``cfg.fallback_optimizer`` for the rest (e.g. vectors under ``muon``)."""
     from .optim import Optimizer
     from .registry import get_registry
 
-    rule_cls = get_registry().get("optimizer", cfg.optimizer)
-    accepts_wd = "weight_decay" in getattr(rule_cls, "hyperparams", {})
-    groups = _param_groups(model, cfg.weight_decay) if accepts_wd else \
-        [{"params": [p for p in model.parameters() if p.requires_grad]}]
-    return Optimizer(groups, rule=cfg.optimizer, lr=cfg.lr, **cfg.optimizer_kwargs)
+    reg = get_registry()
+    rule = reg.get("optimizer", cfg.optimizer)()
+    params = [p for p in model.parameters() if p.requires_grad]
+    taken = [p for p in params if _rule_takes(rule, p)]
+    rest = [p for p in params if not any(p is q for q in taken)]
+    optimizers = []
+    for name, ps, extra in ((cfg.optimizer, taken, cfg.optimizer_kwargs),
+                            (cfg.fallback_optimizer, rest, {})):
+        if not ps:
+            continue
+        accepts_wd = "weight_decay" in getattr(reg.get("optimizer", name), "hyperparams", {})
+        groups = _param_groups(ps, cfg.weight_decay) if accepts_wd else [{"params": ps}]
+        optimizers.append(Optimizer(groups, rule=name, lr=cfg.lr, **extra))
+    return optimizers
 
 
 class _Slowdown:
@@ -154,10 +173,10 @@ class Trainer:
         if vocab is not None and self.data.vocab_size > vocab:
             raise ValueError(f"vocabulary mismatch: data {self.cfg.data!r} has {self.data.vocab_size}"
                              f" tokens but the model's vocab_size is {vocab}")
-        self.optimizer = _make_optimizer(self.model, self.cfg)
+        self.optimizers = _make_optimizers(self.model, self.cfg)
         self.forward = self.dist.wrap(self.model)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(s, self.cfg))
+        self.schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_factor(s, self.cfg))
+                           for o in self.optimizers]
         self.slow = _Slowdown(self.model)
         self.step = 0
         if self._ckpt is not None:
@@ -165,16 +184,17 @@ class Trainer:
 
     # -- state ---------------------------------------------------------------
     def trainer_state(self) -> dict[str, Any]:
-        return {"step": self.step, "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "slow_grads": self.slow.state_dict(),
+        return {"step": self.step, "optimizers": [o.state_dict() for o in self.optimizers],
+                "schedulers": [s.state_dict() for s in self.schedulers],
+                "slow_grads": self.slow.state_dict(),
                 "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
                 "data_position": {"split": "train", "index": self.step}}
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
         _load_weights(self.model, ckpt)
         st = ckpt["trainer"]
-        self.optimizer.load_state_dict(st["optimizer"])
-        self.scheduler.load_state_dict(st["scheduler"])
+        for obj, sd in [*zip(self.optimizers, st["optimizers"]), *zip(self.schedulers, st["schedulers"])]:
+            obj.load_state_dict(sd)
         self.slow.load_state_dict(st["slow_grads"])
         torch.set_rng_state(st["rng"]["torch"])
         random.setstate(st["rng"]["python"])
@@ -242,14 +262,16 @@ class Trainer:
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"training loss is {loss.item()} at step {self.step}"
                                              "; lower the learning rate or enable grad_clip")
-                self.optimizer.zero_grad(set_to_none=True)
+                for o in self.optimizers:
+                    o.zero_grad(set_to_none=True)
                 loss.backward()
                 self.slow.before_step(self.step)
                 if cfg.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-                lr = self.optimizer.param_groups[0]["lr"]
-                self.optimizer.step()
-                self.scheduler.step()
+                lr = self.optimizers[0].param_groups[0]["lr"]
+                for o, sched in zip(self.optimizers, self.schedulers):
+                    o.step()
+                    sched.step()
                 self.step += 1
                 last_loss = self.dist.mean(loss.detach()).item()
                 tokens += batch["tokens"].numel() * self.dist.world

@@ -23,7 +23,8 @@ class TrainConfig:
 
     ``optimizer`` names an optimizer (update-rule) plugin driving
     :class:`nlframe.optim.Optimizer`; ``optimizer_kwargs`` are its extra
-    hyperparameters. The learning rate follows ``schedule`` (``constant``,
+    hyperparameters. Parameters the rule does not take (e.g. vectors under
+    ``muon``, which orthogonalises matrices) are trained by ``fallback_optimizer``. The learning rate follows ``schedule`` (``constant``,
     ``cosine`` or ``linear`` decay to ``min_lr_ratio·lr``) after
     ``warmup_steps`` of linear warm-up.
     """
@@ -34,6 +35,7 @@ class TrainConfig:
     seq_len: int = attrs.field(default=128, validator=_positive)
     optimizer: str = "adamw"
     optimizer_kwargs: dict = attrs.field(factory=dict)
+    fallback_optimizer: str = "adamw"
     lr: float = attrs.field(default=3e-3, validator=_non_negative)
     weight_decay: float = attrs.field(default=0.1, validator=_non_negative)
     schedule: str = attrs.field(default="cosine", validator=attrs.validators.in_(

@@ -170,3 +170,16 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     assert "interrupted: checkpoint saved" in stdout and "Traceback" not in stderr
     step = load_checkpoint(out)["trainer"]["step"]
     assert step >= 2 and losses(out)[-1][0] == step
+
+
+def test_muon_trains_matrices_and_falls_back_for_vectors(tmp_path):
+    spec = tiny_spec(tmp_path, steps=2)
+    spec.write_text(spec.read_text().replace("lr = 0.01", 'lr = 0.01\noptimizer = "muon"'))
+    trainer = Trainer(spec, tmp_path / "run", progress=False)
+    rules = [o.rule_name for o in trainer.optimizers]
+    assert rules == ["muon", "adamw"]
+    vectors = [p for p in trainer.model.parameters() if p.dim() < 2]
+    assert all(any(p is q for g in trainer.optimizers[1].param_groups for q in g["params"])
+               for p in vectors)
+    result = trainer.run()
+    assert math.isfinite(result.last_loss)

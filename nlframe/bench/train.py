@@ -40,12 +40,12 @@ def _time(step, repeats: int, warmup: int) -> float:
 def model_tokens_per_s(name: str, batch: int, seq_len: int, repeats: int, warmup: int) -> dict:
     from ..build import build
     from ..spec import load_spec
-    from ..train import _make_optimizer, lm_loss
+    from ..train import _make_optimizers, lm_loss
 
     spec = load_spec(_specs_dir() / f"{name}.toml")
     torch.manual_seed(0)
     model = build(spec)
-    opt = _make_optimizer(model, spec.train)
+    opts = _make_optimizers(model, spec.train)
     vocab = spec.model.config.vocab_size
     g = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, vocab, (batch, seq_len + 1), generator=g)
@@ -54,9 +54,11 @@ def model_tokens_per_s(name: str, batch: int, seq_len: int, repeats: int, warmup
     def step():
         logits, _ = model(b["tokens"])
         loss = lm_loss(logits, b)
-        opt.zero_grad(set_to_none=True)
+        for opt in opts:
+            opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
+        for opt in opts:
+            opt.step()
 
     dt = _time(step, repeats, warmup)
     params = sum(p.numel() for p in model.parameters())
