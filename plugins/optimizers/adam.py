@@ -39,7 +39,7 @@ class Adam(TransformRule):
 class AdamW(TransformRule):
     """AdamW: Adam's direction ``d`` with decoupled decay, ``W ← W − γ·(d + λW)``.
 
-    ``torch.optim.AdamW`` (Loshchilov & Hutter 2019), applied as torch does,
+    ``torch.optim.AdamW`` (Loshchilov & Hutter, arXiv 1711.05101), applied as torch does,
     ``W·(1 − γλ) − γ d`` (bit-identical on CPU). Defaults as torch (``weight_decay=0.01``).
     """
 
