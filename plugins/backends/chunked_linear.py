@@ -71,52 +71,64 @@ def scan_aligned(tiles: Tiles, W: Tensor, S: Tensor, chunk: int, a: float, b: fl
         (I + N) E = a D̃∘(K W_bᵀ) + a c̃∘(K S_bᵀ) + b V
         E = (G_D K) W_bᵀ + (G_C K) S_bᵀ + E_V,   G_D = (I+N)⁻¹ diag(a D̃),  G_C = (I+N)⁻¹ diag(a c̃)
 
-    ``G_D K``, ``G_C K`` and ``b (I+N)⁻¹`` are computed for all tiles at once; the
-    loop over tiles accumulates every product into fresh buffers with in-place
-    ``baddbmm`` (no elementwise passes over tile-sized tensors)::
+    Everything state-independent is computed for all tiles at once (``[D∘Q | c∘Q]``,
+    ``[G_D K | G_C K]``, ``E_V = b (I+N)⁻¹ V``, ``A∘(Q Kᵀ)``, the write rows), so the
+    loop over tiles is four batched matmuls and two fused elementwise updates of
+    the joint state ``X = [W_b | S_b]: (BH, Dv, 2Dk)``::
 
-        E = (G_D K) W_bᵀ + (G_C K) S_bᵀ + b (I+N)⁻¹ V
-        Y = D∘(Q W_bᵀ) + c∘(Q S_bᵀ) − (A∘(Q Kᵀ)) E
+        E = E_V + [G_D K | G_C K] Xᵀ,   Y = [D∘Q | c∘Q] Xᵀ − (A∘(Q Kᵀ)) E,
+        X ← Γ∘X + Eᵀ[−A_{L,:}ᵀ∘K | −(Bθ)_{L,:}ᵀ∘K]
 
     Returns ``y (n, B, H, L, Dv)``, final ``W, S``, and the parameters at the start
     of the last (possibly unfinished) chunk.
     """
     g = tiles.gates
-    Q, K, V = tiles.q, tiles.k, tiles.v
-    L = Q.shape[-2]
-    M = g.A * (Q @ K.transpose(-1, -2))  # (n, B, H, L, L)
+    n, B, H, L, Dk = tiles.k.shape
+    Dv, BH = W.shape[-2], B * H
+    Q, K, V = (x.reshape(n, BH, L, -1) for x in (tiles.q, tiles.k, tiles.v))  # views
+    M = (g.A.reshape(n, BH, L, L) * (Q @ K.transpose(-1, -2))).neg_()  # −A∘(Q Kᵀ)
     if a != 0.0:
         slot = torch.arange(L, device=Q.device)
         s = chunk * (slot // chunk) - 1  # (L,) gradient point of each slot
         opened = s >= 0
         sc = s.clamp(min=0)
-        Ds = torch.where(opened, g.D[..., sc], torch.ones_like(g.D))  # (n, B, H, L)
-        cs = torch.where(opened, g.c[..., sc], torch.zeros_like(g.c))
-        N = g.A[..., sc, :] * (a * opened.to(Q.dtype))[:, None] * (K @ K.transpose(-1, -2))
+        Ds = torch.where(opened, g.D[..., sc], torch.ones_like(g.D)).reshape(n, BH, L)
+        cs = torch.where(opened, g.c[..., sc], torch.zeros_like(g.c)).reshape(n, BH, L)
+        N = g.A[..., sc, :].reshape(n, BH, L, L) * (a * opened.to(Q.dtype))[:, None] \
+            * (K @ K.transpose(-1, -2))
         eye = torch.eye(L, dtype=Q.dtype, device=Q.device).expand_as(N)
         Tinv = torch.linalg.solve_triangular(N, eye, upper=False, unitriangular=True)
-        KDC = Tinv @ side_by_side(K, a * Ds, a * cs)  # [G_D K | G_C K]: (n, B, H, L, 2Dk)
-    KAB = side_by_side(K, -tiles.aL, -tiles.bL)  # (n, B, H, L, 2Dk)
-    Dk = W.shape[-1]
-    X = torch.cat([W, S], -1)  # joint state [W | S]: (B, H, Dv, 2Dk)
-    ys = []
-    for t in range(Q.shape[0]):
-        X_b, Xt = X, X.transpose(-1, -2)
-        if a != 0.0:
-            E = _acc(KDC[t] @ Xt, Tinv[t], V[t], alpha=b)  # (B, H, L, Dv)
-        else:  # dot: E = b V does not depend on the state
-            E = V[t] * b
-        ys.append(_acc(tiles.qdc[t] @ Xt, M[t], E, alpha=-1.0))
-        X = tiles.advance_joint(t, X, E, KAB[t])
-    W, S = X[..., :Dk].contiguous(), X[..., Dk:].contiguous()
-    W_b, S_b = X_b[..., :Dk], X_b[..., Dk:]
+        KDC = Tinv @ side_by_side(K, a * Ds, a * cs)  # [G_D K | G_C K]: (n, BH, L, 2Dk)
+        EV = (Tinv @ V).mul_(b)  # (n, BH, L, Dv)
+    else:  # dot: E = b V does not depend on the state
+        EV = V * b
+    QDC = tiles.qdc.reshape(n, BH, L, 2 * Dk)
+    KAB = side_by_side(K, -tiles.aL.reshape(n, BH, L), -tiles.bL.reshape(n, BH, L))
+    # Γ∘X = [D_L W | P_L S] + [c_L S | 0]: per-tile coefficient rows (n, BH, 1, 2Dk)
+    DP = torch.cat([tiles.DL.reshape(n, BH, 1, 1).expand(n, BH, 1, Dk),
+                    tiles.PL.reshape(n, BH, 1, 1).expand(n, BH, 1, Dk)], -1)
+    cL = tiles.cL.reshape(n, BH, 1, 1)
+    X = torch.cat([W, S], -1).reshape(BH, Dv, 2 * Dk)  # joint state [W | S]
+    ys: list[Tensor] = []
+    for t in range(n):
+        X_b = X
+        Xt = X.transpose(-1, -2)  # (BH, 2Dk, Dv)
+        E = torch.baddbmm(EV[t], KDC[t], Xt) if a != 0.0 else EV[t]  # (BH, L, Dv)
+        ys.append(torch.baddbmm(torch.bmm(QDC[t], Xt), M[t], E))  # Y: (BH, L, Dv)
+        X = torch.bmm(E.transpose(-1, -2), KAB[t])  # (BH, Dv, 2Dk)
+        X.addcmul_(DP[t], X_b)
+        X[..., :Dk].addcmul_(cL[t], X_b[..., Dk:])
+    y = torch.stack(ys).reshape(n, B, H, L, Dv)
+    W, S = (X[..., i:i + Dk].reshape(B, H, Dv, Dk).contiguous() for i in (0, Dk))
+    W_b, S_b = (X_b[..., i:i + Dk].reshape(B, H, Dv, Dk) for i in (0, Dk))
+    E = E.reshape(B, H, L, Dv)
     # parameters at the start of the last chunk: W_s for s = its first slot − 1
     last = int(tiles.plan.last[-1])
     start = chunk * (last // chunk) - 1
     if start < 0:
         W_cs = W_b.contiguous()
     else:
-        row = g.A[-1, ..., start, :, None] * K[-1]  # (B, H, L, Dk): A_{s,:}ᵀ∘K
+        row = g.A[-1, ..., start, :, None] * tiles.k[-1]  # (B, H, L, Dk): A_{s,:}ᵀ∘K
         W_cs = g.D[-1, ..., start, None, None] * W_b + g.c[-1, ..., start, None, None] * S_b \
             - E.transpose(-1, -2) @ row
-    return torch.stack(ys), W, S, W_cs
+    return y, W, S, W_cs
