@@ -66,7 +66,8 @@ def model_tokens_per_s(name: str, batch: int, seq_len: int, repeats: int, warmup
 
 
 def titans_yardstick(batch: int, seq_len: int, repeats: int, warmup: int) -> list[dict]:
-    """nlframe's titans block vs titans-pytorch NeuralMemory, forward + backward."""
+    """nlframe's titans memory (standalone layout) vs titans-pytorch NeuralMemory, forward +
+    backward on RMS-normalised random inputs at titans-tiny's width, heads and chunk size."""
     try:
         from titans_pytorch import NeuralMemory
     except ImportError:
@@ -76,12 +77,14 @@ def titans_yardstick(batch: int, seq_len: int, repeats: int, warmup: int) -> lis
     spec = load_spec(_specs_dir() / "titans-tiny.toml")
     dim = spec.model.config.dim
     block_spec = next(b for b in spec.model.config.blocks if b.type == "titans")
-    cfg = block_spec.config
+    import attrs
+
+    cfg = attrs.evolve(block_spec.config, layout="standalone")  # the memory alone, like NeuralMemory
     heads, chunk = cfg.heads, cfg.chunk_size
     torch.manual_seed(0)
     ours = block_spec.cls(cfg, dim)
-    theirs = NeuralMemory(dim=dim, chunk_size=chunk, heads=heads)
-    x = torch.randn(batch, seq_len, dim)
+    theirs = NeuralMemory(dim=dim, chunk_size=chunk, heads=heads, dim_head=dim // heads)
+    x = torch.nn.functional.rms_norm(torch.randn(batch, seq_len, dim), (dim,))
 
     def run(fn):
         def step():
@@ -91,7 +94,7 @@ def titans_yardstick(batch: int, seq_len: int, repeats: int, warmup: int) -> lis
         return step
 
     rows = []
-    for label, fn in (("nlframe titans block", ours), ("titans-pytorch NeuralMemory", theirs)):
+    for label, fn in (("nlframe titans memory", ours), ("titans-pytorch NeuralMemory", theirs)):
         dt = _time(run(fn), repeats, warmup)
         rows.append({"model": f"{label} (dim {dim}, heads {heads}, chunk {chunk})",
                      "params": sum(p.numel() for p in fn.parameters()),
