@@ -98,7 +98,7 @@ def scan_aligned(tiles: Tiles, W: Tensor, S: Tensor, chunk: int, a: float, b: fl
             * (K @ K.transpose(-1, -2))
         eye = torch.eye(L, dtype=Q.dtype, device=Q.device).expand_as(N)
         Tinv = torch.linalg.solve_triangular(N, eye, upper=False, unitriangular=True)
-        KDC = Tinv @ side_by_side(K, a * Ds, a * cs)  # [G_D K | G_C K]: (n, BH, L, 2Dk)
+        KDC = side_by_side(K, a * Ds, a * cs)  # [a D̃∘K | a c̃∘K]: (n, BH, L, 2Dk)
         EV = (Tinv @ V).mul_(b)  # (n, BH, L, Dv)
     else:  # dot: E = b V does not depend on the state
         EV = V * b
@@ -113,7 +113,7 @@ def scan_aligned(tiles: Tiles, W: Tensor, S: Tensor, chunk: int, a: float, b: fl
     for t in range(n):
         X_b = X
         Xt = X.transpose(-1, -2)  # (BH, 2Dk, Dv)
-        E = torch.baddbmm(EV[t], KDC[t], Xt) if a != 0.0 else EV[t]  # (BH, L, Dv)
+        E = torch.baddbmm(EV[t], Tinv[t], torch.bmm(KDC[t], Xt)) if a != 0.0 else EV[t]
         ys.append(torch.baddbmm(torch.bmm(QDC[t], Xt), M[t], E))  # Y: (BH, L, Dv)
         X = torch.bmm(E.transpose(-1, -2), KAB[t])  # (BH, Dv, 2Dk)
         X.addcmul_(DP[t], X_b)
