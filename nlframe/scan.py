@@ -171,8 +171,11 @@ def _check_state(state: Any, memory, q: Tensor, chunk_size: int, rule=None) -> N
             raise TypeError(f"state.params[{name!r}] has dtype {p.dtype} but q has {q.dtype}; "
                             "convert the state with state.to(dtype)")
     if rule is not None:  # structure of a fresh rule state, computed on "meta" (no allocation)
-        meta = {n: torch.empty_like(p, device="meta") for n, p in state.params.items()}
-        _check_tree("state.opt_state", state.opt_state, rule.init(meta))
+        try:
+            fresh = rule.init({n: torch.empty_like(p, device="meta") for n, p in state.params.items()})
+        except Exception:  # noqa: BLE001 - a rule whose init cannot run on "meta"
+            fresh = rule.init(state.params)
+        _check_tree("state.opt_state", state.opt_state, fresh)
     if state.position:
         _check_tree("state.chunk_params", state.chunk_params, state.params)
     if state.position and state.chunk_size not in (None, chunk_size):
