@@ -14,10 +14,11 @@ from nlframe.interfaces import Block
 from nlframe.scan import initial_state, make_memory, make_rule, memory_scan
 from nlframe.spec import in_range, plugin_name, positive_int
 
-from .common import HeadGate, ShortConv, check_input, l2norm, merge_heads, scan_surprise, split_heads
+from .common import HeadGate, check_input, l2norm, merge_heads, scan_surprise
+from .heads import QKVHeads, check_heads
 
 
-class DeltaNet(Block):
+class DeltaNet(QKVHeads, Block):
     """Delta rule ``W_t = W_{t−1}((1−α_t) I − θ_t k_t k_tᵀ) + θ_t v_t k_tᵀ``, ``y_t = W_o · W_t q_t``.
 
     One gradient step per token on ``ℓ = ½‖W k_t − v_t‖²`` (DeltaNet arXiv
@@ -50,21 +51,13 @@ class DeltaNet(Block):
         backend: str = attrs.field(default="auto", validator=plugin_name("backend", extra=("auto",)))
 
         def check(self, dim: int) -> None:
-            if self.head_dim is None and dim % self.heads:
-                raise ValueError(f"heads: {self.heads} heads do not divide dim {dim}; "
-                                 "change heads or set head_dim")
-            if self.conv_size == 1:
-                raise ValueError("conv_size: a convolution needs width >= 2 (0 turns it off)")
+            check_heads(self, dim)
 
     def __init__(self, config: Config, dim: int) -> None:
         super().__init__()
         config.check(dim)
         self.config, self.dim = config, dim
-        self.heads = config.heads
-        self.head_dim = config.head_dim or dim // config.heads
-        inner = self.heads * self.head_dim
-        self.qkv = nn.Linear(dim, 3 * inner, bias=False)
-        self.conv = ShortConv(3 * inner, config.conv_size) if config.conv_size else None
+        inner = self.init_qkv(dim, config)
         self.lr = HeadGate(dim, self.heads, init=config.lr_init)
         self.decay = None
         if config.gate:  # softplus(b) = −log(retention)
@@ -80,11 +73,7 @@ class DeltaNet(Block):
     def forward(self, x: Tensor, state: dict | None = None) -> tuple[Tensor, dict]:  # type: ignore[override]
         check_input("deltanet", x, self.dim)
         state = state or {}
-        qkv = self.qkv(x)
-        conv = state.get("conv")
-        if self.conv is not None:
-            qkv, conv = self.conv(qkv, conv)
-        q, k, v = (split_heads(t, self.heads) for t in qkv.chunk(3, dim=-1))  # (B, H, T, Dh)
+        q, k, v, conv = self.project_qkv(x, state.get("conv"))  # (B, H, T, Dh) each
         q, k = l2norm(q), l2norm(k)
         lr = self.lr(x)  # θ_t (B, H, T)
         decay: Any = 0.0

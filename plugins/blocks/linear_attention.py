@@ -12,10 +12,11 @@ from nlframe.interfaces import Block
 from nlframe.scan import initial_state, make_memory, make_rule, memory_scan
 from nlframe.spec import plugin_name, positive_int
 
-from .common import HeadGate, ShortConv, check_input, l2norm, merge_heads, scan_surprise, split_heads
+from .common import HeadGate, check_input, l2norm, merge_heads, scan_surprise
+from .heads import QKVHeads, check_heads
 
 
-class LinearAttention(Block):
+class LinearAttention(QKVHeads, Block):
     """Linear attention ``y_t = W_o · W_t q_t``, ``W_t = W_{t−1} + θ_t v_t k_tᵀ`` per head.
 
     One gradient step on the dot-product objective ``ℓ = −⟨W k_t, v_t⟩`` with
@@ -44,21 +45,13 @@ class LinearAttention(Block):
         backend: str = attrs.field(default="auto", validator=plugin_name("backend", extra=("auto",)))
 
         def check(self, dim: int) -> None:
-            if self.head_dim is None and dim % self.heads:
-                raise ValueError(f"heads: {self.heads} heads do not divide dim {dim}; "
-                                 "change heads or set head_dim")
-            if self.conv_size == 1:
-                raise ValueError("conv_size: a convolution needs width >= 2 (0 turns it off)")
+            check_heads(self, dim)
 
     def __init__(self, config: Config, dim: int) -> None:
         super().__init__()
         config.check(dim)
         self.config, self.dim = config, dim
-        self.heads = config.heads
-        self.head_dim = config.head_dim or dim // config.heads
-        inner = self.heads * self.head_dim
-        self.qkv = nn.Linear(dim, 3 * inner, bias=False)
-        self.conv = ShortConv(3 * inner, config.conv_size) if config.conv_size else None
+        inner = self.init_qkv(dim, config)
         self.lr = HeadGate(dim, self.heads, init=0.5) if config.learned_lr else None
         self.out_norm = nn.RMSNorm(self.head_dim, eps=1e-6)
         self.out = nn.Linear(inner, dim, bias=False)
@@ -68,11 +61,7 @@ class LinearAttention(Block):
     def forward(self, x: Tensor, state: dict | None = None) -> tuple[Tensor, dict]:  # type: ignore[override]
         check_input("linear-attention", x, self.dim)
         state = state or {}
-        qkv = self.qkv(x)  # (B, T, 3·H·Dh)
-        conv = state.get("conv")
-        if self.conv is not None:
-            qkv, conv = self.conv(qkv, conv)
-        q, k, v = (split_heads(t, self.heads) for t in qkv.chunk(3, dim=-1))  # (B, H, T, Dh)
+        q, k, v, conv = self.project_qkv(x, state.get("conv"))  # (B, H, T, Dh) each
         if self.config.qk_norm:
             q, k = l2norm(q), l2norm(k)
         lr = self.lr(x) if self.lr is not None else 1.0  # θ_t (B, H, T) or 1

@@ -14,13 +14,13 @@ from nlframe.spec import (MemoryRef, ObjectiveRef, in_range, one_of, plugin_name
                           positive_int)
 
 from .attention import Attention
-from .common import (HeadGate, ShortConv, check_input, l2norm, learned_init, merge_heads,
-                     scan_surprise, split_heads)
+from .common import HeadGate, check_input, l2norm, learned_init, merge_heads, scan_surprise
+from .heads import QKVHeads, check_heads
 
 _unit_open = in_range(0.0, 1.0, lo_open=True, hi_open=True)
 
 
-class Titans(Block):
+class Titans(QKVHeads, Block):
     """Titans neural memory ``y_t = W_o · M_{W_t}(q_t)``, per head (arXiv 2501.00663 §3).
 
     Per head, with ``k_t, v_t, q_t`` linear maps of ``x_t`` (eq. 11; q, k
@@ -75,11 +75,7 @@ class Titans(Block):
         backend: str = attrs.field(default="auto", validator=plugin_name("backend", extra=("auto",)))
 
         def check(self, dim: int) -> None:
-            if self.head_dim is None and dim % self.heads:
-                raise ValueError(f"heads: {self.heads} heads do not divide dim {dim}; "
-                                 "change heads or set head_dim")
-            if self.conv_size == 1:
-                raise ValueError("conv_size: a convolution needs width >= 2 (0 turns it off)")
+            check_heads(self, dim)
             head_dim = self.head_dim or dim // self.heads
             try:
                 self.memory.build(head_dim, head_dim)
@@ -97,11 +93,7 @@ class Titans(Block):
         super().__init__()
         config.check(dim)
         self.config, self.dim = config, dim
-        self.heads = config.heads
-        self.head_dim = config.head_dim or dim // config.heads
-        inner = self.heads * self.head_dim
-        self.qkv = nn.Linear(dim, 3 * inner, bias=False)
-        self.conv = ShortConv(3 * inner, config.conv_size) if config.conv_size else None
+        inner = self.init_qkv(dim, config)
         self.lr = HeadGate(dim, self.heads, init=config.lr_init, scale=config.lr_max)
         self.decay = HeadGate(dim, self.heads, init=config.decay_init) if config.decay else None
         self.momentum = HeadGate(dim, self.heads, init=config.momentum_init) if config.momentum else None
@@ -118,11 +110,7 @@ class Titans(Block):
 
     def _memory(self, x: Tensor, state: dict) -> tuple[Tensor, dict]:
         """The neural-memory layer: ``x (B, T, dim) → (B, T, dim)``."""
-        qkv = self.qkv(x)  # (B, T, 3·H·Dh)
-        conv = state.get("conv")
-        if self.conv is not None:
-            qkv, conv = self.conv(qkv, conv)
-        q, k, v = (split_heads(t, self.heads) for t in qkv.chunk(3, dim=-1))  # (B, H, T, Dh)
+        q, k, v, conv = self.project_qkv(x, state.get("conv"))  # (B, H, T, Dh) each
         q, k = l2norm(q), l2norm(k)
         gates: dict[str, Any] = {"lr": self.lr(x)}  # θ_t (B, H, T)
         gates["decay"] = self.decay(x) if self.decay is not None else 0.0  # α_t
