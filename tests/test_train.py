@@ -149,7 +149,6 @@ def test_bad_input_errors(tmp_path):
 
 
 def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
-    import os
     import signal
     import subprocess
     import sys

@@ -123,7 +123,7 @@ class Suite:
 
 def _describe(exc: BaseException) -> str:
     """The message of ``exc`` (each one of an exception group) with hypothesis' notes."""
-    if isinstance(exc, BaseExceptionGroup):
+    if isinstance(getattr(exc, "exceptions", None), (list, tuple)):  # an exception group (3.11+)
         return f"{len(exc.exceptions)} distinct failures:\n" + "\n".join(
             f"  ({i}) {_describe(e)}" for i, e in enumerate(exc.exceptions, 1))
     kind = "" if isinstance(exc, AssertionError) else f"{type(exc).__name__}: "

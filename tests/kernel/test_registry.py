@@ -6,7 +6,6 @@ import subprocess
 import sys
 import textwrap
 import types
-import warnings
 
 import pytest
 

@@ -15,7 +15,7 @@ import nlframe
 from nlframe.optim import Optimizer
 from nlframe.scan import make_rule
 from nlframe.testing import (assert_backend_matches_reference, assert_close, check_objective,
-                             check_optimizer, scan_inputs)
+                             check_optimizer)
 
 
 def _run(*args, cwd=None):
