@@ -60,11 +60,13 @@ def best_time(fn: Callable[[], object], repeats: int) -> float:
     return best
 
 
-def interleaved_times(fns: dict[str, Callable[[], object]], repeats: dict[str, int]) -> dict[str, float]:
+def interleaved_times(fns: dict[str, Callable[[], object]], repeats: dict[str, int],
+                      warmups: dict[str, Callable[[], object]] | None = None) -> dict[str, float]:
     """Median seconds per call of each of ``fns``, timed in turn (A, B, A, B, …) after one
-    warm-up call each; ``repeats[name]`` timed calls of ``name`` (≥ 1)."""
-    for fn in fns.values():
-        fn()  # warm-up
+    warm-up call each (``warmups[name]`` if given, else ``fns[name]``); ``repeats[name]``
+    timed calls of ``name`` (≥ 1)."""
+    for name, fn in fns.items():
+        (warmups or {}).get(name, fn)()  # warm-up
     times: dict[str, list[float]] = {name: [] for name in fns}
     for r in range(max(repeats.values())):
         for name, fn in fns.items():
@@ -115,10 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, nargs="+", default=None,
                     help="torch intra-op thread counts to run every shape with (default: torch's)")
     ap.add_argument("--quick", action="store_true",
-                    help="one small shape (B=1, T=1024, D=64), one repeat")
+                    help="one small shape (B=1, T=1024, D=64), three chunked repeats")
     args = ap.parse_args(argv)
     if args.quick:
-        args.batch, args.seq, args.dim, args.repeats = [1], [1024], [64], 1
+        args.batch, args.seq, args.dim, args.repeats = [1], [1024], [64], 3
     from nlframe_plugins.backends.chunked import ChunkedBackend
 
     tile, H = ChunkedBackend.tile, args.heads
@@ -127,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
           f"H={H}, float32, forward (no_grad), tile={tile}, threads={threads}, "
           f"load average {load_average()} on {os.cpu_count()} CPUs, torch {torch.__version__}")
     print(f"# shapes: q, k, v (B, {H}, T, D); lr, decay, momentum (B, {H}, T); timings: median of "
-          f"{args.repeats} chunked / {args.reference_repeats} reference call(s) after one "
-          "warm-up each, interleaved")
+          f"{args.repeats} chunked / {args.reference_repeats} reference call(s), interleaved, "
+          "after one warm-up each (reference: on the first 64 tokens)")
     rows = []
     for n_threads in threads:
         torch.set_num_threads(n_threads)
@@ -157,16 +159,19 @@ def _measure(args, B: int, T: int, D: int, tile: int) -> dict:
     kw = dict(memory="linear", objective=args.objective, chunk_size=args.chunk_size,
               check_finite=False, **gates)
 
-    def run(backend: str) -> None:
+    def run(backend: str, upto: int = T) -> None:
         with torch.no_grad():
-            memory_scan(q, k, v, backend=backend, **kw)
+            memory_scan(q[:, :, :upto], k[:, :, :upto], v[:, :, :upto], backend=backend,
+                        **{n: x[:, :, :upto] if torch.is_tensor(x) else x for n, x in kw.items()})
 
     fns = {"chunked": lambda: run("chunked")}
     reps = {"chunked": max(args.repeats, 1)}
+    warm = {}
     if T <= args.reference_max_T:
         fns["reference"] = lambda: run("reference")
         reps["reference"] = max(args.reference_repeats, 1)
-    t = interleaved_times(fns, reps)
+        warm["reference"] = lambda: run("reference", min(T, 64))  # its cost is per token
+    t = interleaved_times(fns, reps, warm)
     peak = matmul_gflops(B, H, T, D, args.repeats)
     flops = chunked_matmul_flops(T, B * H, D, D, args.chunk_size, tile,
                                  solve=args.objective == "l2")
