@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from nlframe.interfaces import Block
 from nlframe.spec import MemoryRef, ObjectiveRef, OptimizerRef, one_of
 
-from .common import BoundaryLevel, BoundaryState, check_input, segments
+from .common import BoundaryLevel, BoundaryState, check_input, segments, split_at
 
 
 def _chunk_sizes(_inst: Any, _attr: Any, value: Any) -> None:
@@ -180,12 +180,13 @@ class CMS(Block):
             state = self._fresh(i, h.shape[0])
         k, v = self.keys[i](u), self.values[i](u)  # (B, 1, T, dim)
         ys, norms, new = [], [], 0
-        for lo, hi in segments(state.position, h.shape[1], (level.chunk_size,)):
+        cuts = segments(state.position, h.shape[1], (level.chunk_size,))
+        for (lo, hi), uc, kc, vc in zip(cuts, *(split_at(t, cuts) for t in (u, k, v))):
             state, s = self._settle(i, state)  # a completed chunk is written before any read
             if s is not None:
                 norms.append(s.flatten(1))
-            ys.append(level.read(state, u[:, :, lo:hi]))  # read at θ of the last boundary
-            state = level.append(state, k[:, :, lo:hi], v[:, :, lo:hi])
+            ys.append(level.read(state, uc))  # read at θ of the last boundary
+            state = level.append(state, kc, vc)
             if self._parent(i):
                 state = attrs.evolve(state, extra={
                     **state.extra, "meta_position": state.extra["meta_position"] + hi - lo})

@@ -18,7 +18,7 @@ from nlframe.scan import memory_scan
 from nlframe.utils import bcast
 
 __all__ = ["l2norm", "split_heads", "merge_heads", "ShortConv", "HeadGate", "learned_init", "layer_inputs",
-           "check_input", "scan_surprise", "BoundaryState", "BoundaryLevel", "segments", "map_state"]
+           "check_input", "scan_surprise", "BoundaryState", "BoundaryLevel", "segments", "split_at", "map_state"]
 
 
 def l2norm(x: Tensor, eps: float = 1e-6) -> Tensor:
@@ -111,6 +111,13 @@ def segments(position: int, length: int, chunk_sizes: tuple[int, ...]) -> list[t
         cuts.update(range(first, length, c))
     edges = sorted(x for x in cuts if 0 <= x <= length)
     return [(lo, hi) for lo, hi in zip(edges, edges[1:]) if hi > lo]
+
+
+def split_at(x: Tensor, bounds: list[tuple[int, int]], dim: int = 2) -> tuple[Tensor, ...]:
+    """``x`` cut along ``dim`` into the contiguous pieces ``[(lo, hi), ...]`` of
+    :func:`segments` (one ``torch.split``: its backward is one concatenation, where
+    slicing piece by piece zero-fills a full-size gradient per piece)."""
+    return torch.split(x, [hi - lo for lo, hi in bounds], dim)
 
 
 def scan_surprise(k: Tensor, v: Tensor, state: MemoryState, *, memory: str, objective: str,

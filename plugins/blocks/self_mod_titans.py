@@ -16,7 +16,7 @@ from nlframe.spec import (MemoryRef, ObjectiveRef, OptimizerRef, in_range, plugi
                           positive_int)
 
 from .common import (BoundaryLevel, ShortConv, check_input, l2norm, learned_init, merge_heads,
-                     segments, split_heads)
+                     segments, split_at, split_heads)
 
 
 class SelfModTitans(Block):
@@ -151,11 +151,12 @@ class SelfModTitans(Block):
         # 1) projection memories, chunk by chunk (eq. 90): read at the chunk start, then write
         outs, s_proj = [], []
         xs = l2norm(x)[:, None]  # (B, 1, T, dim) unit-norm inputs: DGD's closed form assumes
-        for lo, hi in segments(step, T, (cfg.proj_chunk_size,)):  # ‖x_t‖ constant (NL eq. 57)
+        cuts = segments(step, T, (cfg.proj_chunk_size,))  # ‖x_t‖ constant (NL eq. 57)
+        for (lo, hi), xc in zip(cuts, split_at(xs, cuts)):
             proj, s = self.proj.settle(proj)  # M_□ ← rule(…) at the boundary (eq. 88)
             if s is not None:
                 s_proj.append(s.mean(-1))
-            out = self.proj.read(proj, xs[:, :, lo:hi])  # every M_□ at its chunk start (B, P, n, dim)
+            out = self.proj.read(proj, xc)  # every M_□ at its chunk start (B, P, n, dim)
             k, v, eta, alpha = self._gates(out)
             n = hi - lo
             w = (cfg.proj_lr * eta.mean(1))[:, None].expand(B, P, n)  # w_t (B, P, n)
@@ -168,20 +169,20 @@ class SelfModTitans(Block):
             outs.append(out)
         out = torch.cat(outs, 2) if outs else xs.new_zeros(B, P, 0, self.dim)
         k, v, eta, alpha = self._gates(out)
-        q = out[:, 4] if cfg.adaptive_q else self.q(x)  # (B, T, dim)
+        q = out.unbind(1)[4] if cfg.adaptive_q else self.q(x)  # (B, T, dim)
         # 2) main memory, chunk by chunk: values generated at its chunk start, then the scan
         qh, kh, vh = l2norm(split_heads(q, H)), l2norm(split_heads(k, H)), split_heads(v, H)
-        ys, s_mem = [], []
-        for lo, hi in segments(step, T, (cfg.chunk_size,)):
+        ys, s_mem, cuts = [], [], segments(step, T, (cfg.chunk_size,))
+        lr, decay = cfg.lr_max * eta, 1.0 - alpha  # θ_t, 1 − α_t   (B, H, T)
+        for qc, kc, vc, lc, dc in zip(*(split_at(t, cuts) for t in (qh, kh, vh, lr, decay))):
             point = mem.chunk_params if mem.position else mem.params
-            vhat = self.memory.read(point, vh[:, :, lo:hi]) if cfg.self_values else vh[:, :, lo:hi]
+            vhat = self.memory.read(point, vc) if cfg.self_values else vc
             with torch.no_grad():
-                pred = self.memory.read(point, kh[:, :, lo:hi])
+                pred = self.memory.read(point, kc)
                 s_mem.append(self.objective.grad(pred, vhat).norm(dim=-1).flatten(1))
-            y, mem = memory_scan(qh[:, :, lo:hi], kh[:, :, lo:hi], vhat, memory=cfg.memory.type,
+            y, mem = memory_scan(qc, kc, vhat, memory=cfg.memory.type,
                                  objective=cfg.objective.type, optimizer="momentum",
-                                 lr=cfg.lr_max * eta[:, :, lo:hi],
-                                 decay=1.0 - alpha[:, :, lo:hi], momentum=cfg.momentum,
+                                 lr=lc, decay=dc, momentum=cfg.momentum,
                                  chunk_size=cfg.chunk_size, backend=cfg.backend, state=mem,
                                  memory_kwargs=cfg.memory.options,
                                  objective_kwargs=cfg.objective.options)
@@ -195,9 +196,10 @@ class SelfModTitans(Block):
     def _gates(self, out: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``k, v (B, n, dim)`` and per-head ``η_t``, ``α_t (B, H, n)`` from the reads of
         ``M_k, M_v, M_η, M_α`` (eq. 86)."""
-        eta = torch.sigmoid(self.eta(out[:, 2])).transpose(1, 2)  # η_t = σ(⟨u_η, e_t⟩ + b_η)
-        alpha = torch.sigmoid(self.alpha(out[:, 3])).transpose(1, 2)  # retention α_t
-        return out[:, 0], out[:, 1], eta, alpha
+        k, v, e, a = out.unbind(1)[:4]  # one unbind: its backward is one stack
+        eta = torch.sigmoid(self.eta(e)).transpose(1, 2)  # η_t = σ(⟨u_η, e_t⟩ + b_η)
+        alpha = torch.sigmoid(self.alpha(a)).transpose(1, 2)  # retention α_t
+        return k, v, eta, alpha
 
     def fast_params(self, state: dict) -> dict[str, Tensor]:
         """The projection memories' parameters in effect for the next read,
