@@ -314,7 +314,8 @@ class BoundaryLevel:
         lead = torch.broadcast_shapes(k.shape[:2], st.shape[:2])
         out = self.memory.read(params, torch.cat([st.expand(*lead, *st.shape[2:]),
                                                   k.expand(*lead, *k.shape[2:])], 2))
-        return out[:, :, n:], out[:, :, :n]
+        target, pred = out.split([st.shape[2], n], 2)
+        return pred, target
 
     def settle(self, state: BoundaryState, *, collect: dict | None = None,
                **hyper: Any) -> tuple[BoundaryState, Tensor | None]:

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from nlframe.interfaces import Block
+from nlframe.level import tree_map
 from nlframe.scan import initial_state, make_rule, memory_scan
 from nlframe.spec import (MemoryRef, ObjectiveRef, OptimizerRef, in_range, plugin_name,
                           positive_int)
@@ -177,9 +178,7 @@ class SelfModTitans(Block):
         for qc, kc, vc, lc, dc in zip(*(split_at(t, cuts) for t in (qh, kh, vh, lr, decay))):
             point = mem.chunk_params if mem.position else mem.params
             vhat = self.memory.read(point, vc) if cfg.self_values else vc
-            with torch.no_grad():
-                pred = self.memory.read(point, kc)
-                s_mem.append(self.objective.grad(pred, vhat).norm(dim=-1).flatten(1))
+            s_mem.append((tree_map(Tensor.detach, point), kc.detach(), vhat.detach()))  # for surprise()
             y, mem = memory_scan(qc, kc, vhat, memory=cfg.memory.type,
                                  objective=cfg.objective.type, optimizer="momentum",
                                  lr=lc, decay=dc, momentum=cfg.momentum,
@@ -218,5 +217,8 @@ class SelfModTitans(Block):
             s_proj.append(delta.norm(dim=-1)[:, :, -last["tail"]:].mean(-1))
         sp = torch.stack(s_proj).mean((0, 1))  # (P,)
         out = {f"proj_{n}": sp[i] for i, n in enumerate(self.names)}
-        out["memory"] = torch.cat(last["s_mem"], 1).mean()
+        with torch.no_grad():  # ‖∂ℓ/∂pred‖ at each chunk's start params, computed on request
+            s_mem = [self.objective.grad(self.memory.read(point, k), vhat).norm(dim=-1).flatten(1)
+                     for point, k, vhat in last["s_mem"]]
+        out["memory"] = torch.cat(s_mem, 1).mean()
         return out
