@@ -71,12 +71,13 @@ def scan_aligned(tiles: Tiles, W: Tensor, S: Tensor, chunk: int, a: float, b: fl
         (I + N) E = a D̃∘(K W_bᵀ) + a c̃∘(K S_bᵀ) + b V
         E = (G_D K) W_bᵀ + (G_C K) S_bᵀ + E_V,   G_D = (I+N)⁻¹ diag(a D̃),  G_C = (I+N)⁻¹ diag(a c̃)
 
-    Everything state-independent is computed for all tiles at once (``[D∘Q | c∘Q]``,
-    ``[G_D K | G_C K]``, ``E_V = b (I+N)⁻¹ V``, ``A∘(Q Kᵀ)``, the write rows), so the
-    loop over tiles is four batched matmuls and two fused elementwise updates of
-    the joint state ``X = [W_b | S_b]: (BH, Dv, 2Dk)``::
+    Everything state-independent is computed for all tiles at once (``(I+N)⁻¹``,
+    ``[D∘Q | c∘Q]``, ``[aD̃∘K | ac̃∘K]``, ``E_V = b (I+N)⁻¹ V``, ``A∘(Q Kᵀ)``, the write
+    rows), so the loop over tiles is five batched matmuls (three of them fused
+    ``baddbmm``-style) and two elementwise updates of the joint state
+    ``X = [W_b | S_b]: (BH, Dv, 2Dk)``::
 
-        E = E_V + [G_D K | G_C K] Xᵀ,   Y = [D∘Q | c∘Q] Xᵀ − (A∘(Q Kᵀ)) E,
+        E = E_V + (I+N)⁻¹ ([aD̃∘K | ac̃∘K] Xᵀ),   Y = [D∘Q | c∘Q] Xᵀ − (A∘(Q Kᵀ)) E,
         X ← Γ∘X + Eᵀ[−A_{L,:}ᵀ∘K | −(Bθ)_{L,:}ᵀ∘K]
 
     Returns ``y (n, B, H, L, Dv)``, final ``W, S``, and the parameters at the start
