@@ -14,12 +14,20 @@ def _available() -> list[str]:
     return [b for b in BENCHMARKS if importlib.util.find_spec(f"nlframe.bench.{b}") is not None]
 
 
-@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-@click.argument("name", type=click.Choice([*BENCHMARKS, "all"]))
+@click.command(add_help_option=False,
+               context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("name", required=False)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def bench(name: str, args: tuple[str, ...]) -> None:
+@click.pass_context
+def bench(ctx: click.Context, name: str | None, args: tuple[str, ...]) -> None:
     """Run benchmark NAME (scan, optim, train, or all); ARGS go to the benchmark
-    (``nlframe bench scan --help``)."""
+    (``nlframe bench scan --help`` shows its options)."""
+    if name in (None, "-h", "--help"):
+        click.echo(ctx.get_help())
+        return
+    if name not in (*BENCHMARKS, "all"):
+        raise click.BadParameter(f"{name!r} is not one of {', '.join((*BENCHMARKS, 'all'))}",
+                                 param_hint="NAME")
     names = _available() if name == "all" else [name]
     if name != "all" and name not in _available():
         raise click.ClickException(f"benchmark {name!r} is not installed")
