@@ -266,8 +266,14 @@ class Trainer:
                     o.zero_grad(set_to_none=True)
                 loss.backward()
                 self.slow.before_step(self.step)
-                if cfg.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
+                                                      cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+                if not torch.isfinite(norm):
+                    bad = [n for n, p in self.model.named_parameters()
+                           if p.grad is not None and not torch.isfinite(p.grad).all()]
+                    raise FloatingPointError(
+                        f"non-finite gradients at step {self.step} (loss {loss.item():.4g}) in "
+                        f"{len(bad)} parameters: {', '.join(bad[:6])}{' …' if len(bad) > 6 else ''}")
                 lr = self.optimizers[0].param_groups[0]["lr"]
                 for o, sched in zip(self.optimizers, self.schedulers):
                     o.step()

@@ -182,3 +182,12 @@ def test_muon_trains_matrices_and_falls_back_for_vectors(tmp_path):
                for p in vectors)
     result = trainer.run()
     assert math.isfinite(result.last_loss)
+
+
+def test_non_finite_gradients_raise_naming_the_parameters(tmp_path):
+    trainer = Trainer(tiny_spec(tmp_path, steps=2), tmp_path / "run", progress=False)
+    name, param = next(iter(trainer.model.named_parameters()))
+    param.register_hook(lambda g: g * float("nan"))
+    with pytest.raises(FloatingPointError, match="non-finite gradients at step 0") as info:
+        trainer.run()
+    assert name in str(info.value)

@@ -348,12 +348,16 @@ class BoundaryLevel:
         if self.wants_inputs:
             xs = layer_inputs(self.memory, state.params, pending["k"])
             if xs is not None:
-                root = w.sqrt()[..., None] if isinstance(w, Tensor) else (w ** 0.5 if w else 1.0)
+                # √w with w floored at 1e-30: a weight that underflowed to 0 would make the
+                # backward of sqrt infinite (0·∞ = NaN in the outer gradient)
+                root = w.clamp_min(1e-30).sqrt()[..., None] if isinstance(w, Tensor) else \
+                    (w ** 0.5 if w else 1.0)
                 hyper["x"] = {m: (x * root).expand(*state.params[m].shape[:-2], *x.shape[-2:])
                               for m, x in xs.items()}
         params, opt_state = self.rule.update(grads, state.opt_state, state.params, **hyper)
         if "retention" in pending:
-            forget = -torch.expm1(pending["retention"].log().sum(-1))  # 1 − Π_t r_t   (B, H)
+            # 1 − Π_t r_t (B, H); r floored at 1e-30 so a saturated gate keeps a finite log-gradient
+            forget = -torch.expm1(pending["retention"].clamp_min(1e-30).log().sum(-1))
             params = {m: p - bcast(forget, p) * state.params[m] for m, p in params.items()}
         if not outer:
             params, opt_state = tree_map(Tensor.detach, params), tree_map(Tensor.detach, opt_state)
