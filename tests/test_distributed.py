@@ -1,5 +1,7 @@
 """Data-parallel training under torchrun (gloo, 2 CPU processes) equals one process."""
 
+import os
+import socket
 import subprocess
 import sys
 
@@ -20,9 +22,14 @@ def test_two_process_ddp_matches_single_process(tmp_path):
     common = ["train", str(spec), "--no-progress"]
     subprocess.run([sys.executable, "-m", "nlframe", *common, "--out", str(one)], check=True,
                    capture_output=True, timeout=300)
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                        "--nproc_per_node=2", "-m", "nlframe", *common, "--out", str(two)],
-                       capture_output=True, text=True, timeout=300)
+    with socket.socket() as sock:  # a free loopback port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "MASTER_ADDR": "127.0.0.1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nnodes=1",
+                        "--nproc_per_node=2", "--rdzv-backend=c10d",
+                        f"--rdzv-endpoint=127.0.0.1:{port}", "-m", "nlframe", *common,
+                        "--out", str(two)], capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     w1 = load_file(str(one / "checkpoint" / "model.safetensors"))
     w2 = load_file(str(two / "checkpoint" / "model.safetensors"))
