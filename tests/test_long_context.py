@@ -4,8 +4,6 @@ import json
 import subprocess
 import sys
 
-import pytest
-
 PROBE = """
 import json, resource, sys, torch
 from nlframe.build import build
@@ -28,7 +26,6 @@ def _peak_rss(length: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.slow
 def test_peak_rss_flat_from_64k_to_1m_tokens():
     short, long = _peak_rss(65_536), _peak_rss(1_000_000)
     assert abs(long["rss_kb"] - short["rss_kb"]) / short["rss_kb"] < 0.2, (short, long)
