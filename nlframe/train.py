@@ -151,6 +151,8 @@ class Trainer:
         if resume:
             self._ckpt = load_checkpoint(self.out)
             spec = load_spec(self._ckpt["spec_toml"])
+            if data_options is None:  # resume with the data options the run started with
+                data_options = self._ckpt["trainer"].get("data_options")
         else:
             spec = load_spec(spec)
         overrides = {k: v for k, v in dict(steps=steps, data=data, device=device, seed=seed).items()
@@ -168,7 +170,8 @@ class Trainer:
         torch.manual_seed(self.cfg.seed)
         random.seed(self.cfg.seed)
         self.model = build(self.spec).to(self.device)
-        self.data = open_data(self.cfg.data, **(data_options or {}))
+        self.data_options = dict(data_options or {})
+        self.data = open_data(self.cfg.data, **self.data_options)
         vocab = getattr(self.spec.model.config, "vocab_size", None)
         if vocab is not None and self.data.vocab_size > vocab:
             raise ValueError(f"vocabulary mismatch: data {self.cfg.data!r} has {self.data.vocab_size}"
@@ -188,7 +191,8 @@ class Trainer:
                 "schedulers": [s.state_dict() for s in self.schedulers],
                 "slow_grads": self.slow.state_dict(),
                 "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
-                "data_position": {"split": "train", "index": self.step}}
+                "data_position": {"split": "train", "index": self.step},
+                "data_options": self.data_options}
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
         _load_weights(self.model, ckpt)

@@ -55,7 +55,7 @@ def train_cmd(spec, out, steps, data, device, seed, resume, options, no_progress
     try:
         trainer = Trainer(spec, out, steps=steps, data=data, device=device, seed=seed,
                           resume=resume, progress=not no_progress,
-                          data_options=_parse_options(options), echo=click.echo)
+                          data_options=_parse_options(options) or None, echo=click.echo)
     except (SpecError, ValueError, FileNotFoundError, RuntimeError) as exc:
         _fail(exc)
     n = sum(p.numel() for p in trainer.model.parameters())
