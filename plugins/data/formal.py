@@ -21,6 +21,8 @@ generalisation).
 
 from __future__ import annotations
 
+import abc
+
 from typing import Any, ClassVar
 
 import torch
@@ -76,9 +78,9 @@ class FormalLanguage(AccuracyTask):
         """
         return torch.randint(0, len(self.symbols), (len(lengths), width), generator=g), lengths
 
+    @abc.abstractmethod
     def labels(self, sym: Tensor) -> Tensor:
         """Answer class of every prefix: ``(B, L)`` → ``(B, L)``, ``[b, t] = f(sym[b, :t+1])``."""
-        raise NotImplementedError
 
     def batch(self, split: str, index: int, *, batch_size: int, seq_len: int,
               seed: int = 0) -> Batch:
