@@ -11,11 +11,7 @@ from hypothesis import strategies as st
 
 from nlframe.spec import SpecError, load_spec
 from nlframe_plugins.blocks.attention import Attention, rope
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach(), b.detach()
-    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+from ._helpers import feed_in_pieces, rel_err
 
 
 def make(dim=16, seed=0, dtype=torch.float64, **cfg) -> Attention:
@@ -82,21 +78,13 @@ def test_rope_scores_depend_on_relative_position(q, k, p, s, shift):
     assert torch.allclose(rope(qt, p, 10000.0).norm(), qt.norm())
 
 
-def run_in_pieces(block, x, cuts):
-    state, ys = None, []
-    for lo, hi in zip([0, *cuts], [*cuts, x.shape[1]]):
-        y, state = block(x[:, lo:hi], state)
-        ys.append(y)
-    return torch.cat(ys, dim=1), state
-
-
 @given(window=st.one_of(st.none(), st.integers(1, 6)),
        cuts=st.lists(st.integers(0, 14), max_size=5).map(sorted))
 def test_streaming_in_pieces_equals_one_pass(window, cuts):
     block = make(heads=2, window=window)
     x = torch.randn(2, 14, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     full, _ = block(x)
-    pieces, state = run_in_pieces(block, x, cuts)
+    pieces, state = feed_in_pieces(block, x, cuts)
     assert rel_err(pieces, full) < 1e-12
     assert state["pos"] == 14
 
@@ -106,7 +94,7 @@ def test_token_by_token_equals_one_pass(window):
     block = make(heads=4, window=window)
     x = torch.randn(3, 11, 16, dtype=torch.float64)
     full, _ = block(x)
-    steps, state = run_in_pieces(block, x, list(range(1, 11)))
+    steps, state = feed_in_pieces(block, x, list(range(1, 11)))
     assert rel_err(steps, full) < 1e-12
     kept = 11 if window is None else window - 1
     assert state["k"].shape == (3, 4, kept, 4) and state["v"].shape == (3, 4, kept, 4)

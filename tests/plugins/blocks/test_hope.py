@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 import nlframe
 from nlframe.spec import SpecError, load_spec
+from ._helpers import feed_in_pieces, rel_err
 
 HOPE = """
 [model]
@@ -34,11 +35,6 @@ type = "hope-attention"
 attention = { heads = 2, window = 5 }
 cms = { chunk_sizes = [3], memory = { type = "mlp", hidden = 12 } }
 """
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach(), b.detach()
-    return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
 @pytest.fixture(scope="module")
@@ -75,11 +71,7 @@ def test_token_by_token_equals_one_pass(lm):
 def test_random_splits_equal_one_pass(lm, cuts):
     x = tokens(seed=1)
     full, _ = lm(x)
-    state, pieces = None, []
-    for lo, hi in zip([0, *cuts], [*cuts, 13]):
-        logits, state = lm(x[:, lo:hi], state)
-        pieces.append(logits)
-    assert rel_err(torch.cat(pieces, 1), full) < 1e-10
+    assert rel_err(feed_in_pieces(lm, x, cuts)[0], full) < 1e-10
 
 
 def test_surprise_and_backward():

@@ -11,11 +11,7 @@ from hypothesis import strategies as st
 from nlframe.spec import SpecError, load_spec
 from nlframe_plugins.blocks.common import l2norm
 from nlframe_plugins.blocks.linear_attention import LinearAttention
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach(), b.detach()
-    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+from ._helpers import feed_in_pieces, rel_err
 
 
 def make(dim=16, seed=0, **cfg) -> LinearAttention:
@@ -62,11 +58,7 @@ def test_random_splits_equal_one_pass(cuts):
     block = make(conv_size=3, learned_lr=True, chunk_size=4)
     x = inputs()
     full, _ = block(x)
-    state, pieces = None, []
-    for lo, hi in zip([0, *cuts], [*cuts, 11]):
-        y, state = block(x[:, lo:hi], state)
-        pieces.append(y)
-    assert rel_err(torch.cat(pieces, 1), full) < 1e-12
+    assert rel_err(feed_in_pieces(block, x, cuts)[0], full) < 1e-12
 
 
 def test_token_by_token_and_gradients_reach_every_parameter():

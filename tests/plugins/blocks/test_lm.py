@@ -14,6 +14,7 @@ import nlframe
 from nlframe import hookimpl
 from nlframe.interfaces import Block
 from nlframe_plugins.blocks.lm import LM
+from ._helpers import feed_in_pieces, rel_err
 
 SPEC = """
 [model]
@@ -32,11 +33,6 @@ window = 3
 [[model.blocks]]
 type = "mlp"
 """
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach(), b.detach()
-    return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
 @pytest.fixture(scope="module")
@@ -63,11 +59,7 @@ def test_token_by_token_equals_one_pass(lm):
 def test_random_splits_equal_one_pass(lm, cuts):
     x = tokens(seed=1)
     full, _ = lm(x)
-    state, pieces = None, []
-    for lo, hi in zip([0, *cuts], [*cuts, 13]):
-        logits, state = lm(x[:, lo:hi], state)
-        pieces.append(logits)
-    assert rel_err(torch.cat(pieces, 1), full) < 1e-12
+    assert rel_err(feed_in_pieces(lm, x, cuts)[0], full) < 1e-12
 
 
 def test_shapes_and_backward():

@@ -9,11 +9,7 @@ from hypothesis import strategies as st
 
 from nlframe.spec import SpecError, load_spec
 from nlframe_plugins.blocks.mlp import MLP, default_hidden
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach(), b.detach()
-    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+from ._helpers import rel_err
 
 
 @pytest.mark.parametrize("activation", ["silu", "gelu"])

@@ -11,11 +11,7 @@ from hypothesis import strategies as st
 from nlframe.spec import MemoryRef, OptimizerRef, SpecError, load_spec
 from nlframe_plugins.blocks.common import l2norm
 from nlframe_plugins.blocks.self_mod_titans import SelfModTitans
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach(), b.detach()
-    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+from ._helpers import feed_in_pieces, rel_err
 
 
 def make(dim=16, seed=0, **cfg) -> SelfModTitans:
@@ -90,11 +86,7 @@ def test_random_splits_equal_one_pass(cuts, sizes, adaptive_q):
     block = make(chunk_size=sizes[0], proj_chunk_size=sizes[1], adaptive_q=adaptive_q)
     x = inputs()
     full, _ = block(x)
-    state, pieces = None, []
-    for lo, hi in zip([0, *cuts], [*cuts, 11]):
-        y, state = block(x[:, lo:hi], state)
-        pieces.append(y)
-    assert rel_err(torch.cat(pieces, 1), full) < 1e-10
+    assert rel_err(feed_in_pieces(block, x, cuts)[0], full) < 1e-10
 
 
 def test_token_by_token_with_another_rule_and_gradients():
