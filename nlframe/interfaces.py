@@ -66,6 +66,13 @@ class Memory(abc.ABC):
     def read(self, params: Params, x: Tensor) -> Tensor:
         """``y = M_W(x)``: params ``(*lead, *shape)``, ``x (*lead, N, Dk)`` → ``(*lead, N, Dv)``."""
 
+    def layer_inputs(self, params: Params, x: Tensor) -> dict[str, Tensor] | None:
+        """Input ``x⁽ˡ⁾`` of every weight matrix ``l`` when the memory reads ``x (*lead, N, Dk)``
+        at ``params``, name → ``(*lead, N, Din_l)`` (what DGD's ``W⁽ˡ⁾(I − θ x⁽ˡ⁾x⁽ˡ⁾ᵀ)`` term
+        needs, NL arXiv 2512.24695 eqs. 88, 93). ``None`` (the default): the memory does
+        not expose them, so ``optimizer="dgd"`` cannot scan it."""
+        return None
+
 
 class Objective(abc.ABC):
     """Inner (surprise) objective ``ℓ(W; k, v) = loss(M_W(k), v)``.
@@ -123,6 +130,15 @@ class UpdateRule(abc.ABC):
     (e.g. ``{"lr": 0.0, "momentum": 0.0}`` for ``W ← W + m``); ``None``: no such setting."""
     tensor_hyperparams: ClassVar[tuple[str, ...] | None] = None
     """Float hyperparameters that may be tensors over the leading dims; ``None``: all."""
+    structure: ClassVar[str | None] = None
+    """The rule's algebra, for the scan and its fast backends (as :attr:`Memory.structure`):
+    ``"momentum"`` (``S ← ηS − θg``, ``W ← (1−α)W + S``), ``"dgd"`` (``W⁽ˡ⁾ ← W⁽ˡ⁾((1−α)I − θ x⁽ˡ⁾x⁽ˡ⁾ᵀ) − θ g⁽ˡ⁾``; the
+    scan supplies the layer inputs) or ``None`` (generic: the scan calls :meth:`update`)."""
+
+    def scan_structure(self, static_hyper: Mapping[str, Any]) -> str | None:
+        """:attr:`structure` under the static hyperparameters of one scan (a rule whose
+        algebra depends on an option overrides this)."""
+        return self.structure
 
     def __init__(self, **defaults: Any) -> None:
         unknown = set(defaults) - set(self.hyperparams)
@@ -163,10 +179,12 @@ class ScanRequest:
     """
 
     __slots__ = ("q", "k", "v", "memory", "objective", "rule", "hyper", "static_hyper",
-                 "chunk_size", "state", "names")
+                 "chunk_size", "state", "names", "read", "write", "self_target", "grad_clip",
+                 "rule_structure", "outputs")
 
     def __init__(self, *, q, k, v, memory, objective, rule, hyper, static_hyper, chunk_size,
-                 state, names):
+                 state, names, read="after_write", write="token", self_target=False,
+                 grad_clip=None, rule_structure=None, outputs=True):
         self.q, self.k, self.v = q, k, v
         self.memory: Memory = memory
         self.objective: Objective = objective
@@ -176,6 +194,20 @@ class ScanRequest:
         self.chunk_size: int = chunk_size
         self.state: MemoryState = state
         self.names: dict[str, str] = names
+        self.read: str = read
+        """``"after_write"`` (``y_t = M_{W_t}(q_t)``) or ``"chunk_start"`` (``y_t = M_{W_c}(q_t)``)."""
+        self.write: str = write
+        """``"token"`` (the rule steps every token) or ``"chunk"`` (once per chunk, on ``G_c``)."""
+        self.self_target: bool = self_target
+        """Targets ``M_{W_c}(v_t)`` (self-generated values, NL eq. 87) instead of ``v_t``."""
+        self.grad_clip: float | None = grad_clip
+        """Per-token clip of ``∂ℓ/∂pred_t`` to this norm (``None``: no clipping)."""
+        if rule_structure is None and hasattr(rule, "scan_structure"):
+            rule_structure = rule.scan_structure(static_hyper)
+        self.rule_structure: str | None = rule_structure
+        """``rule.scan_structure(static_hyper)`` (resolved at construction when not given)."""
+        self.outputs: bool = outputs
+        """Whether ``y`` is wanted (a write-only level op passes ``False``; ``y`` is then empty)."""
 
     def hyper_at(self, t: int) -> dict[str, Any]:
         """Hyperparameters of token ``t``: tensors ``(B, H)`` and the static values."""

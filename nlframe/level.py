@@ -43,7 +43,13 @@ class MemoryState:
     * ``position``: tokens already consumed in the current chunk
       (``0 ≤ position < chunk_size``; 0 means the next token opens a chunk);
     * ``chunk_size``: the frequency this state was written with;
-    * ``step``: total tokens written so far.
+    * ``step``: total tokens written so far;
+    * ``pending``: ``write="chunk"`` only — the open chunk's accumulated step so far,
+      name → ``(B, H, *shape)`` (``Σ_t θ_t g_t``, plus ``Σ_t θ_t (W_c x_t) x_tᵀ`` for
+      ``dgd``), applied at the chunk's last token;
+    * ``surprise``: not carried state but the last call's diagnostic — the mean
+      write-time ``‖∂ℓ/∂pred_t‖`` per ``(B, H)`` over its tokens, computed by the scan
+      from the errors it already has (``None`` for an empty call).
     """
 
     params: Params
@@ -52,6 +58,8 @@ class MemoryState:
     position: int = 0
     chunk_size: int | None = None
     step: int = 0
+    pending: Params = attrs.field(factory=dict)
+    surprise: Tensor | None = None
 
     @classmethod
     def create(cls, params: Params, rule: Any, *, chunk_size: int | None = None) -> "MemoryState":
@@ -75,7 +83,8 @@ class MemoryState:
         """A new state with ``fn`` applied to every tensor."""
         return attrs.evolve(self, params=tree_map(fn, self.params),
                             opt_state=tree_map(fn, self.opt_state),
-                            chunk_params=tree_map(fn, self.chunk_params))
+                            chunk_params=tree_map(fn, self.chunk_params),
+                            pending=tree_map(fn, self.pending), surprise=None)
 
     def detach(self) -> "MemoryState":
         """Cut the autograd history (truncated backprop through time)."""
@@ -93,21 +102,23 @@ class MemoryState:
         """A plain dict (tensors, ints) suitable for ``torch.save``."""
         return {"params": dict(self.params), "opt_state": self.opt_state,
                 "chunk_params": dict(self.chunk_params), "position": self.position,
-                "chunk_size": self.chunk_size, "step": self.step}
+                "chunk_size": self.chunk_size, "step": self.step, "pending": dict(self.pending)}
 
     @classmethod
     def from_state_dict(cls, d: dict[str, Any]) -> "MemoryState":
         return cls(params=dict(d["params"]), opt_state=d["opt_state"],
                    chunk_params=dict(d["chunk_params"]), position=int(d["position"]),
-                   chunk_size=d.get("chunk_size"), step=int(d.get("step", 0)))
+                   chunk_size=d.get("chunk_size"), step=int(d.get("step", 0)),
+                   pending=dict(d.get("pending", {})))
 
 
 @attrs.frozen
 class ContextFlow:
-    """The stream a level learns from: queries, keys, values and per-token gates.
+    """The stream one level learns from in one call: queries, keys, values and gates.
 
     ``q, k: (B, H, T, Dk)``, ``v: (B, H, T, Dv)``; ``lr`` (θ), ``decay`` (α),
-    ``momentum`` (η): floats or ``(B, H, T)`` tensors.
+    ``momentum`` (η): floats or ``(B, H, T)`` tensors. A block routes its input
+    into one flow per level (projections, gates, norms); the level does the math.
     """
 
     q: Tensor
@@ -118,29 +129,81 @@ class ContextFlow:
     momentum: Any = 0.0
 
 
-@attrs.frozen
 class Level:
-    """A level: memory + objective + update rule + update frequency (``chunk_size``).
+    """A level: memory + objective + update rule + frequency + read/write modes, with
+    its plugins resolved once, at construction (DESIGN §2b)::
 
-    ``Level(...).scan(flow, state)`` runs :func:`nlframe.memory_scan` with this
-    level's plugins; names are registered plugin names.
+        level = Level.build("mlp", "l2", "dgd", dim_k=32, dim_v=32, chunk_size=8,
+                            read="chunk_start", self_target=True)
+        y, state = level.scan(ContextFlow(q, k, v, lr=θ, decay=α), state)
+
+    ``scan`` runs the scan contract with this level's instances; ``write_only`` is the
+    same step without the reads (for levels whose reads come first, e.g. the
+    projection memories of self-modifying Titans); ``init_state`` gives the fresh
+    per-sequence state from (learned) initial parameters. ``name`` labels errors
+    (``"blocks[2].titans.memory"``); blocks set it when they know their place.
     """
 
-    memory: str = "linear"
-    objective: str = "l2"
-    optimizer: str = "momentum"
-    chunk_size: int = 1
-    backend: str = "auto"
-    memory_kwargs: dict = attrs.field(factory=dict)
-    objective_kwargs: dict = attrs.field(factory=dict)
-    optimizer_kwargs: dict = attrs.field(factory=dict)
+    def __init__(self, memory: Any, objective: Any, rule: Any, *, chunk_size: int = 1,
+                 read: str = "after_write", write: str = "token", self_target: bool = False,
+                 grad_clip: float | None = None, backend: str = "auto", name: str | None = None,
+                 names: dict[str, str] | None = None, optimizer_kwargs: dict | None = None) -> None:
+        from .scan import check_modes
 
-    def scan(self, flow: ContextFlow, state: MemoryState | None = None) -> tuple[Tensor, MemoryState]:
-        from .scan import memory_scan
+        check_modes(read, write, self_target, grad_clip)
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        self.memory, self.objective, self.rule = memory, objective, rule
+        self.chunk_size, self.read, self.write = chunk_size, read, write
+        self.self_target, self.grad_clip, self.backend = self_target, grad_clip, backend
+        self.name = name
+        self.names = dict(names or {"memory": type(memory).__name__,
+                                    "objective": type(objective).__name__,
+                                    "optimizer": type(rule).__name__})
+        self.optimizer_kwargs = dict(optimizer_kwargs or {})
 
-        return memory_scan(flow.q, flow.k, flow.v, memory=self.memory, objective=self.objective,
-                           optimizer=self.optimizer, lr=flow.lr, decay=flow.decay,
-                           momentum=flow.momentum, chunk_size=self.chunk_size,
-                           backend=self.backend, state=state, memory_kwargs=self.memory_kwargs,
-                           objective_kwargs=self.objective_kwargs,
-                           optimizer_kwargs=self.optimizer_kwargs)
+    @classmethod
+    def build(cls, memory: str = "linear", objective: str = "l2", optimizer: str = "momentum", *,
+              dim_k: int, dim_v: int, memory_kwargs: dict | None = None,
+              objective_kwargs: dict | None = None, **options: Any) -> "Level":
+        """A level from registered plugin names (looked up once, here)."""
+        from .scan import make_memory, make_objective, make_rule
+
+        return cls(make_memory(memory, dim_k, dim_v, **dict(memory_kwargs or {})),
+                   make_objective(objective, **dict(objective_kwargs or {})), make_rule(optimizer),
+                   names={"memory": memory, "objective": objective, "optimizer": optimizer},
+                   **options)
+
+    def __repr__(self) -> str:
+        return (f"Level({self.names['memory']}, {self.names['objective']}, "
+                f"{self.names['optimizer']}, chunk_size={self.chunk_size}, read={self.read!r}, "
+                f"write={self.write!r}, self_target={self.self_target})")
+
+    def init_state(self, *, batch: int, heads: int, params: Params | None = None,
+                   dtype: torch.dtype = torch.float32, device: Any = None) -> MemoryState:
+        """Fresh state at ``params`` (``(H, *shape)`` or ``(B, H, *shape)``; ``None``: the
+        memory's own initialisation)."""
+        from .scan import initial_state
+
+        return initial_state(self.memory, self.rule, batch=batch, heads=heads, params=params,
+                             chunk_size=self.chunk_size, dtype=dtype, device=device)
+
+    def scan(self, flow: ContextFlow, state: MemoryState | None = None, *,
+             outputs: bool = True) -> tuple[Tensor, MemoryState]:
+        """``y, state`` of the scan contract over ``flow`` from ``state``."""
+        from .scan import run_scan
+
+        return run_scan(flow.q, flow.k, flow.v, memory=self.memory, objective=self.objective,
+                        rule=self.rule, names=self.names, lr=flow.lr, decay=flow.decay,
+                        momentum=flow.momentum, chunk_size=self.chunk_size, backend=self.backend,
+                        state=state, read=self.read, write=self.write,
+                        self_target=self.self_target, optimizer_kwargs=self.optimizer_kwargs,
+                        grad_clip=self.grad_clip, name=self.name, outputs=outputs)
+
+    def write_only(self, flow: ContextFlow, state: MemoryState | None = None) -> MemoryState:
+        """Only the writes of :meth:`scan` (no reads are computed)."""
+        return self.scan(flow, state, outputs=False)[1]
+
+    def read_point(self, state: MemoryState) -> Params:
+        """The parameters every read and gradient of the current chunk uses: ``W_c``."""
+        return state.chunk_params if state.position else state.params

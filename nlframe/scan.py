@@ -13,12 +13,12 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
-from .interfaces import Backend, ScanRequest
+from .interfaces import Backend, Memory, ScanRequest
 from .level import MemoryState
 from .registry import get_registry
 
-__all__ = ["memory_scan", "resolve_backend", "make_memory", "make_objective", "make_rule",
-           "initial_state"]
+__all__ = ["memory_scan", "run_scan", "resolve_backend", "make_memory", "make_objective",
+           "make_rule", "initial_state", "check_modes", "READ_MODES", "WRITE_MODES"]
 
 # Scan arguments that map onto update-rule hyperparameters of the same name.
 _SCAN_HYPER = {"lr": 0.1, "decay": 0.0, "momentum": 0.0}
@@ -63,7 +63,10 @@ def initial_state(memory, rule, *, batch: int, heads: int, params=None, chunk_si
             raise ValueError(f"initial param {name!r} has shape {tuple(p.shape)}; expected "
                              f"{tuple(shape)}, {(heads, *shape)} or {(batch, heads, *shape)}")
         batched[name] = p
-    return MemoryState.create(batched, rule, chunk_size=chunk_size)
+    state = MemoryState.create(batched, rule, chunk_size=chunk_size)
+    if getattr(rule, "structure", None) == "dgd":
+        state.opt_state = {}  # DGD as a scan level keeps no rule state
+    return state
 
 
 def _check_qkv(q: Any, k: Any, v: Any) -> None:
@@ -109,15 +112,41 @@ def _as_gate(name: str, value: Any, q: Tensor) -> Tensor:
     raise TypeError(f"{name} must be a float or a (B, H, T) tensor, got {type(value).__name__}")
 
 
+READ_MODES = ("after_write", "chunk_start")
+WRITE_MODES = ("token", "chunk")
+
+
 def _split_hyper(rule, scan_values: Mapping[str, Any], extra: Mapping[str, Any], q: Tensor,
-                 rule_name: str):
+                 rule_name: str, structure: str | None = None):
+    """Per-token ``(B, H, T)`` gates and static hyperparameters of one scan.
+
+    For a ``"dgd"`` rule the scan itself supplies ``x⁽ˡ⁾`` and the retention: ``lr`` (θ)
+    and ``decay`` (α) are the level's gates and ``momentum`` must stay 0 (DGD has none).
+    """
+    if structure == "dgd":
+        if not (isinstance(scan_values["momentum"], Real)
+                and float(scan_values["momentum"]) == 0.0):
+            raise ValueError(f"optimizer {rule_name!r} has no momentum (DGD, NL eq. 88); leave "
+                             "momentum at 0")
+        if extra:
+            raise ValueError(f"optimizer_kwargs: optimizer {rule_name!r} takes only the scan's "
+                             f"lr and decay as a level; got {sorted(extra)}")
+        per_token = {n: _as_gate(n, scan_values[n], q) for n in ("lr", "decay")}
+        for n, lo, hi in (("lr", 0.0, None), ("decay", 0.0, 1.0)):
+            v = scan_values[n]
+            if isinstance(v, Real) and (v < lo or (hi is not None and v > hi)):
+                raise ValueError(f"optimizer {rule_name!r}: {n} must be in "
+                                 f"[{lo}, {hi if hi is not None else 'inf'}), got {v}")
+        return per_token, {}
     accepted = set(rule.hyperparams)
     per_token: dict[str, Tensor] = {}
     static: dict[str, Any] = {}
     for name, value in scan_values.items():
-        if name in accepted:
+        default = isinstance(value, Real) and float(value) == _SCAN_HYPER[name]
+        # decay / momentum left at the scan's default keep the rule's own default
+        if name in accepted and not (default and (name in extra or name != "lr")):
             per_token[name] = _as_gate(name, value, q)
-        elif not (isinstance(value, Real) and float(value) == _SCAN_HYPER[name]):
+        elif not default:
             raise ValueError(f"optimizer {rule_name!r} has no hyperparameter {name!r} (accepted: "
                              f"{sorted(accepted)}); leave {name} at its default "
                              f"{_SCAN_HYPER[name]}")
@@ -214,25 +243,40 @@ def resolve_backend(name: str, request: ScanRequest) -> tuple[str, Backend]:
 
 
 def _describe(r: ScanRequest) -> str:
-    return (f"memory={r.names['memory']!r}, objective={r.names['objective']!r}, "
-            f"optimizer={r.names['optimizer']!r}, chunk_size={r.chunk_size}")
+    return (f"memory={r.names.get('memory')!r}, objective={r.names.get('objective')!r}, "
+            f"optimizer={r.names.get('optimizer')!r}, chunk_size={r.chunk_size}, read={r.read!r}, "
+            f"write={r.write!r}, self_target={r.self_target}")
 
 
 def memory_scan(q: Tensor, k: Tensor, v: Tensor, *, memory: str = "linear", objective: str = "l2",
                 optimizer: str = "momentum", lr: Any = 0.1, decay: Any = 0.0, momentum: Any = 0.0,
                 chunk_size: int = 1, backend: str = "auto", state: MemoryState | None = None,
+                read: str = "after_write", write: str = "token", self_target: bool = False,
                 memory_kwargs: Mapping[str, Any] | None = None,
                 objective_kwargs: Mapping[str, Any] | None = None,
                 optimizer_kwargs: Mapping[str, Any] | None = None,
-                check_finite: bool = True) -> tuple[Tensor, MemoryState]:
-    """Write to and read from an associative memory, token by token (DESIGN.md §2).
+                grad_clip: float | None = None, check_finite: bool = True,
+                name: str | None = None) -> tuple[Tensor, MemoryState]:
+    """Write to and read from an associative memory (DESIGN §2, §2b; docs/concepts.md).
 
-    Per (batch, head), chunk ``c`` covers tokens ``cC+1..(c+1)C`` and::
+    Per (batch, head), chunk ``c`` covers tokens ``cC+1..(c+1)C`` with chunk-start
+    parameters ``W_c`` and::
 
-        g_t = ∇_W ℓ(W_{cC}; k_t, v_t)
-        S_t = η_t S_{t-1} − θ_t g_t          (optimizer="momentum"; other rules: their update)
-        W_t = (1 − α_t) W_{t-1} + S_t
-        y_t = M_{W_t}(q_t)                    (read after write)
+        target_t = M_{W_c}(v_t) if self_target else v_t       (self-generated values, NL eq. 87)
+        g_t = ∇_W ℓ(M_W(k_t), target_t) at W = W_c             (target constant for the inner grad)
+        write="token": every token, in order —
+            momentum: S = η_t S − θ_t g_t;  W = (1 − α_t) W + S          (Titans eqs. 10, 13)
+            dgd:      W⁽ˡ⁾ = W⁽ˡ⁾((1 − α_t) I − θ_t x⁽ˡ⁾_t x⁽ˡ⁾_tᵀ) − θ_t g⁽ˡ⁾_t   (NL eqs. 88, 93)
+            other rules: their ``update(g_t, state, W, lr=θ_t, …)``
+        write="chunk": once, at the chunk's last token, on G_c = Σ_t θ_t g_t, with α, η of
+            that token (NL eq. 71) — momentum: S = ηS − G_c, W = (1 − α)W + S; dgd:
+            W⁽ˡ⁾ = W⁽ˡ⁾((1 − α)I − Σ_t θ_t x⁽ˡ⁾_t x⁽ˡ⁾_tᵀ) − G⁽ˡ⁾_c; other rules: one
+            ``update(G_c, state, W)`` with ``lr = 1`` (θ already weights G_c)
+        read="after_write": y_t = M_W(q_t) after token t's write
+        read="chunk_start": y_t = M_{W_c}(q_t)                              (NL eq. 90)
+
+    ``x⁽ˡ⁾_t`` is the input of weight matrix ``l`` when the memory reads ``k_t`` at ``W_c``
+    (:meth:`~nlframe.interfaces.Memory.layer_inputs`).
 
     Args:
         q, k: ``(B, H, T, Dk)``; v: ``(B, H, T, Dv)``.
@@ -241,44 +285,115 @@ def memory_scan(q: Tensor, k: Tensor, v: Tensor, *, memory: str = "linear", obje
         backend: a registered backend name or ``"auto"``.
         state: the :class:`MemoryState` returned by a previous call (``None``:
             the memory's initial parameters and a fresh rule state).
+        read, write, self_target: the level's read and write modes (above).
         optimizer_kwargs: further hyperparameters of the update rule.
-        check_finite: raise ``FloatingPointError`` naming the first token whose
-            read is not finite, instead of returning NaN.
+        grad_clip: clip each token's ``∂ℓ/∂pred_t`` to this norm before it enters the
+            write (inner-level stability, DESIGN §7; ``None``: the exact contract).
+        check_finite: raise ``FloatingPointError`` naming the level, the first token and
+            stream position whose read (or the final state) is not finite.
+        name: the level's name, for messages (e.g. ``"blocks[2].titans.memory"``).
 
     Returns:
-        ``y (B, H, T, Dv)`` and the :class:`MemoryState` after the last token.
+        ``y (B, H, T, Dv)`` and the :class:`MemoryState` after the last token (its
+        ``surprise`` holds the call's mean write-time ``‖∂ℓ/∂pred_t‖`` per (B, H)).
     """
+    _check_qkv(q, k, v)
+    mem = make_memory(memory, q.shape[-1], v.shape[-1], **dict(memory_kwargs or {}))
+    obj = make_objective(objective, **dict(objective_kwargs or {}))
+    rule = make_rule(optimizer)
+    names = {"memory": memory, "objective": objective, "optimizer": optimizer}
+    return run_scan(q, k, v, memory=mem, objective=obj, rule=rule, names=names, lr=lr,
+                    decay=decay, momentum=momentum, chunk_size=chunk_size, backend=backend,
+                    state=state, read=read, write=write, self_target=self_target,
+                    optimizer_kwargs=optimizer_kwargs, grad_clip=grad_clip,
+                    check_finite=check_finite, name=name)
+
+
+def check_modes(read: Any, write: Any, self_target: Any, grad_clip: Any = None) -> None:
+    """Raise ``ValueError`` naming the argument whose value is not one the contract knows."""
+    if read not in READ_MODES:
+        raise ValueError(f"read must be one of {list(READ_MODES)}, got {read!r}")
+    if write not in WRITE_MODES:
+        raise ValueError(f"write must be one of {list(WRITE_MODES)}, got {write!r}")
+    if not isinstance(self_target, bool):
+        raise ValueError(f"self_target must be True or False, got {self_target!r}")
+    if grad_clip is not None and (isinstance(grad_clip, bool) or not isinstance(grad_clip, Real)
+                                  or not grad_clip > 0 or grad_clip == float("inf")):
+        raise ValueError(f"grad_clip must be None or a finite number > 0, got {grad_clip!r}")
+
+
+def run_scan(q: Tensor, k: Tensor, v: Tensor, *, memory, objective, rule, names: Mapping[str, str],
+             lr: Any = 0.1, decay: Any = 0.0, momentum: Any = 0.0, chunk_size: int = 1,
+             backend: str = "auto", state: MemoryState | None = None, read: str = "after_write",
+             write: str = "token", self_target: bool = False,
+             optimizer_kwargs: Mapping[str, Any] | None = None, grad_clip: float | None = None,
+             check_finite: bool = True, name: str | None = None,
+             outputs: bool = True) -> tuple[Tensor, MemoryState]:
+    """:func:`memory_scan` with plugin *instances* (resolved once, e.g. by a
+    :class:`~nlframe.level.Level`); ``names`` are their registered names, for messages.
+    ``outputs=False`` skips the reads (a write-only level step): ``y`` is then empty."""
     _check_qkv(q, k, v)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    check_modes(read, write, self_target, grad_clip)
     B, H, T, Dk = q.shape
     Dv = v.shape[-1]
-    mem = make_memory(memory, Dk, Dv, **dict(memory_kwargs or {}))
-    obj = make_objective(objective, **dict(objective_kwargs or {}))
-    rule = make_rule(optimizer)
+    if self_target and Dk != Dv:
+        raise ValueError(f"self_target=True reads the values through the memory (M_W(v_t)), so "
+                         f"v must have the key width: got Dk={Dk}, Dv={Dv}")
+    opt_name = names.get("optimizer", type(rule).__name__)
     if not getattr(rule, "batched", False):
-        raise ValueError(f"optimizer {optimizer!r} does not declare batched functional use "
+        raise ValueError(f"optimizer {opt_name!r} does not declare batched functional use "
                          "(batched = True), so it cannot run as an inner level")
+    if rule.structure == "dgd" and type(memory).layer_inputs is Memory.layer_inputs:
+        raise ValueError(f"optimizer {opt_name!r} needs the input of every weight matrix, and "
+                         f"memory {names.get('memory')!r} does not provide layer_inputs()")
     per_token, static = _split_hyper(rule, {"lr": lr, "decay": decay, "momentum": momentum},
-                                     dict(optimizer_kwargs or {}), q, optimizer)
+                                     dict(optimizer_kwargs or {}), q, opt_name, rule.structure)
     if state is None:
-        state = initial_state(mem, rule, batch=B, heads=H, chunk_size=chunk_size, dtype=q.dtype,
+        state = initial_state(memory, rule, batch=B, heads=H, chunk_size=chunk_size, dtype=q.dtype,
                               device=q.device)
+        if rule.structure == "dgd":
+            state.opt_state = {}
     else:
-        _check_state(state, mem, q, chunk_size, rule)
+        _check_state(state, memory, q, chunk_size, None if rule.structure == "dgd" else rule)
+    if write == "chunk" and state.position:
+        _check_tree("state.pending", state.pending, state.params)
     if T == 0 or B == 0:
-        return q.new_zeros(B, H, T, Dv), state
-    request = ScanRequest(q=q, k=k, v=v, memory=mem, objective=obj, rule=rule, hyper=per_token,
-                          static_hyper=static, chunk_size=chunk_size, state=state,
-                          names={"memory": memory, "objective": objective, "optimizer": optimizer})
+        return q.new_zeros(B, H, T if outputs else 0, Dv), state
+    structure = rule.scan_structure({**static, **{n: per_token[n] for n in per_token
+                                                  if n not in ("lr", "decay")}})
+    request = ScanRequest(q=q, k=k, v=v, memory=memory, objective=objective, rule=rule,
+                          hyper=per_token, static_hyper=static, chunk_size=chunk_size, state=state,
+                          names=dict(names), read=read, write=write, self_target=self_target,
+                          grad_clip=None if grad_clip is None else float(grad_clip),
+                          rule_structure=structure, outputs=outputs)
     bname, impl = resolve_backend(backend, request)
     y, new_state = impl.scan(request)
     new_state.chunk_size = chunk_size
-    if check_finite and not torch.isfinite(y).all():
+    if check_finite:
+        _check_finite(y, new_state, state, request, bname, name)
+    return y, new_state
+
+
+def _check_finite(y: Tensor, new: MemoryState, old: MemoryState, request: ScanRequest,
+                  bname: str, name: str | None) -> None:
+    """``FloatingPointError`` naming the level, token and stream position of the first
+    non-finite read, or the parameter of a non-finite final state."""
+    where = f"level {name!r}" if name else "memory_scan"
+    what = (f"memory={request.names.get('memory')!r}, optimizer="
+            f"{request.names.get('optimizer')!r}, backend={bname!r}")
+    if y.numel() and not bool(torch.isfinite(y).all()):
         bad = (~torch.isfinite(y)).flatten(3).any(-1)  # (B, H, T)
         first = int(bad.any(0).any(0).nonzero()[0])
+        b = int(bad[:, :, first].any(1).nonzero()[0])
         raise FloatingPointError(
-            f"memory_scan produced a non-finite read at token {first} of this call (stream "
-            f"position {state.step + first}; memory={memory!r}, objective={objective!r}, "
-            f"optimizer={optimizer!r}, backend={bname!r}); lower lr or clip the inputs")
-    return y, new_state
+            f"{where}: non-finite read at token {first} of this call (stream position "
+            f"{old.step + first}, batch element {b}; {what}); lower lr, set grad_clip, or check "
+            "the inputs")
+    for pname, p in new.params.items():
+        if not bool(torch.isfinite(p).all()):
+            raise FloatingPointError(
+                f"{where}: non-finite fast weights {pname!r} after stream position "
+                f"{old.step + request.q.shape[2] - 1} ({what}); lower lr, set grad_clip, or "
+                "check the inputs")

@@ -119,7 +119,7 @@ def test_bad_states(qkv):
 
 def test_explicit_backend_refusal_names_the_reason(qkv):
     with pytest.raises(ValueError, match=r"backend 'chunked' does not support this scan "
-                                         r"\(memory='mlp'.*chunk_size=1\).*nonlinear"):
+                                         r"\(memory='mlp'.*chunk_size=1.*nonlinear"):
         nlframe.memory_scan(*qkv[:2], qkv[0], memory="mlp", chunk_size=1, backend="chunked")
 
 

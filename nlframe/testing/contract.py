@@ -97,7 +97,14 @@ def contract_scan(request: ScanRequest) -> tuple[Tensor, MemoryState]:
         if pos == 0:
             Wc = W                                           # a chunk opens: W_{cC}
         g = _surprise(request, Wc, t)
-        W, opt = request.rule.update(g, opt, W, **request.hyper_at(t))
+        h = request.hyper_at(t)
+        if request.rule_structure == "dgd":  # W⁽ˡ⁾((1 − α)I − θ x xᵀ) − θ g⁽ˡ⁾, x at W_{cC} (NL eq. 88)
+            xs = request.memory.layer_inputs(Wc, request.k[:, :, t:t + 1])
+            th, al = h["lr"][..., None, None], h.get("decay", 0.0)
+            al = al[..., None, None] if isinstance(al, Tensor) else al
+            W = {n: (1 - al) * p - th * g[n] - th * (p @ xs[n].mT) @ xs[n] for n, p in W.items()}
+        else:
+            W, opt = request.rule.update(g, opt, W, **h)
         pos = (pos + 1) % C
         ys.append(request.memory.read(W, request.q[:, :, t:t + 1]))  # (B, H, 1, Dv)
     new = MemoryState(params=W, opt_state=opt, chunk_params=Wc if pos else dict(W),

@@ -8,40 +8,49 @@ from torch import Tensor
 from nlframe.interfaces import Backend, ScanRequest
 from nlframe.level import MemoryState
 
-from ..optimizers.momentum import Momentum
 from . import chunked_linear, chunked_mlp
+from .chunked_levels import scan_levels
 from .tiles import TilePlan, Tiles
 
 TILE = 32
 """Default tile length ``L`` (tokens per step of the sequential loop)."""
 
 
+def is_classic(request: ScanRequest) -> bool:
+    """Titans' level (read after write, token writes, momentum, targets ``v``, no clip):
+    the specialised tile loops of chunked_linear / chunked_mlp."""
+    return (request.read == "after_write" and request.write == "token"
+            and request.rule_structure == "momentum" and not request.self_target
+            and request.grad_clip is None)
+
+
 def unsupported_reason(request: ScanRequest) -> str | None:
     """Why the chunked form cannot compute ``request`` exactly (``None`` if it can)."""
-    if not isinstance(request.rule, Momentum):
-        return (f"optimizer {request.names['optimizer']!r}: the chunk form is derived for the "
-                "momentum rule only (S ← ηS − θg, W ← (1−α)W + S)")
-    if request.static_hyper:
+    if request.rule_structure not in ("momentum", "dgd") and request.write != "chunk":
+        return (f"optimizer {request.names.get('optimizer')!r}: token writes in chunk form are "
+                "derived for rules of structure 'momentum' (S ← ηS − θg, W ← (1−α)W + S) and "
+                "'dgd' (other rules: write='chunk')")
+    if request.static_hyper and request.write != "chunk":
         return f"static hyperparameters {sorted(request.static_hyper)} are not supported"
     if request.q.dtype not in (torch.float32, torch.float64):
         return f"dtype {request.q.dtype} is not supported (float32 or float64)"
     memory, C = request.memory, request.chunk_size
     names = set(memory.param_shapes())
     if memory.structure == "linear" and names == {"W"}:
-        if request.objective.affine_grad is None and C < 2:
-            return (f"objective {request.names['objective']!r} has no affine gradient, so "
+        if is_classic(request) and request.objective.affine_grad is None and C < 2:
+            return (f"objective {request.names.get('objective')!r} has no affine gradient, so "
                     "chunk_size=1 is a nonlinear token-by-token recurrence")
         return None
     if memory.structure in ("mlp", "residual-mlp") and names == {"W1", "W2"}:
         if not (callable(getattr(memory, "activation", None))
                 and callable(getattr(memory, "activation_grad", None))):
             return "an MLP memory must expose activation and activation_grad (σ, σ′)"
-        if C < 2:
-            return ("an MLP memory with chunk_size=1 is a nonlinear token-by-token recurrence; "
-                    "use chunk_size >= 2")
+        if is_classic(request) and C < 2:
+            return ("an MLP memory read after momentum writes with chunk_size=1 is a nonlinear "
+                    "token-by-token recurrence; use chunk_size >= 2")
         return None
-    return (f"memory {request.names['memory']!r} has structure {memory.structure!r}; the chunk "
-            "form knows 'linear', 'mlp' and 'residual-mlp'")
+    return (f"memory {request.names.get('memory')!r} has structure {memory.structure!r}; the "
+            "chunk form knows 'linear', 'mlp' and 'residual-mlp'")
 
 
 def chunked_scan(request: ScanRequest, *, tile: int = TILE) -> tuple[Tensor, MemoryState]:
@@ -50,15 +59,23 @@ def chunked_scan(request: ScanRequest, *, tile: int = TILE) -> tuple[Tensor, Mem
     reason = unsupported_reason(request)
     if reason is not None:
         raise ValueError(f"chunked backend: {reason}")
+    if not is_classic(request):
+        return scan_levels(request, tile=tile)
     q, k, v, state, C = request.q, request.k, request.v, request.state, request.chunk_size
-    gates = (request.hyper["lr"], request.hyper["decay"], request.hyper["momentum"])  # (B, H, T)
+    zeros = torch.zeros_like(request.hyper["lr"])
+    gates = (request.hyper["lr"], request.hyper.get("decay", zeros),
+             request.hyper.get("momentum", zeros))  # (B, H, T)
     T, p = q.shape[2], state.position
     mom = state.opt_state["momentum"]
     point = state.chunk_params if p else state.params
     psi = request.objective.grad
+    norms = []
 
     def cut(lo: int, hi: int) -> list[Tensor]:
         return [x[:, :, lo:hi] for x in (q, k, v, *gates)]
+
+    def masked(n: Tensor, plan: TilePlan) -> Tensor:
+        return (n * plan.valid[:, None, None].to(n.dtype)).sum((0, -1))
 
     if request.memory.structure == "linear":
         W, S, Wg = state.params["W"], mom["W"], point["W"]
@@ -69,45 +86,53 @@ def chunked_scan(request: ScanRequest, *, tile: int = TILE) -> tuple[Tensor, Mem
             ys = []
             if head:
                 tiles = Tiles.gather(TilePlan.within_chunks(head, C, p, tile, q.device), *cut(0, head))
-                y, W, S, Wg = chunked_linear.scan_within_chunks(tiles, W, S, Wg, psi)
+                y, W, S, Wg, n = chunked_linear.scan_within_chunks(tiles, W, S, Wg, psi)
                 ys.append(tiles.plan.scatter(y))
+                norms.append(masked(n, tiles.plan))
             if T > head:
                 L = C * (tile // C)
                 tiles = Tiles.gather(TilePlan.aligned(T - head, L, q.device), *cut(head, T))
-                y, W, S, Wg = chunked_linear.scan_aligned(tiles, W, S, C, *affine)
+                y, W, S, Wg, n = chunked_linear.scan_aligned(tiles, W, S, C, *affine)
                 ys.append(tiles.plan.scatter(y))
+                norms.append(masked(n, tiles.plan))
             y = torch.cat(ys, 2)
         else:
             tiles = Tiles.gather(TilePlan.within_chunks(T, C, p, tile, q.device), *cut(0, T))
-            y, W, S, Wg = chunked_linear.scan_within_chunks(tiles, W, S, Wg, psi)
+            y, W, S, Wg, n = chunked_linear.scan_within_chunks(tiles, W, S, Wg, psi)
             y = tiles.plan.scatter(y)
+            norms.append(masked(n, tiles.plan))
         params, new_mom, chunk_params = {"W": W}, {"W": S}, {"W": Wg}
     else:
         memory = request.memory
         tiles = Tiles.gather(TilePlan.within_chunks(T, C, p, tile, q.device), *cut(0, T))
-        y, params, new_mom, chunk_params = chunked_mlp.scan_within_chunks(
+        y, params, new_mom, chunk_params, n = chunked_mlp.scan_within_chunks(
             tiles, state.params, mom, point, memory.activation, memory.activation_grad, psi,
             residual=memory.structure == "residual-mlp")
         y = tiles.plan.scatter(y)
+        norms.append(masked(n, tiles.plan))
     position = (p + T) % C
     if position == 0:
         chunk_params = dict(params)
     return y, MemoryState(params=params, opt_state={"momentum": new_mom},
                           chunk_params=chunk_params, position=position, chunk_size=C,
-                          step=state.step + T)
+                          step=state.step + T, surprise=(sum(norms) / T).detach())
 
 
 class ChunkedBackend(Backend):
     """Chunk-parallel scan: ``W_j = D_j W_b + c_j S_b − Σ_{i≤j} A_{ji} g_i`` per tile
     (DESIGN.md §2 chunk form), reads and writes as batched matmuls.
 
-    Supports the ``momentum`` rule with: a ``linear`` memory and an affine
-    objective (``dot``, ``l2``) at every chunk size, including the delta rule at
-    ``chunk_size=1`` with per-token decay and momentum (UT transform, DeltaNet arXiv
-    2406.06484); a ``linear`` memory with any other objective for ``chunk_size ≥ 2``;
-    ``mlp`` / ``residual-mlp`` memories for ``chunk_size ≥ 2`` (TTT arXiv 2407.04620
-    mini-batch dual form). Pure torch ops: autograd reaches q, k, v, the gates and
-    the initial state. Everything else is declared unsupported.
+    Titans' level (read after write, token writes, ``momentum``): a ``linear`` memory
+    and an affine objective (``dot``, ``l2``) at every chunk size, including the
+    delta rule at ``chunk_size=1`` with per-token decay and momentum (UT transform,
+    DeltaNet arXiv 2406.06484); a ``linear`` memory with any other objective for
+    ``chunk_size ≥ 2``; ``mlp`` / ``residual-mlp`` memories for ``chunk_size ≥ 2``
+    (TTT arXiv 2407.04620 mini-batch dual form). Every other mode of the contract
+    (chunk-start reads, chunk writes, self targets, per-token clipping) and the
+    ``dgd`` rule, for the same memories at every chunk size: chunked_levels.py.
+    Pure torch ops: autograd reaches q, k, v, the gates and the initial state.
+    Any batched rule with ``write="chunk"`` (one ``update`` per chunk). Token writes
+    of other rules and other memories are declared unsupported.
     """
 
     priority = 10

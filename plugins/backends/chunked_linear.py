@@ -44,20 +44,23 @@ def scan_within_chunks(tiles: Tiles, W: Tensor, S: Tensor, Wg: Tensor,
     """Tiles inside chunks, gradients at the chunk start: ``E = ψ(K W_gᵀ, V)``.
 
     ``W, S, Wg: (B, H, Dv, Dk)`` (``Wg`` is used until a tile opens a chunk).
-    Returns ``y (n, B, H, L, Dv)``, the final ``W, S`` and the last chunk start ``W_g``.
+    Returns ``y (n, B, H, L, Dv)``, the final ``W, S``, the last chunk start ``W_g`` and
+    ``‖e_i‖ (n, B, H, L)``.
     """
     K, V, Dk = tiles.k, tiles.v, W.shape[-1]
     M = tiles.gates.A * (tiles.q @ K.transpose(-1, -2))  # (n, B, H, L, L)
     KAB = side_by_side(K, -tiles.aL, -tiles.bL)  # (n, B, H, L, 2Dk)
     X = torch.cat([W, S], -1)  # joint state [W | S]: (B, H, Dv, 2Dk)
-    ys = []
+    ys, norms = [], []
     for t, opens in enumerate(tiles.plan.opens_chunk):
         if opens:
             Wg = X[..., :Dk]
         E = psi(K[t] @ Wg.transpose(-1, -2), V[t])  # (B, H, L, Dv)
+        norms.append(E.norm(dim=-1))
         ys.append(_acc(tiles.qdc[t] @ X.transpose(-1, -2), M[t], E, alpha=-1.0))
         X = tiles.advance_joint(t, X, E, KAB[t])
-    return torch.stack(ys), X[..., :Dk].contiguous(), X[..., Dk:].contiguous(), Wg.contiguous()
+    return (torch.stack(ys), X[..., :Dk].contiguous(), X[..., Dk:].contiguous(), Wg.contiguous(),
+            torch.stack(norms))
 
 
 def scan_aligned(tiles: Tiles, W: Tensor, S: Tensor, chunk: int, a: float, b: float):
@@ -80,8 +83,8 @@ def scan_aligned(tiles: Tiles, W: Tensor, S: Tensor, chunk: int, a: float, b: fl
         E = E_V + (I+N)⁻¹ ([aD̃∘K | ac̃∘K] Xᵀ),   Y = [D∘Q | c∘Q] Xᵀ − (A∘(Q Kᵀ)) E,
         X ← Γ∘X + Eᵀ[−A_{L,:}ᵀ∘K | −(Bθ)_{L,:}ᵀ∘K]
 
-    Returns ``y (n, B, H, L, Dv)``, final ``W, S``, and the parameters at the start
-    of the last (possibly unfinished) chunk.
+    Returns ``y (n, B, H, L, Dv)``, final ``W, S``, the parameters at the start
+    of the last (possibly unfinished) chunk, and ``‖e_i‖ (n, B, H, L)``.
     """
     g = tiles.gates
     n, B, H, L, Dk = tiles.k.shape
@@ -111,10 +114,12 @@ def scan_aligned(tiles: Tiles, W: Tensor, S: Tensor, chunk: int, a: float, b: fl
     cL = tiles.cL.reshape(n, BH, 1, 1)
     X = torch.cat([W, S], -1).reshape(BH, Dv, 2 * Dk)  # joint state [W | S]
     ys: list[Tensor] = []
+    norms: list[Tensor] = []
     for t in range(n):
         X_b = X
         Xt = X.transpose(-1, -2)  # (BH, 2Dk, Dv)
         E = torch.baddbmm(EV[t], Tinv[t], torch.bmm(KDC[t], Xt)) if a != 0.0 else EV[t]
+        norms.append(E.norm(dim=-1))
         ys.append(torch.baddbmm(torch.bmm(QDC[t], Xt), M[t], E))  # Y: (BH, L, Dv)
         X = torch.bmm(E.transpose(-1, -2), KAB[t])  # (BH, Dv, 2Dk)
         X.addcmul_(DP[t], X_b)
@@ -132,4 +137,4 @@ def scan_aligned(tiles: Tiles, W: Tensor, S: Tensor, chunk: int, a: float, b: fl
         row = g.A[-1, ..., start, :, None] * tiles.k[-1]  # (B, H, L, Dk): A_{s,:}ᵀ∘K
         W_cs = g.D[-1, ..., start, None, None] * W_b + g.c[-1, ..., start, None, None] * S_b \
             - E.transpose(-1, -2) @ row
-    return y, W, S, W_cs
+    return y, W, S, W_cs, torch.stack(norms).reshape(n, B, H, L)

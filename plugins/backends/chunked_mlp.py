@@ -40,14 +40,14 @@ def scan_within_chunks(tiles: Tiles, params: Params, mom: Params, grad_point: Pa
 
     ``params, mom, grad_point``: ``{"W1": (B, H, Dh, Dk), "W2": (B, H, Dv, Dh)}``
     (``grad_point`` is used until a tile opens a chunk). Returns ``y (n, B, H, L, Dv)``,
-    the final params and momentum, and the last chunk-start params.
+    the final params and momentum, the last chunk-start params and ``‖δ2_i‖ (n, B, H, L)``.
     """
     g = tiles.gates
     Q, K, V = tiles.q, tiles.k, tiles.v
     W1, W2, S1, S2 = params["W1"], params["W2"], mom["W1"], mom["W2"]
     G1, G2 = grad_point["W1"], grad_point["W2"]
     M = g.A * (Q @ K.transpose(-1, -2))  # (n, B, H, L, L)
-    ys = []
+    ys, norms = [], []
     for t, opens in enumerate(tiles.plan.opens_chunk):
         if opens:
             G1, G2 = W1, W2
@@ -59,6 +59,7 @@ def scan_within_chunks(tiles: Tiles, params: Params, mom: Params, grad_point: Pa
         if residual:
             pred = pred + K[t]
         d2 = psi(pred, V[t])  # (B, H, L, Dv)
+        norms.append(d2.norm(dim=-1))
         d1 = (d2 @ G2) * activation_grad(z)  # (B, H, L, Dh)
         # read after write, layer by layer
         h = activation(tiles.qdc[t] @ _cat_t(W1, S1) - M[t] @ d1)  # (B, H, L, Dh)
@@ -68,4 +69,4 @@ def scan_within_chunks(tiles: Tiles, params: Params, mom: Params, grad_point: Pa
         W1, S1 = tiles.advance(t, W1, S1, d1, K[t])
         W2, S2 = tiles.advance(t, W2, S2, d2, act)
     return (torch.stack(ys), {"W1": W1, "W2": W2}, {"W1": S1, "W2": S2},
-            {"W1": G1, "W2": G2})
+            {"W1": G1, "W2": G2}, torch.stack(norms))

@@ -166,7 +166,8 @@ class Tiles:
     ``q, k: (n, B, H, L, Dk)``, ``v: (n, B, H, L, Dv)``; ``gates`` of every tile;
     ``qdc = [D∘q | c∘q]: (n, B, H, L, 2Dk)`` (the state part of every read is
     ``qdc [W_b | S_b]ᵀ``); end-of-tile coefficients ``DL, cL, PL: (n, B, H, 1, 1)``
-    and rows ``aL = A_{L,:}``, ``bL = (Bθ)_{L,:}: (n, B, H, L)``.
+    and rows ``aL = A_{L,:}``, ``bL = (Bθ)_{L,:}: (n, B, H, L)``; the raw per-slot
+    ``alpha``, ``eta: (n, B, H, L)``.
     """
 
     plan: TilePlan
@@ -180,6 +181,8 @@ class Tiles:
     PL: Tensor
     aL: Tensor
     bL: Tensor
+    alpha: Tensor
+    eta: Tensor
 
     @classmethod
     def gather(cls, plan: TilePlan, q: Tensor, k: Tensor, v: Tensor, theta: Tensor,
@@ -192,7 +195,7 @@ class Tiles:
         q = plan.gather(q)
         return cls(plan=plan, q=q, k=plan.gather(k), v=plan.gather(v), gates=gates,
                    qdc=side_by_side(q, gates.D, gates.c),
-                   DL=DL, cL=cL, PL=PL, aL=aL, bL=bL)
+                   DL=DL, cL=cL, PL=PL, aL=aL, bL=bL, alpha=al, eta=et)
 
     def advance_joint(self, t: int, X: Tensor, err: Tensor, inp_ab: Tensor) -> Tensor:
         """:meth:`advance` on the joint state ``X = [W | S]: (B, H, R, 2I)`` with

@@ -10,9 +10,10 @@ import torch
 from torch import Tensor, nn
 
 from nlframe.interfaces import Block
-from nlframe.spec import MemoryRef, ObjectiveRef, OptimizerRef, one_of
+from nlframe.level import ContextFlow, MemoryState
+from nlframe.spec import MemoryRef, ObjectiveRef, OptimizerRef, in_range, one_of, plugin_name
 
-from .common import BoundaryLevel, BoundaryState, check_input, segments, split_at
+from .common import BoundaryLevel, BoundaryState, check_input, make_level, segments, split_at
 
 
 def _chunk_sizes(_inst: Any, _attr: Any, value: Any) -> None:
@@ -70,8 +71,13 @@ class CMS(Block):
       starting at ``1/k``); knowledge transfer as in ``sequential``.
 
     The block does its own norms and residuals (``handles_residual``).
-    State: one :class:`~.common.BoundaryState` per level (``None`` entries
-    without the in-context regime).
+    In the scan contract's words (DESIGN §2b) an in-context level of the
+    ``sequential`` / ``independent`` variants is a level with ``read="chunk_start",
+    write="chunk"``, its rule any plugin, ``θ_t = rule.lr / C(ℓ)`` (so ``G_c`` is
+    ``rule.lr`` times the chunk's mean gradient, applied with ``lr = 1``).
+
+    State: per level a :class:`~nlframe.level.MemoryState` (``nested``: a
+    :class:`~.common.BoundaryState`); ``None`` entries without the in-context regime.
     """
 
     @attrs.frozen(kw_only=True)
@@ -90,6 +96,9 @@ class CMS(Block):
         """Regime (b): per-sequence fast weights written every C(ℓ) tokens."""
         train_every: tuple[int, ...] | None = attrs.field(default=None, validator=_train_every)
         """Regime (a): C_train(ℓ) per level (default: every optimizer step)."""
+        grad_clip: float = attrs.field(default=0.0, validator=in_range(0.0, 1e6))
+        """Per-token clip of each level's ``‖∂ℓ/∂pred_t‖`` (sequential / independent; 0: off)."""
+        backend: str = attrs.field(default="auto", validator=plugin_name("backend", extra=("auto",)))
 
         def check(self, dim: int) -> None:
             try:
@@ -99,6 +108,9 @@ class CMS(Block):
             if not getattr(self.rule.cls, "batched", False):
                 raise ValueError(f"rule: {self.rule.type!r} does not declare batched functional "
                                  "use, so it cannot write per-sequence fast weights")
+            lr = self.rule.options.get("lr", 1.0)
+            if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 <= lr < float("inf"):
+                raise ValueError(f"rule: lr must be a finite number >= 0, got {lr!r}")
             if self.train_every is not None and len(self.train_every) != len(self.chunk_sizes):
                 raise ValueError(f"train_every: expected one entry per level "
                                  f"({len(self.chunk_sizes)}), got {len(self.train_every)}")
@@ -117,8 +129,19 @@ class CMS(Block):
         n = len(config.chunk_sizes)
         self.memories = [config.memory.build(dim, dim) for _ in range(n)]
         objective, rule = config.objective.build(), config.rule.build()
+        # nested: the meta step of eq. 72 needs each chunk's gradient (BoundaryLevel);
+        # sequential / independent: one scan level per CMS level (eq. 71)
         self.levels = [BoundaryLevel(m, objective, rule, c, reduce="mean")
                        for m, c in zip(self.memories, config.chunk_sizes)]
+        self.scan_levels, self.lr = [], 1.0
+        if config.variant != "nested":
+            for i, c in enumerate(config.chunk_sizes):
+                level, self.lr = make_level(config.memory, config.objective, config.rule, dim, dim,
+                                            chunk_size=c, read="chunk_start", write="chunk",
+                                            grad_clip=config.grad_clip or None, backend=config.backend,
+                                            name=f"cms.level{i}")
+                level.memory = self.memories[i]
+                self.scan_levels.append(level)
         self.norms = nn.ModuleList(nn.RMSNorm(dim, eps=1e-6) for _ in range(n))
         self.init = nn.ModuleList()  # θ_ℓ,0 (slow): name → (1, *shape)
         for m in self.memories:
@@ -170,12 +193,21 @@ class CMS(Block):
         fresh.step, fresh.extra = state.step, {"meta": meta, "meta_grad": {}, "meta_position": 0}
         return fresh, surprise
 
-    def _level(self, i: int, h: Tensor, state: BoundaryState | None) -> tuple[Tensor, Any]:
+    def _level(self, i: int, h: Tensor, state: Any) -> tuple[Tensor, Any]:
         """``M_θℓ(norm_ℓ(h))`` for ``h (B, T, dim)`` and the level's new state."""
         u = self.norms[i](h)[:, None]  # (B, 1, T, dim)
         memory, level = self.memories[i], self.levels[i]
         if not self.config.in_context:
             return memory.read(dict(self.init[i]), u)[:, 0], None  # θ_ℓ,0 for every sequence
+        if self.scan_levels:  # eq. 71: read at the chunk start, one step per chunk on Σ θ_t g_t
+            lvl = self.scan_levels[i]
+            if state is None:
+                state = lvl.init_state(batch=h.shape[0], heads=1, params=dict(self.init[i]))
+            flow = ContextFlow(u, self.keys[i](u), self.values[i](u),
+                               lr=self.lr / lvl.chunk_size)  # θ_t = lr/C: the chunk's mean gradient
+            y, state = lvl.scan(flow, state)
+            self._last[i] = state.surprise
+            return y[:, 0], state
         if state is None:
             state = self._fresh(i, h.shape[0])
         k, v = self.keys[i](u), self.values[i](u)  # (B, 1, T, dim)
@@ -199,7 +231,12 @@ class CMS(Block):
         completed chunks applied), from a state returned by :meth:`forward`."""
         out = []
         for i, s in enumerate(state):
-            out.append(None if s is None else self._settle(i, s)[0].params)
+            if s is None:
+                out.append(None)
+            elif isinstance(s, MemoryState):
+                out.append(self.scan_levels[i].read_point(s))
+            else:
+                out.append(self._settle(i, s)[0].params)
         return out
 
     # ------------------------------------------------------------------ block
@@ -233,6 +270,9 @@ class CMS(Block):
         out = {}
         for i, last in enumerate(self._last):
             if last is None:
+                continue
+            if isinstance(last, Tensor):  # a scan level's own surprise (B, 1)
+                out[f"level{i}"] = last.mean()
                 continue
             state, tail, norms = last
             delta = self.levels[i].chunk_delta(state) if tail else None

@@ -13,12 +13,37 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nlframe.interfaces import Memory, Objective, OptState, Params, UpdateRule
-from nlframe.level import MemoryState, tree_map
-from nlframe.scan import memory_scan
+from nlframe.level import Level, MemoryState, tree_map
 from nlframe.utils import bcast
 
-__all__ = ["l2norm", "split_heads", "merge_heads", "ShortConv", "HeadGate", "learned_init", "layer_inputs",
-           "check_input", "scan_surprise", "BoundaryState", "BoundaryLevel", "segments", "split_at", "map_state"]
+__all__ = ["make_level", "check_rule_options", "l2norm", "split_heads", "merge_heads", "ShortConv", "HeadGate", "learned_init", "layer_inputs",
+           "check_input", "BoundaryState", "BoundaryLevel", "segments", "split_at", "map_state"]
+
+
+def make_level(memory: Any, objective: Any, rule: Any, dim_k: int, dim_v: int,
+               **modes: Any) -> tuple[Level, float]:
+    """A :class:`~nlframe.level.Level` from a block's spec references (memory, objective,
+    rule) and its modes, plus the rule's ``lr`` option as a multiplier of the block's
+    per-token θ (the rule's other options become its static hyperparameters)."""
+    options = dict(rule.options)
+    scale = float(options.pop("lr", 1.0))
+    names = {"memory": memory.type, "objective": objective.type, "optimizer": rule.type}
+    level = Level(memory.build(dim_k, dim_v), objective.build(), rule.cls(), names=names,
+                  optimizer_kwargs=options, **modes)
+    return level, scale
+
+
+def check_rule_options(field: str, rule: Any) -> None:
+    """A rule with a scan structure takes its θ, α, η from the block: only ``lr`` (a
+    multiplier of θ) may be set."""
+    structure = getattr(rule.cls, "structure", None)
+    extra = sorted(set(rule.options) - {"lr"})
+    if structure in ("momentum", "dgd") and extra:
+        raise ValueError(f"{field}: a {structure!r} level takes θ, α and η from the block; "
+                         f"only 'lr' (a multiplier of θ) may be set, got {extra}")
+    lr = rule.options.get("lr", 1.0)
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr >= 0 or lr == float("inf"):
+        raise ValueError(f"{field}: lr must be a finite number >= 0, got {lr!r}")
 
 
 def l2norm(x: Tensor, eps: float = 1e-6) -> Tensor:
@@ -118,47 +143,6 @@ def split_at(x: Tensor, bounds: list[tuple[int, int]], dim: int = 2) -> tuple[Te
     :func:`segments` (one ``torch.split``: its backward is one concatenation, where
     slicing piece by piece zero-fills a full-size gradient per piece)."""
     return torch.split(x, [hi - lo for lo, hi in bounds], dim)
-
-
-def scan_surprise(k: Tensor, v: Tensor, state: MemoryState, *, memory: str, objective: str,
-                  chunk_size: int, gates: Mapping[str, Any], memory_kwargs=None,
-                  objective_kwargs=None, optimizer: str = "momentum",
-                  backend: str = "auto") -> Tensor:
-    """Mean write-time surprise ``mean_t ‖∂ℓ/∂pred_t‖`` of a scan level, with
-    ``pred_t = M_{W_{cC}}(k_t)`` read at the chunk-start parameters every gradient of
-    ``t``'s chunk is taken at (DESIGN.md §2).
-
-    Replays the level from ``state`` (its state before the call) chunk by chunk
-    without autograd, reading the keys at ``state.chunk_params`` before each chunk.
-    ``gates``: the scan's ``lr``/``decay``/``momentum`` (floats or ``(B, H, T)``).
-    """
-    from nlframe.scan import make_memory, make_objective
-
-    with torch.no_grad():
-        mem = make_memory(memory, k.shape[-1], v.shape[-1], **dict(memory_kwargs or {}))
-        obj = make_objective(objective, **dict(objective_kwargs or {}))
-        norms, t, T = [], 0, k.shape[2]
-        state = state.detach()
-        if chunk_size == 1:  # pred_{t+1} = W_t k_{t+1}: one scan whose query at t is k_{t+1}
-            q_next = torch.cat([k[:, :, 1:], torch.zeros_like(k[:, :, :1])], 2)
-            y, _ = memory_scan(q_next, k, v, memory=memory, objective=objective,
-                               optimizer=optimizer, chunk_size=1, backend=backend, state=state,
-                               memory_kwargs=memory_kwargs, objective_kwargs=objective_kwargs,
-                               check_finite=False, **gates)
-            pred = torch.cat([mem.read(state.params, k[:, :, :1]), y[:, :, :-1]], 2)
-            return obj.grad(pred, v).norm(dim=-1).mean()
-        while t < T:
-            n = min(chunk_size - state.position, T - t)
-            point = state.chunk_params if state.position else state.params
-            kk, vv = k[:, :, t:t + n], v[:, :, t:t + n]
-            norms.append(obj.grad(mem.read(point, kk), vv).norm(dim=-1))  # (B, H, n)
-            cut = {g: (x[:, :, t:t + n] if isinstance(x, Tensor) else x) for g, x in gates.items()}
-            _, state = memory_scan(kk, kk, vv, memory=memory, objective=objective,
-                                   optimizer=optimizer, chunk_size=chunk_size, backend=backend,
-                                   state=state, memory_kwargs=memory_kwargs,
-                                   objective_kwargs=objective_kwargs, check_finite=False, **cut)
-            t += n
-        return torch.cat(norms, 2).mean()
 
 
 # ------------------------------------------------------------------ boundary levels

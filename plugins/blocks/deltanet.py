@@ -11,10 +11,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nlframe.interfaces import Block
-from nlframe.scan import initial_state, make_memory, make_rule, memory_scan
+from nlframe.level import ContextFlow, Level
 from nlframe.spec import in_range, plugin_name, positive_int
 
-from .common import HeadGate, check_input, l2norm, merge_heads, scan_surprise
+from .common import HeadGate, check_input, l2norm, merge_heads
 from .heads import QKVHeads, check_heads
 
 
@@ -67,8 +67,11 @@ class DeltaNet(QKVHeads, Block):
             nn.init.constant_(self.decay.bias, float(torch.log(torch.expm1(target))))
         self.out_norm = nn.RMSNorm(self.head_dim, eps=1e-6)
         self.out = nn.Linear(inner, dim, bias=False)
-        self.memory = make_memory("linear", self.head_dim, self.head_dim)
-        self._last: dict[str, Any] | None = None
+        self.level = Level.build("linear", "l2", "momentum", dim_k=self.head_dim,
+                                 dim_v=self.head_dim, chunk_size=1, backend=config.backend,
+                                 name="deltanet.memory")
+        self.memory = self.level.memory
+        self._surprise: Tensor | None = None
 
     def forward(self, x: Tensor, state: dict | None = None) -> tuple[Tensor, dict]:  # type: ignore[override]
         check_input("deltanet", x, self.dim)
@@ -81,23 +84,14 @@ class DeltaNet(QKVHeads, Block):
             decay = -torch.expm1(-F.softplus(self.decay(x))).transpose(1, 2)
         mem = state.get("memory")
         if mem is None:
-            mem = initial_state(self.memory, make_rule("momentum"), batch=x.shape[0],
-                                heads=self.heads, chunk_size=1, dtype=x.dtype, device=x.device)
-        self._last = {"k": k.detach(), "v": v.detach(), "state": mem, "lr": lr.detach(),
-                      "decay": decay.detach() if isinstance(decay, Tensor) else decay}
+            mem = self.level.init_state(batch=x.shape[0], heads=self.heads, dtype=x.dtype,
+                                        device=x.device)
         # W_t = (1 − α_t) W_{t−1} − θ_t (W_{t−1} k_t − v_t) k_tᵀ,  y_t = W_t q_t
-        y, mem = memory_scan(q, k, v, memory="linear", objective="l2", optimizer="momentum",
-                             lr=lr, decay=decay, chunk_size=1, backend=self.config.backend,
-                             state=mem)
+        y, mem = self.level.scan(ContextFlow(q, k, v, lr=lr, decay=decay), mem)
+        self._surprise = mem.surprise
         y = self.out(merge_heads(self.out_norm(y)))
         return y, {"memory": mem, "conv": conv}
 
     def surprise(self) -> dict[str, Tensor]:
         """Mean write-time error ``‖W_{t−1} k_t − v_t‖`` of the last forward."""
-        if self._last is None or self._last["k"].shape[2] == 0:
-            return {}
-        last = self._last
-        return {"memory": scan_surprise(last["k"], last["v"], last["state"], memory="linear",
-                                        objective="l2", chunk_size=1,
-                                        gates={"lr": last["lr"], "decay": last["decay"]},
-                                        backend=self.config.backend)}
+        return {} if self._surprise is None else {"memory": self._surprise.mean()}

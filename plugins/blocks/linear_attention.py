@@ -3,16 +3,15 @@ dot-product surprise)."""
 
 from __future__ import annotations
 
-from typing import Any
 
 import attrs
 from torch import Tensor, nn
 
 from nlframe.interfaces import Block
-from nlframe.scan import initial_state, make_memory, make_rule, memory_scan
+from nlframe.level import ContextFlow, Level
 from nlframe.spec import plugin_name, positive_int
 
-from .common import HeadGate, check_input, l2norm, merge_heads, scan_surprise
+from .common import HeadGate, check_input, l2norm, merge_heads
 from .heads import QKVHeads, check_heads
 
 
@@ -55,8 +54,11 @@ class LinearAttention(QKVHeads, Block):
         self.lr = HeadGate(dim, self.heads, init=0.5) if config.learned_lr else None
         self.out_norm = nn.RMSNorm(self.head_dim, eps=1e-6)
         self.out = nn.Linear(inner, dim, bias=False)
-        self.memory = make_memory("linear", self.head_dim, self.head_dim)
-        self._last: dict[str, Any] | None = None
+        self.level = Level.build("linear", "dot", "momentum", dim_k=self.head_dim,
+                                 dim_v=self.head_dim, chunk_size=config.chunk_size,
+                                 backend=config.backend, name="linear-attention.memory")
+        self.memory = self.level.memory
+        self._surprise: Tensor | None = None
 
     def forward(self, x: Tensor, state: dict | None = None) -> tuple[Tensor, dict]:  # type: ignore[override]
         check_input("linear-attention", x, self.dim)
@@ -67,23 +69,14 @@ class LinearAttention(QKVHeads, Block):
         lr = self.lr(x) if self.lr is not None else 1.0  # θ_t (B, H, T) or 1
         mem = state.get("memory")
         if mem is None:
-            mem = initial_state(self.memory, make_rule("momentum"), batch=x.shape[0],
-                                heads=self.heads, chunk_size=self.config.chunk_size,
-                                dtype=x.dtype, device=x.device)
-        self._last = {"k": k.detach(), "v": v.detach(), "state": mem,
-                      "lr": lr.detach() if isinstance(lr, Tensor) else lr}
+            mem = self.level.init_state(batch=x.shape[0], heads=self.heads, dtype=x.dtype,
+                                        device=x.device)
         # W_t = W_{t-1} + θ_t v_t k_tᵀ,  y_t = W_t q_t   (NL eq. 18)
-        y, mem = memory_scan(q, k, v, memory="linear", objective="dot", optimizer="momentum",
-                             lr=lr, chunk_size=self.config.chunk_size, backend=self.config.backend,
-                             state=mem)
+        y, mem = self.level.scan(ContextFlow(q, k, v, lr=lr), mem)
+        self._surprise = mem.surprise
         y = self.out(merge_heads(self.out_norm(y)))
         return y, {"memory": mem, "conv": conv}
 
     def surprise(self) -> dict[str, Tensor]:
         """Mean ``‖∂ℓ/∂pred‖ = ‖v_t‖`` of the last forward (dot objective)."""
-        if self._last is None or self._last["k"].shape[2] == 0:
-            return {}
-        last = self._last
-        return {"memory": scan_surprise(last["k"], last["v"], last["state"], memory="linear",
-                                        objective="dot", chunk_size=self.config.chunk_size,
-                                        gates={"lr": last["lr"]}, backend=self.config.backend)}
+        return {} if self._surprise is None else {"memory": self._surprise.mean()}

@@ -86,12 +86,15 @@ class LM(Block):
                              "returned by a previous call")
         x = self.embed(tokens)  # (B, T, dim)
         new_state = []
-        for norm, block, s in zip(self.norms, self.blocks, state):
-            if getattr(block, "handles_residual", False):
-                x, s = block(x, s)
-            else:
-                y, s = block(norm(x), s)
-                x = x + y
+        for i, (norm, block, s) in enumerate(zip(self.norms, self.blocks, state)):
+            try:
+                if getattr(block, "handles_residual", False):
+                    x, s = block(x, s)
+                else:
+                    y, s = block(norm(x), s)
+                    x = x + y
+            except FloatingPointError as exc:  # name the block; the level names itself
+                raise FloatingPointError(f"lm: blocks[{i}] ({self.block_types[i]}): {exc}") from None
             new_state.append(s)
         x = self.final_norm(x)
         weight = self.embed.weight if self.head is None else self.head.weight  # (V, dim)

@@ -9,12 +9,12 @@ import attrs
 from torch import Tensor, nn
 
 from nlframe.interfaces import Block
-from nlframe.scan import initial_state, make_rule, memory_scan
-from nlframe.spec import (MemoryRef, ObjectiveRef, in_range, one_of, plugin_name,
+from nlframe.level import ContextFlow
+from nlframe.spec import (MemoryRef, ObjectiveRef, OptimizerRef, in_range, one_of, plugin_name,
                           positive_int)
 
 from .attention import Attention
-from .common import HeadGate, check_input, l2norm, learned_init, merge_heads, scan_surprise
+from .common import HeadGate, check_input, l2norm, learned_init, make_level, merge_heads
 from .heads import QKVHeads, check_heads
 
 _unit_open = in_range(0.0, 1.0, lo_open=True, hi_open=True)
@@ -72,6 +72,11 @@ class Titans(QKVHeads, Block):
         attention_heads: int | None = attrs.field(default=None,
                                                   validator=attrs.validators.optional(positive_int))
         """MAL: heads of the attention (default ``heads``)."""
+        grad_clip: float = attrs.field(default=1.0, validator=in_range(0.0, 1e6))
+        """Per-token clip of the memory's ``‖∂ℓ/∂pred_t‖`` (inner-level stability; 0: off)."""
+        momentum_max: float = attrs.field(default=0.9, validator=in_range(0.0, 1.0, hi_open=True))
+        """Bound of the momentum gate: η_t = momentum_max · σ(·) (the in-chunk steps of
+        momentum add up to θ/(1 − η); an unbounded η lets them grow without limit)."""
         backend: str = attrs.field(default="auto", validator=plugin_name("backend", extra=("auto",)))
 
         def check(self, dim: int) -> None:
@@ -96,8 +101,14 @@ class Titans(QKVHeads, Block):
         inner = self.init_qkv(dim, config)
         self.lr = HeadGate(dim, self.heads, init=config.lr_init, scale=config.lr_max)
         self.decay = HeadGate(dim, self.heads, init=config.decay_init) if config.decay else None
-        self.momentum = HeadGate(dim, self.heads, init=config.momentum_init) if config.momentum else None
-        self.memory = config.memory.build(self.head_dim, self.head_dim)
+        self.momentum = HeadGate(dim, self.heads, init=min(config.momentum_init / config.momentum_max,
+                                                           0.999),
+                                 scale=config.momentum_max) if config.momentum else None
+        self.level, _ = make_level(config.memory, config.objective, OptimizerRef("momentum"),
+                                   self.head_dim, self.head_dim, chunk_size=config.chunk_size,
+                                   grad_clip=config.grad_clip or None, backend=config.backend,
+                                   name="titans.memory")
+        self.memory = self.level.memory
         self.init = learned_init(self.memory, self.heads)  # W_0 per head: name → (H, *shape)
         self.out_norm = nn.RMSNorm(self.head_dim, eps=1e-6)
         self.out = nn.Linear(inner, dim, bias=False)
@@ -106,7 +117,7 @@ class Titans(QKVHeads, Block):
             self.norm_mem, self.norm_attn = nn.RMSNorm(dim, eps=1e-6), nn.RMSNorm(dim, eps=1e-6)
             self.attn = Attention(Attention.Config(heads=config.attention_heads or config.heads,
                                                    window=config.window), dim)
-        self._last: dict[str, Any] | None = None
+        self._surprise: Tensor | None = None
 
     def _memory(self, x: Tensor, state: dict) -> tuple[Tensor, dict]:
         """The neural-memory layer: ``x (B, T, dim) → (B, T, dim)``."""
@@ -117,16 +128,9 @@ class Titans(QKVHeads, Block):
         gates["momentum"] = self.momentum(x) if self.momentum is not None else 0.0  # η_t
         mem = state.get("memory")
         if mem is None:
-            mem = initial_state(self.memory, make_rule("momentum"), batch=x.shape[0],
-                                heads=self.heads, params=dict(self.init),
-                                chunk_size=self.config.chunk_size)
-        cfg = self.config
-        self._last = {"k": k.detach(), "v": v.detach(), "state": mem,
-                      "gates": {n: g.detach() if isinstance(g, Tensor) else g for n, g in gates.items()}}
-        y, mem = memory_scan(q, k, v, memory=cfg.memory.type, objective=cfg.objective.type,
-                             optimizer="momentum", chunk_size=cfg.chunk_size, backend=cfg.backend,
-                             state=mem, memory_kwargs=cfg.memory.options,
-                             objective_kwargs=cfg.objective.options, **gates)
+            mem = self.level.init_state(batch=x.shape[0], heads=self.heads, params=dict(self.init))
+        y, mem = self.level.scan(ContextFlow(q, k, v, **gates), mem)
+        self._surprise = mem.surprise
         return self.out(merge_heads(self.out_norm(y))), {"memory": mem, "conv": conv}
 
     def forward(self, x: Tensor, state: dict | None = None) -> tuple[Tensor, dict]:  # type: ignore[override]
@@ -141,11 +145,4 @@ class Titans(QKVHeads, Block):
 
     def surprise(self) -> dict[str, Tensor]:
         """Mean write-time ``‖∂ℓ/∂pred‖`` of the last forward (the memory's surprise)."""
-        if self._last is None or self._last["k"].shape[2] == 0:
-            return {}
-        last, cfg = self._last, self.config
-        return {"memory": scan_surprise(last["k"], last["v"], last["state"], memory=cfg.memory.type,
-                                        objective=cfg.objective.type, chunk_size=cfg.chunk_size,
-                                        gates=last["gates"], memory_kwargs=cfg.memory.options,
-                                        objective_kwargs=cfg.objective.options,
-                                        backend=cfg.backend)}
+        return {} if self._surprise is None else {"memory": self._surprise.mean()}

@@ -39,3 +39,7 @@ class LinearMemory(Memory):
     def read(self, params: Params, x: Tensor) -> Tensor:
         # W (*lead, Dv, Dk), x (*lead, N, Dk) -> (*lead, N, Dv)
         return x @ params["W"].transpose(-1, -2)
+
+    def layer_inputs(self, params: Params, x: Tensor) -> dict[str, Tensor]:
+        """``{"W": x}``: the one weight matrix reads the key itself."""
+        return {"W": x}

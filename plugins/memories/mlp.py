@@ -15,7 +15,7 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
 def _gelu(z: Tensor) -> Tensor:
-    return 0.5 * z * (1.0 + torch.erf(z * _SQRT_HALF))
+    return torch.nn.functional.gelu(z)  # exact: z Φ(z) = ½ z (1 + erf(z/√2))
 
 
 def _gelu_grad(z: Tensor) -> Tensor:
@@ -89,6 +89,10 @@ class _TwoLayer(Memory):
         """``W2 σ(W1 x)``: W1 ``(*lead, Dh, Dk)``, W2 ``(*lead, Dv, Dh)``, x ``(*lead, N, Dk)``."""
         h = self.activation(x @ params["W1"].transpose(-1, -2))  # (*lead, N, Dh)
         return h @ params["W2"].transpose(-1, -2)  # (*lead, N, Dv)
+
+    def layer_inputs(self, params: Params, x: Tensor) -> dict[str, Tensor]:
+        """``{"W1": x, "W2": σ(W1 x)}``: each weight matrix's input when reading ``x``."""
+        return {"W1": x, "W2": self.activation(x @ params["W1"].transpose(-1, -2))}
 
 
 class MLPMemory(_TwoLayer):

@@ -61,10 +61,13 @@ class DGD(TransformRule):
     last dim is ``Din``, or a dict ``{param_name: tensor}``; ``∇_W L`` is the
     gradient passed in (``∇_y L ⊗ x`` for a linear layer). Parameters without an
     input (``x=None``, biases) take a plain GD step. In a scan the reference
-    backend does not pass ``x``, so there ``dgd`` is plain GD.
+    rule's ``structure = "dgd"`` lets ``memory_scan`` run it as a level: there the scan
+    supplies every weight matrix's input and the retention ``1 − α_t`` (NL eq. 88), so
+    ``W⁽ˡ⁾ ← W⁽ˡ⁾((1 − α_t)I − θ_t x⁽ˡ⁾_t x⁽ˡ⁾_tᵀ) − θ_t g⁽ˡ⁾_t`` per token.
     """
 
     hyperparams = {"lr": 1e-3, "x": None}
+    structure = "dgd"
     invariants = (same_structure, finite_in_finite_out)
 
     def build(self):

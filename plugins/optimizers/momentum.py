@@ -33,6 +33,7 @@ class Momentum(UpdateRule):
     """
 
     hyperparams = {"lr": 0.1, "decay": 0.0, "momentum": 0.0}
+    structure = "momentum"
     zero_lr_hyper = {"lr": 0.0, "decay": 0.0, "momentum": 0.0}
     invariants = (same_structure, finite_in_finite_out, write_is_retention_plus_momentum)
 

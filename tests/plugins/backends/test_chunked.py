@@ -155,7 +155,7 @@ def test_other_update_rules_are_refused():
     try:
         gen = torch.Generator().manual_seed(0)
         q, k, v = qkv(gen, 1, 1, 4, 2, 2)
-        with pytest.raises(ValueError, match="momentum rule only"):
+        with pytest.raises(ValueError, match="token writes in chunk form"):
             nlframe.memory_scan(q, k, v, optimizer="test-plain-gd", backend="chunked")
         y, state = nlframe.memory_scan(q, k, v, optimizer="test-plain-gd", lr=0.5)
         W = torch.zeros(2, 2, dtype=DT)

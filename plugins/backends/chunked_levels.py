@@ -1,0 +1,231 @@
+"""Chunk-parallel scan of every read / write mode for linear and two-layer MLP memories.
+
+Tiles lie inside chunks (tiles.py ``TilePlan.within_chunks``), so every token of a
+tile takes its gradient at the known chunk-start parameters ``W_c``: one batched
+forward and backward at ``W_c`` gives, per weight matrix ``l``, the inputs
+``X_l`` and errors ``E_l`` of all tokens (``g⁽ˡ⁾_i = e⁽ˡ⁾_i x⁽ˡ⁾_iᵀ``, never
+materialised). Per tile starting from the running ``(W_b, S_b)``:
+
+* ``write="token"``, momentum (tiles.py: ``A, Bθ, D, c, P``)::
+
+      W_L = D_L W_b + c_L S_b − Eᵀ(A_{L,:}ᵀ∘X),   S_L = P_L S_b − Eᵀ((Bθ)_{L,:}ᵀ∘X)
+
+* ``write="token"``, DGD (NL eqs. 88, 93) — ``W_j = W_{j−1}((1−α_j)I − θ_j x_j x_jᵀ) −
+  θ_j e_j x_jᵀ``. With ``r_j = W_{j−1} x_j + e_j`` and ``A_{ji} = Π_{i<m≤j}(1−α_m) θ_i``
+  (the momentum kernel at η = 0), ``W_j = D_j W_b − Σ_{i≤j} A_{ji} r_i x_iᵀ`` and the
+  ``r_i`` solve a unit lower-triangular system (the UT / WY form of the delta rule,
+  DeltaNet arXiv 2406.06484, with the errors of the chunk start)::
+
+      (I + N) R = D̃∘(X W_bᵀ) + E,   N_{im} = A_{i−1,m} (x_m·x_i) (m < i),  D̃_i = D_{i−1}
+      W_L = D_L W_b − Rᵀ(A_{L,:}ᵀ∘X)
+
+  — rank-``L`` work per tile, no ``D×D`` products.
+* ``write="chunk"`` (NL eq. 71): ``G += Eᵀ(θ∘X)`` (DGD adds ``(X W_cᵀ)ᵀ(θ∘X)``, i.e.
+  ``W_c Σθ x xᵀ``); at the tile that closes a chunk: momentum ``S = η_L S − G``,
+  ``W = (1 − α_L) W + S``; DGD ``W = (1 − α_L) W − G``; any other rule one
+  ``update(G, state, W, lr=1, …)`` with the last token's hyperparameters.
+
+Reads: ``chunk_start`` is ``M_{W_c}(Q)``; ``after_write`` for token writes is, layer by
+layer with input ``u`` (``q``, then the hidden ``h``)::
+
+    W_j u_j = D_j W_b u_j + c_j S_b u_j − Σ_{i≤j} A_{ji} (x_i·u_j) e_i     (e = E, or R for DGD)
+
+and for chunk writes ``M_{W_c}(q)`` except at a chunk's last token, which reads the new W.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from nlframe.interfaces import Params, ScanRequest
+from nlframe.level import MemoryState
+
+from .reference import clip_rows
+from .tiles import TilePlan, Tiles
+
+
+class LayerView:
+    """The algebra of a structured memory: its weight matrices in read order, their
+    inputs and errors at a gradient point (linear: ``W``; mlp: ``W1``, ``W2``)."""
+
+    def __init__(self, memory: Any) -> None:
+        self.memory = memory
+        self.structure = memory.structure
+        self.names = ("W",) if self.structure == "linear" else ("W1", "W2")
+        self.residual = self.structure == "residual-mlp"
+
+    def forward_backward(self, G: Params, K: Tensor, target: Tensor, objective: Any,
+                         clip: float | None) -> tuple[dict, dict, Tensor]:
+        """Inputs ``X_l``, errors ``E_l`` at ``G`` for keys ``K (…, L, Dk)``, and ``‖∂ℓ/∂pred‖``."""
+        if self.structure == "linear":
+            pred = K @ G["W"].transpose(-1, -2)
+            delta = objective.grad(pred, target)
+            return {"W": K}, {"W": clip_rows(delta, clip)}, delta.norm(dim=-1)
+        m = self.memory
+        z = K @ G["W1"].transpose(-1, -2)  # (…, L, Dh)
+        act = m.activation(z)
+        pred = act @ G["W2"].transpose(-1, -2)
+        if self.residual:
+            pred = pred + K
+        delta = objective.grad(pred, target)
+        d2 = clip_rows(delta, clip)
+        d1 = (d2 @ G["W2"]) * m.activation_grad(z)
+        return {"W1": K, "W2": act}, {"W1": d1, "W2": d2}, delta.norm(dim=-1)
+
+    def read(self, params: Params, x: Tensor) -> Tensor:
+        return self.memory.read(params, x)
+
+
+def _row(m: Tensor, last: Tensor) -> Tensor:
+    """Row ``last[t]`` of ``m (B, H, L, L)`` for one tile → ``(B, H, L)``."""
+    return m[..., int(last), :]
+
+
+def scan_levels(request: ScanRequest, *, tile: int) -> tuple[Tensor, MemoryState]:
+    """Run ``request`` (linear / mlp / residual-mlp; momentum or dgd; any read, write,
+    self target, clip) tile by tile inside chunks."""
+    q, k, v, state, C = request.q, request.k, request.v, request.state, request.chunk_size
+    view, objective, clip = LayerView(request.memory), request.objective, request.grad_clip
+    dgd = request.rule_structure == "dgd"
+    token_write, after = request.write == "token", request.read == "after_write"
+    zeros = torch.zeros_like(request.hyper["lr"])
+    theta = request.hyper["lr"]
+    alpha = request.hyper.get("decay", zeros)
+    eta = zeros if dgd else request.hyper.get("momentum", zeros)
+    T, p = q.shape[2], state.position
+    plan = TilePlan.within_chunks(T, C, p, tile, q.device)
+    tiles = Tiles.gather(plan, q, k, v, theta, alpha, eta)
+    g = tiles.gates
+    ends = plan.index.gather(1, plan.last[:, None]).squeeze(1)  # last token of each tile
+    closes = [bool((p + int(e) + 1) % C == 0) for e in ends.tolist()]
+
+    # write="chunk" only: a rule without a known structure, or with static options
+    generic = request.rule_structure not in ("momentum", "dgd") or bool(request.static_hyper)
+    W = dict(state.params)
+    S = dict(state.opt_state["momentum"]) if request.rule_structure == "momentum" else None
+    opt_state = state.opt_state
+    Gp = dict(state.chunk_params) if p else dict(W)
+    pending = dict(state.pending) if (p and not token_write) else {}
+    ys, norms = [], []
+    for t, opens in enumerate(plan.opens_chunk):
+        if opens:
+            Gp, pending = dict(W), {}
+        Q, K, V = tiles.q[t], tiles.k[t], tiles.v[t]  # (B, H, L, D)
+        target = view.read(Gp, V) if request.self_target else V
+        X, E, norm = view.forward_backward(Gp, K, target, objective, clip)
+        norms.append(norm * plan.valid[t].to(norm.dtype))
+        A = g.A[t]  # (B, H, L, L)
+        if token_write:
+            if dgd:
+                E = _dgd_residuals(W, X, E, A, g.D[t])
+            y = _read_after(view, W, S, E, X, Q, A, g.D[t], g.c[t]) if (after and request.outputs) \
+                else None
+            W, S = _advance(W, S, E, X, tiles, t, dgd)
+            if y is None and request.outputs:
+                y = view.read(Gp, Q)
+        else:
+            th = tiles_theta(tiles, t)
+            step = {n: E[n].transpose(-1, -2) @ (X[n] * th) for n in view.names}
+            if dgd:
+                step = {n: s + (X[n] @ Gp[n].transpose(-1, -2)).transpose(-1, -2) @ (X[n] * th)
+                        for n, s in step.items()}
+            pending = {n: pending[n] + s if n in pending else s for n, s in step.items()}
+            y = view.read(Gp, Q) if request.outputs else None
+            if closes[t]:
+                if generic:  # one update(G_c, state, W) with the last token's hyperparameters
+                    end = int(ends[t])
+                    hyper = {**request.static_hyper,
+                             **{n: h[:, :, end] for n, h in request.hyper.items()}}
+                    if "lr" in request.rule.hyperparams:
+                        hyper["lr"] = 1.0
+                    W, opt_state = request.rule.update(pending, opt_state, W, **hyper)
+                else:
+                    W, S = _apply_chunk(W, S, pending, tiles, t, plan.last[t], dgd)
+                pending = {}
+                if after and request.outputs:
+                    j = int(plan.last[t])
+                    y = y.clone()
+                    y[..., j:j + 1, :] = view.read(W, Q[..., j:j + 1, :])
+        if request.outputs:
+            ys.append(y)
+    B, H, _, Dv = v.shape
+    y = plan.scatter(torch.stack(ys)) if ys else q.new_zeros(B, H, 0, Dv)
+    position = (p + T) % C
+    chunk_params = dict(W) if position == 0 else Gp
+    if position == 0:
+        pending = {}
+    surprise = (torch.stack(norms).sum((0, -1)) / T).detach()
+    if not generic:
+        opt_state = {} if dgd else {"momentum": S}
+    return y, MemoryState(params=W, opt_state=opt_state, chunk_params=chunk_params,
+                          position=position, chunk_size=C, step=state.step + T,
+                          pending=pending, surprise=surprise)
+
+
+def tiles_theta(tiles: Tiles, t: int) -> Tensor:
+    """θ of tile ``t``'s slots as ``(B, H, L, 1)`` (the diagonal of ``Bθ``)."""
+    return tiles.gates.Btheta[t].diagonal(dim1=-2, dim2=-1)[..., None]
+
+
+def _dgd_residuals(W: Params, X: dict, E: dict, A: Tensor, D: Tensor) -> dict:
+    """``R = (I + N)⁻¹ (D̃∘(X W_bᵀ) + E)`` per weight matrix (module docstring)."""
+    L = A.shape[-1]
+    A_prev = torch.nn.functional.pad(A, (0, 0, 1, 0))[..., :L, :]  # row i holds A_{i−1,:}
+    D_prev = torch.nn.functional.pad(D, (1, 0), value=1.0)[..., :L]  # D̃_i = D_{i−1}
+    out = {}
+    for n, x in X.items():
+        N = A_prev * (x @ x.transpose(-1, -2))  # strictly lower triangular
+        rhs = D_prev[..., None] * (x @ W[n].transpose(-1, -2)) + E[n]
+        eye = torch.eye(L, dtype=x.dtype, device=x.device).expand_as(N)
+        # the L×L inverse, then one matmul: batched triangular solves against a wide
+        # right-hand side are far slower on CPU than this
+        inv = torch.linalg.solve_triangular(N + eye, eye, upper=False, unitriangular=True)
+        out[n] = inv @ rhs
+    return out
+
+
+def _read_after(view: LayerView, W: Params, S: Params | None, E: dict, X: dict, Q: Tensor,
+                A: Tensor, D: Tensor, c: Tensor) -> Tensor:
+    """Reads after every token's write inside one tile, layer by layer."""
+    u = Q
+    for n in view.names:
+        out = D[..., None] * (u @ W[n].transpose(-1, -2))
+        if S is not None:
+            out = out + c[..., None] * (u @ S[n].transpose(-1, -2))
+        out = out - (A * (u @ X[n].transpose(-1, -2))) @ E[n]
+        u = view.memory.activation(out) if n == "W1" else out
+    return u + Q if view.residual else u
+
+
+def _advance(W: Params, S: Params | None, E: dict, X: dict, tiles: Tiles, t: int,
+             dgd: bool) -> tuple[Params, Params | None]:
+    """End-of-tile state of every weight matrix (module docstring)."""
+    newW, newS = {}, ({} if S is not None else None)
+    for n in W:
+        errT = E[n].transpose(-1, -2)
+        w = (errT @ (X[n] * tiles.aL[t, ..., None].neg())).addcmul_(tiles.DL[t], W[n])
+        if S is not None:
+            w = w.addcmul_(tiles.cL[t], S[n])
+            newS[n] = (errT @ (X[n] * tiles.bL[t, ..., None].neg())).addcmul_(tiles.PL[t], S[n])
+        newW[n] = w
+    return newW, newS
+
+
+def _apply_chunk(W: Params, S: Params | None, G: Params, tiles: Tiles, t: int, last: Tensor,
+                 dgd: bool) -> tuple[Params, Params | None]:
+    """The one step of a chunk write at its last token, with that token's α and η."""
+    j = int(last)
+    keep = 1.0 - tiles_gate(tiles, t, j, "alpha")
+    if dgd:
+        return {n: keep * W[n] - G[n] for n in W}, None
+    eta = tiles_gate(tiles, t, j, "eta")
+    newS = {n: eta * S[n] - G[n] for n in W}
+    return {n: keep * W[n] + newS[n] for n in W}, newS
+
+
+def tiles_gate(tiles: Tiles, t: int, j: int, which: str) -> Tensor:
+    """α or η of slot ``j`` of tile ``t`` as ``(B, H, 1, 1)``."""
+    return getattr(tiles, which)[t][..., j, None, None]
