@@ -180,11 +180,11 @@ class ScanRequest:
 
     __slots__ = ("q", "k", "v", "memory", "objective", "rule", "hyper", "static_hyper",
                  "chunk_size", "state", "names", "read", "write", "self_target", "grad_clip",
-                 "rule_structure", "outputs")
+                 "rule_structure", "outputs", "truncate")
 
     def __init__(self, *, q, k, v, memory, objective, rule, hyper, static_hyper, chunk_size,
                  state, names, read="after_write", write="token", self_target=False,
-                 grad_clip=None, rule_structure=None, outputs=True):
+                 grad_clip=None, rule_structure=None, outputs=True, truncate=False):
         self.q, self.k, self.v = q, k, v
         self.memory: Memory = memory
         self.objective: Objective = objective
@@ -207,6 +207,9 @@ class ScanRequest:
         self.rule_structure: str | None = rule_structure
         """``rule.scan_structure(static_hyper)`` (resolved at construction when not given)."""
         self.outputs: bool = outputs
+        self.truncate: bool = truncate
+        """Stop the outer gradient at every chunk's write: the state a chunk starts from is
+        detached (truncated backpropagation through the inner level, chunk by chunk)."""
         """Whether ``y`` is wanted (a write-only level op passes ``False``; ``y`` is then empty)."""
 
     def hyper_at(self, t: int) -> dict[str, Any]:

@@ -147,7 +147,8 @@ class Level:
     def __init__(self, memory: Any, objective: Any, rule: Any, *, chunk_size: int = 1,
                  read: str = "after_write", write: str = "token", self_target: bool = False,
                  grad_clip: float | None = None, backend: str = "auto", name: str | None = None,
-                 names: dict[str, str] | None = None, optimizer_kwargs: dict | None = None) -> None:
+                 names: dict[str, str] | None = None, optimizer_kwargs: dict | None = None,
+                 truncate: bool = False) -> None:
         from .scan import check_modes
 
         check_modes(read, write, self_target, grad_clip)
@@ -161,6 +162,7 @@ class Level:
                                     "objective": type(objective).__name__,
                                     "optimizer": type(rule).__name__})
         self.optimizer_kwargs = dict(optimizer_kwargs or {})
+        self.truncate = truncate
 
     @classmethod
     def build(cls, memory: str = "linear", objective: str = "l2", optimizer: str = "momentum", *,
@@ -198,7 +200,8 @@ class Level:
                         momentum=flow.momentum, chunk_size=self.chunk_size, backend=self.backend,
                         state=state, read=self.read, write=self.write,
                         self_target=self.self_target, optimizer_kwargs=self.optimizer_kwargs,
-                        grad_clip=self.grad_clip, name=self.name, outputs=outputs)
+                        grad_clip=self.grad_clip, name=self.name, outputs=outputs,
+                        truncate=self.truncate)
 
     def write_only(self, flow: ContextFlow, state: MemoryState | None = None) -> MemoryState:
         """Only the writes of :meth:`scan` (no reads are computed)."""

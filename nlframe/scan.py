@@ -328,10 +328,13 @@ def run_scan(q: Tensor, k: Tensor, v: Tensor, *, memory, objective, rule, names:
              write: str = "token", self_target: bool = False,
              optimizer_kwargs: Mapping[str, Any] | None = None, grad_clip: float | None = None,
              check_finite: bool = True, name: str | None = None,
-             outputs: bool = True) -> tuple[Tensor, MemoryState]:
+             outputs: bool = True, truncate: bool = False) -> tuple[Tensor, MemoryState]:
     """:func:`memory_scan` with plugin *instances* (resolved once, e.g. by a
     :class:`~nlframe.level.Level`); ``names`` are their registered names, for messages.
-    ``outputs=False`` skips the reads (a write-only level step): ``y`` is then empty."""
+    ``outputs=False`` skips the reads (a write-only level step): ``y`` is then empty.
+    ``truncate=True`` detaches the state at every chunk start, so the outer gradient
+    reaches a chunk's inputs only through the chunk it writes into (``inner_grad =
+    "truncated"`` of the blocks)."""
     _check_qkv(q, k, v)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
@@ -367,7 +370,7 @@ def run_scan(q: Tensor, k: Tensor, v: Tensor, *, memory, objective, rule, names:
                           hyper=per_token, static_hyper=static, chunk_size=chunk_size, state=state,
                           names=dict(names), read=read, write=write, self_target=self_target,
                           grad_clip=None if grad_clip is None else float(grad_clip),
-                          rule_structure=structure, outputs=outputs)
+                          rule_structure=structure, outputs=outputs, truncate=bool(truncate))
     bname, impl = resolve_backend(backend, request)
     y, new_state = impl.scan(request)
     new_state.chunk_size = chunk_size

@@ -510,8 +510,8 @@ def test_cli_validate_errors_one_line_each(files):
     assert result.stdout.startswith(f"ok {good} (")
     lines = result.stderr.splitlines()
     assert lines[:2] == [f"{bad}: model.blocks[0].window: expected a positive int, got 0",
-                         f"{bad}: model.colour: unknown key 'colour'; accepted keys: blocks, dim, "
-                         "init_std, norm, norm_eps, tie_embeddings, vocab_size"]
+                         f"{bad}: model.colour: unknown key 'colour'; accepted keys: blocks, "
+                         "checkpoint_tokens, dim, init_std, norm, norm_eps, tie_embeddings, vocab_size"]
     assert len(lines) == 3 and lines[2].startswith(f"{files / 'none.toml'}: cannot read spec file")
 
 

@@ -5,4 +5,4 @@ that measures side by side in one run and prints a table of ratios (never a
 pass/fail on time).
 """
 
-BENCHMARKS = ("scan", "optim", "train")
+BENCHMARKS = ("scan", "optim", "train", "model")

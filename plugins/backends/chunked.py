@@ -21,7 +21,7 @@ def is_classic(request: ScanRequest) -> bool:
     the specialised tile loops of chunked_linear / chunked_mlp."""
     return (request.read == "after_write" and request.write == "token"
             and request.rule_structure == "momentum" and not request.self_target
-            and request.grad_clip is None)
+            and request.grad_clip is None and not request.truncate)
 
 
 def unsupported_reason(request: ScanRequest) -> str | None:

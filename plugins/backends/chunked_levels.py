@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 
 from nlframe.interfaces import Params, ScanRequest
-from nlframe.level import MemoryState
+from nlframe.level import MemoryState, tree_map
 
 from .reference import clip_rows
 from .tiles import TilePlan, Tiles
@@ -112,6 +112,10 @@ def scan_levels(request: ScanRequest, *, tile: int) -> tuple[Tensor, MemoryState
     ys, norms = [], []
     for t, opens in enumerate(plan.opens_chunk):
         if opens:
+            if request.truncate:
+                W = {n: w.detach() for n, w in W.items()}
+                S = {n: m.detach() for n, m in S.items()} if S is not None else None
+                opt_state = tree_map(Tensor.detach, opt_state)
             Gp, pending = dict(W), {}
         Q, K, V = tiles.q[t], tiles.k[t], tiles.v[t]  # (B, H, L, D)
         target = view.read(Gp, V) if request.self_target else V

@@ -89,6 +89,9 @@ class ReferenceBackend(Backend):
         with torch.enable_grad():
             for t in range(T):
                 if position == 0:
+                    if request.truncate:
+                        params = tree_map(Tensor.detach, params)
+                        opt_state = tree_map(Tensor.detach, opt_state)
                     chunk_params, pending = dict(params), {}
                 point = {n: p.view_as(p) if p.requires_grad else p.detach().requires_grad_(True)
                          for n, p in chunk_params.items()}

@@ -15,6 +15,7 @@ import attrs
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from nlframe.build import build_blocks
 from nlframe.interfaces import Block
@@ -47,6 +48,11 @@ class LM(Block):
         norm_eps: float = attrs.field(default=1e-6, validator=in_range(1e-12, 1.0))
         tie_embeddings: bool = True
         init_std: float = attrs.field(default=0.02, validator=non_negative)
+        checkpoint_tokens: int = attrs.field(default=512, validator=attrs.validators.ge(0))
+        """Training memory: when gradients are on and a call is longer than this, every
+        block runs over groups of this many tokens, carrying its state, each group under
+        activation checkpointing (recomputed in the backward pass), so memory grows with
+        T only by one state and one residual stream per group. 0: off."""
 
     def __init__(self, config: Config, dim: int | None = None) -> None:
         super().__init__()
@@ -86,19 +92,33 @@ class LM(Block):
                              "returned by a previous call")
         x = self.embed(tokens)  # (B, T, dim)
         new_state = []
+        group = self.config.checkpoint_tokens
+        grouped = torch.is_grad_enabled() and group and x.shape[1] > group
         for i, (norm, block, s) in enumerate(zip(self.norms, self.blocks, state)):
             try:
-                if getattr(block, "handles_residual", False):
-                    x, s = block(x, s)
+                if grouped:  # chunk-group checkpointing: one state per group is kept
+                    outs = []
+                    for xg in x.split(group, dim=1):
+                        yg, s = checkpoint(self._block_step, norm, block, xg, s,
+                                           use_reentrant=False)
+                        outs.append(yg)
+                    x = torch.cat(outs, 1)
                 else:
-                    y, s = block(norm(x), s)
-                    x = x + y
+                    x, s = self._block_step(norm, block, x, s)
             except FloatingPointError as exc:  # name the block; the level names itself
                 raise FloatingPointError(f"lm: blocks[{i}] ({self.block_types[i]}): {exc}") from None
             new_state.append(s)
         x = self.final_norm(x)
         weight = self.embed.weight if self.head is None else self.head.weight  # (V, dim)
         return F.linear(x, weight), new_state
+
+    @staticmethod
+    def _block_step(norm: nn.Module, block: nn.Module, x: Tensor, s: Any) -> tuple[Tensor, Any]:
+        """One block with its residual: ``x + block(norm(x))`` or ``block(x)``."""
+        if getattr(block, "handles_residual", False):
+            return block(x, s)
+        y, s = block(norm(x), s)
+        return x + y, s
 
     @torch.no_grad()
     def generate(self, prompt: Tensor, max_new_tokens: int, *, temperature: float = 1.0,

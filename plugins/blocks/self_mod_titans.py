@@ -90,6 +90,11 @@ class SelfModTitans(Block):
         grad_clip: float = attrs.field(default=2.0, validator=in_range(0.0, 1e6))
         """Per-token clip of every memory's ``‖∂ℓ/∂pred_t‖`` (0: off)."""
         conv_size: int = attrs.field(default=4, validator=attrs.validators.ge(0))
+        inner_grad: str = attrs.field(default="full", validator=one_of("full", "truncated"))
+        """``full``: the outer gradient flows through every write (initial states,
+        projections and gates learn through the whole stream); ``truncated``: it stops at
+        each chunk's write — a chunk's keys, values and gates learn only through the
+        next chunk's reads, and ``W_0`` only through the first chunk (cheaper backward)."""
         backend: str = attrs.field(default="auto", validator=plugin_name("backend", extra=("auto",)))
 
         def check(self, dim: int) -> None:
@@ -128,7 +133,8 @@ class SelfModTitans(Block):
         for lin, init in ((self.eta, config.lr_init), (self.alpha, config.retention_init)):
             nn.init.normal_(lin.weight, std=0.02 / dim ** 0.5)
             nn.init.constant_(lin.bias, float(torch.logit(torch.tensor(init))))
-        modes = {"grad_clip": config.grad_clip or None, "backend": config.backend}
+        modes = {"grad_clip": config.grad_clip or None, "backend": config.backend,
+                 "truncate": config.inner_grad == "truncated"}
         self.proj, self.proj_scale = make_level(
             config.proj_memory, config.objective, config.rule, dim, dim,
             chunk_size=config.proj_chunk_size, read="chunk_start", write="token",
