@@ -208,8 +208,9 @@ class ScanRequest:
         """``rule.scan_structure(static_hyper)`` (resolved at construction when not given)."""
         self.outputs: bool = outputs
         self.truncate: bool = truncate
-        """Stop the outer gradient at every chunk's write: the state a chunk starts from is
-        detached (truncated backpropagation through the inner level, chunk by chunk)."""
+        """Stop the outer gradient at every chunk's write: the state every chunk but the
+        stream's first starts from is detached (truncated backpropagation through the
+        inner level, chunk by chunk; ``W_0`` learns through the first chunk only)."""
         """Whether ``y`` is wanted (a write-only level op passes ``False``; ``y`` is then empty)."""
 
     def hyper_at(self, t: int) -> dict[str, Any]:

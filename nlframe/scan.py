@@ -344,6 +344,9 @@ def run_scan(q: Tensor, k: Tensor, v: Tensor, *, memory, objective, rule, names:
     if self_target and Dk != Dv:
         raise ValueError(f"self_target=True reads the values through the memory (M_W(v_t)), so "
                          f"v must have the key width: got Dk={Dk}, Dv={Dv}")
+    if truncate and read != "chunk_start":
+        raise ValueError("truncate=True needs read='chunk_start' (a chunk's reads then see its "
+                         "start state, the only gradient path a truncated write keeps)")
     opt_name = names.get("optimizer", type(rule).__name__)
     if not getattr(rule, "batched", False):
         raise ValueError(f"optimizer {opt_name!r} does not declare batched functional use "

@@ -109,17 +109,22 @@ def scan_levels(request: ScanRequest, *, tile: int) -> tuple[Tensor, MemoryState
     opt_state = state.opt_state
     Gp = dict(state.chunk_params) if p else dict(W)
     pending = dict(state.pending) if (p and not token_write) else {}
+    cut = request.truncate and state.step - p > 0  # the chunk open at the call's start
     ys, norms = [], []
     for t, opens in enumerate(plan.opens_chunk):
+        # truncated: a chunk's write starts from its detached start state (not the stream's
+        # first chunk); its reads still see the attached W_c
         if opens:
-            if request.truncate:
+            cut = request.truncate and state.step + int(plan.index[t, 0]) > 0
+            Gp, pending = dict(W), {}
+            if cut:
                 W = {n: w.detach() for n, w in W.items()}
                 S = {n: m.detach() for n, m in S.items()} if S is not None else None
                 opt_state = tree_map(Tensor.detach, opt_state)
-            Gp, pending = dict(W), {}
+        Gw = {n: g.detach() for n, g in Gp.items()} if cut else Gp  # the write's gradient point
         Q, K, V = tiles.q[t], tiles.k[t], tiles.v[t]  # (B, H, L, D)
-        target = view.read(Gp, V) if request.self_target else V
-        X, E, norm = view.forward_backward(Gp, K, target, objective, clip)
+        target = view.read(Gw, V) if request.self_target else V
+        X, E, norm = view.forward_backward(Gw, K, target, objective, clip)
         norms.append(norm * plan.valid[t].to(norm.dtype))
         A = g.A[t]  # (B, H, L, L)
         if token_write:
@@ -134,7 +139,7 @@ def scan_levels(request: ScanRequest, *, tile: int) -> tuple[Tensor, MemoryState
             th = tiles_theta(tiles, t)
             step = {n: E[n].transpose(-1, -2) @ (X[n] * th) for n in view.names}
             if dgd:
-                step = {n: s + (X[n] @ Gp[n].transpose(-1, -2)).transpose(-1, -2) @ (X[n] * th)
+                step = {n: s + (X[n] @ Gw[n].transpose(-1, -2)).transpose(-1, -2) @ (X[n] * th)
                         for n, s in step.items()}
             pending = {n: pending[n] + s if n in pending else s for n, s in step.items()}
             y = view.read(Gp, Q) if request.outputs else None

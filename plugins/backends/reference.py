@@ -88,15 +88,19 @@ class ReferenceBackend(Backend):
         ys, norms = [], []
         with torch.enable_grad():
             for t in range(T):
+                # truncated: a chunk's write starts from its (detached) start state, except
+                # the stream's first chunk; its reads still see the attached W_c
+                cut = request.truncate and state.step + t - position > 0
                 if position == 0:
-                    if request.truncate:
+                    chunk_params, pending = dict(params), {}
+                    if cut:
                         params = tree_map(Tensor.detach, params)
                         opt_state = tree_map(Tensor.detach, opt_state)
-                    chunk_params, pending = dict(params), {}
+                wp = tree_map(Tensor.detach, chunk_params) if cut else chunk_params  # write point
                 point = {n: p.view_as(p) if p.requires_grad else p.detach().requires_grad_(True)
-                         for n, p in chunk_params.items()}
+                         for n, p in wp.items()}
                 kt, vt = request.k[:, :, t:t + 1], request.v[:, :, t:t + 1]
-                target = memory.read(chunk_params, vt) if request.self_target else vt
+                target = memory.read(wp, vt) if request.self_target else vt
                 pred = memory.read(point, kt)  # (B, H, 1, Dv)
                 delta = objective.grad(pred, target)
                 norms.append(delta.detach().norm(dim=-1))
@@ -107,7 +111,7 @@ class ReferenceBackend(Backend):
                 grads = {n: torch.zeros_like(point[n]) if g is None else g
                          for n, g in zip(names, grads)}
                 hyper = request.hyper_at(t)
-                inputs = memory.layer_inputs(chunk_params, kt) if dgd else {}
+                inputs = memory.layer_inputs(wp, kt) if dgd else {}
                 if request.write == "token":
                     if dgd:
                         params = _dgd_step(params, grads, inputs, hyper["lr"], hyper["decay"])
@@ -118,7 +122,7 @@ class ReferenceBackend(Backend):
                     step = {n: bcast(theta, g) * g for n, g in grads.items()}
                     if dgd:  # θ_t (W_c x_t) x_tᵀ: the chunk's Σ θ x xᵀ applied to W_c
                         for n, x in inputs.items():
-                            step[n] = step[n] + bcast(theta, x) * (chunk_params[n] @ x.mT) @ x
+                            step[n] = step[n] + bcast(theta, x) * (wp[n] @ x.mT) @ x
                     pending = {n: pending[n] + s if n in pending else s for n, s in step.items()}
                     if position == C - 1:  # the chunk's last token: one step on G_c
                         if dgd:

@@ -115,6 +115,8 @@ class SelfModTitans(Block):
             if not getattr(self.rule.cls, "batched", False):
                 raise ValueError(f"rule: {self.rule.type!r} does not declare batched functional use")
             check_rule_options("rule", self.rule)
+            if self.inner_grad == "truncated" and self.memory_read != "chunk_start":
+                raise ValueError("inner_grad: truncated needs memory_read = \"chunk_start\"")
             if self.memory_rule == "dgd" and self.momentum:
                 raise ValueError("momentum: DGD has no momentum; set memory_rule = \"momentum\" "
                                  "or momentum = 0")

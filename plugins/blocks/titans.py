@@ -78,11 +78,6 @@ class Titans(QKVHeads, Block):
                                                                           hi_open=True))
         """Bound of the momentum gate: η_t = momentum_max · σ(·) (the in-chunk steps of
         momentum add up to θ/(1 − η); an unbounded η lets them grow without limit)."""
-        inner_grad: str = attrs.field(default="full", validator=one_of("full", "truncated"))
-        """``full``: the outer gradient flows through every write (initial states,
-        projections and gates learn through the whole stream); ``truncated``: it stops at
-        each chunk's write — a chunk's keys, values and gates learn only through the
-        next chunk's reads, and ``W_0`` only through the first chunk (cheaper backward)."""
         backend: str = attrs.field(default="auto", validator=plugin_name("backend", extra=("auto",)))
 
         def check(self, dim: int) -> None:
@@ -113,8 +108,7 @@ class Titans(QKVHeads, Block):
         self.level, _ = make_level(config.memory, config.objective, OptimizerRef("momentum"),
                                    self.head_dim, self.head_dim, chunk_size=config.chunk_size,
                                    grad_clip=config.grad_clip or None, backend=config.backend,
-                                   name="titans.memory",
-                                   truncate=config.inner_grad == "truncated")
+                                   name="titans.memory")
         self.memory = self.level.memory
         self.init = learned_init(self.memory, self.heads)  # W_0 per head: name → (H, *shape)
         self.out_norm = nn.RMSNorm(self.head_dim, eps=1e-6)
