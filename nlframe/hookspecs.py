@@ -75,7 +75,7 @@ def nlframe_register_backend(register):
     ``obj`` is a class (a :class:`nlframe.interfaces.Backend` subclass) called
     with no arguments. It declares ``priority``, ``is_available()`` and
     ``supports(request)`` (``None`` when supported, else the reason), and
-    computes exactly the scan contract of DESIGN.md section 2 in ``scan(request)``.
+    computes exactly the scan contract of docs/concepts.md in ``scan(request)``.
     ``backend="auto"`` picks the highest-priority available backend that supports
     the request.
 

@@ -219,7 +219,7 @@ class ScanRequest:
 
 
 class Backend(abc.ABC):
-    """Executes the scan contract (DESIGN.md §2) for the requests it supports.
+    """Executes the scan contract (docs/concepts.md) for the requests it supports.
 
     ``priority``: ``backend="auto"`` picks the highest-priority available
     backend whose ``supports`` returns ``None``. A backend never falls back to

@@ -2,7 +2,7 @@
 
 A *level* is (memory, objective, update rule, frequency): it writes its memory
 every ``chunk_size`` tokens from the gradients of its objective over the chunk
-(DESIGN.md §2) and is read after every write. :class:`MemoryState` is what a
+(docs/concepts.md) and is read after every write. :class:`MemoryState` is what a
 level carries between calls, so a scan of ``[x1; x2]`` equals a scan of ``x1``
 followed by a scan of ``x2`` for any split point.
 """
@@ -131,7 +131,7 @@ class ContextFlow:
 
 class Level:
     """A level: memory + objective + update rule + frequency + read/write modes, with
-    its plugins resolved once, at construction (DESIGN §2b)::
+    its plugins resolved once, at construction (docs/concepts.md)::
 
         level = Level.build("mlp", "l2", "dgd", dim_k=32, dim_v=32, chunk_size=8,
                             read="chunk_start", self_target=True)

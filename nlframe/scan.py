@@ -1,7 +1,7 @@
 """``memory_scan``: validate, resolve plugins, dispatch to a backend.
 
 The kernel holds no algorithm: memories, objectives, update rules and the
-backends that execute the scan contract (DESIGN.md §2) are all plugins.
+backends that execute the scan contract (docs/concepts.md) are all plugins.
 """
 
 from __future__ import annotations
@@ -257,7 +257,7 @@ def memory_scan(q: Tensor, k: Tensor, v: Tensor, *, memory: str = "linear", obje
                 optimizer_kwargs: Mapping[str, Any] | None = None,
                 grad_clip: float | None = None, check_finite: bool = True,
                 name: str | None = None) -> tuple[Tensor, MemoryState]:
-    """Write to and read from an associative memory (DESIGN §2, §2b; docs/concepts.md).
+    """Write to and read from an associative memory (docs/concepts.md).
 
     Per (batch, head), chunk ``c`` covers tokens ``cC+1..(c+1)C`` with chunk-start
     parameters ``W_c`` and::
@@ -288,7 +288,7 @@ def memory_scan(q: Tensor, k: Tensor, v: Tensor, *, memory: str = "linear", obje
         read, write, self_target: the level's read and write modes (above).
         optimizer_kwargs: further hyperparameters of the update rule.
         grad_clip: clip each token's ``∂ℓ/∂pred_t`` to this norm before it enters the
-            write (inner-level stability, DESIGN §7; ``None``: the exact contract).
+            write (inner-level stability, docs/concepts.md; ``None``: the exact contract).
         check_finite: raise ``FloatingPointError`` naming the level, the first token and
             stream position whose read (or the final state) is not finite.
         name: the level's name, for messages (e.g. ``"blocks[2].titans.memory"``).

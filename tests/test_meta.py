@@ -4,7 +4,7 @@
   and at least one built-in plugin implements it and registers something;
 * every built-in plugin's docstring states what it computes: an equation
   (``=``/``←``) for the algorithmic kinds, plus a paper citation (an arXiv id,
-  or the scan contract of DESIGN.md) where one is due; data sources, which are
+  or the scan contract of docs/concepts.md) where one is due; data sources, which are
   corpora and tasks rather than maths, need a docstring.
 """
 
@@ -66,7 +66,7 @@ def test_builtin_docstring_states_its_equation_and_source(entry):
         return
     assert "=" in doc or "←" in doc, \
         f"{entry.kind} {entry.name!r}: the docstring should give the equation it computes"
-    cited = any(c in doc or c in module_doc for c in ("arXiv", "DESIGN.md"))
+    cited = any(c in doc or c in module_doc for c in ("arXiv", "docs/concepts.md"))
     assert cited, f"{entry.kind} {entry.name!r}: cite the paper (arXiv id) the equation comes from"
 
 

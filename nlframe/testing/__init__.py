@@ -36,7 +36,7 @@ of float hyperparameters); ``zero_lr_hyper = {"lr": 0.0}`` (the default), the
 hyperparameters under which an update is the identity, or ``None``.
 
 The oracle ``contract_scan(build_request(q, k, v, ...))`` is the scan contract
-(DESIGN.md §2) as a literal loop; the ``reference`` backend is held to it.
+(docs/concepts.md) as a literal loop; the ``reference`` backend is held to it.
 """
 
 from __future__ import annotations

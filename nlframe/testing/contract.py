@@ -1,6 +1,6 @@
 """The scan contract as the most literal loop: an independent oracle for backends.
 
-Per (batch, head), token by token (DESIGN.md §2)::
+Per (batch, head), token by token (docs/concepts.md)::
 
     g_t = ∇_W ℓ(W_{cC}; k_t, v_t)               gradient at the chunk start, by autograd
     (W_t, state_t) = rule.update(g_t, state_{t-1}, W_{t-1}, **hyper_t)

@@ -83,7 +83,7 @@ def hyper_schedules(draw, shape: Sequence[int] | None = None, *,
                     max_momentum: float = 0.9) -> dict[str, Any]:
     """Scan gates ``{"lr": θ, "decay": α, "momentum": η}``, each a float or a per-token
     ``(B, H, T)`` tensor with ``θ ∈ [0, max_lr]``, ``α ∈ [0, max_decay]``,
-    ``η ∈ [0, max_momentum]`` (the scan contract, DESIGN.md §2).
+    ``η ∈ [0, max_momentum]`` (the scan contract, docs/concepts.md).
 
     ``shape`` is ``(B, H, T)``; without it all gates are floats. With
     ``optimizer`` only the gates that rule accepts are drawn (the others are

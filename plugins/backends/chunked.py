@@ -120,7 +120,7 @@ def chunked_scan(request: ScanRequest, *, tile: int = TILE) -> tuple[Tensor, Mem
 
 class ChunkedBackend(Backend):
     """Chunk-parallel scan: ``W_j = D_j W_b + c_j S_b − Σ_{i≤j} A_{ji} g_i`` per tile
-    (DESIGN.md §2 chunk form), reads and writes as batched matmuls.
+    (docs/concepts.md chunk form), reads and writes as batched matmuls.
 
     Titans' level (read after write, token writes, ``momentum``): a ``linear`` memory
     and an affine objective (``dot``, ``l2``) at every chunk size, including the

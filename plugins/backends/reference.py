@@ -47,7 +47,7 @@ def _dgd_step(params: Params, grads: Params, inputs: dict[str, Tensor], theta: T
 
 
 class ReferenceBackend(Backend):
-    """Token loop of the scan contract (DESIGN §2, §2b) for any memory, objective, rule
+    """Token loop of the scan contract (docs/concepts.md) for any memory, objective, rule
     and every read/write mode.
 
     For every token ``t`` (chunk size ``C``; a chunk opens when ``position = 0``)::

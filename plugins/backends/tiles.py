@@ -3,7 +3,7 @@
 Shared by the chunk-parallel backends. A *tile* is a run of at most ``L``
 consecutive tokens, padded at its end to exactly ``L`` slots; tiles never cross
 a chunk boundary unless they hold whole chunks (the aligned plan). Inside a
-tile starting from ``(W_b, S_b)``, with gradients ``g_i`` (DESIGN.md §2, chunk
+tile starting from ``(W_b, S_b)``, with gradients ``g_i`` (docs/concepts.md, chunk
 form; Titans arXiv 2501.00663, parallel training with momentum and decay)::
 
     W_j = D_j W_b + c_j S_b − Σ_{i≤j} A_{ji} g_i

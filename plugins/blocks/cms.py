@@ -71,7 +71,7 @@ class CMS(Block):
       starting at ``1/k``); knowledge transfer as in ``sequential``.
 
     The block does its own norms and residuals (``handles_residual``).
-    In the scan contract's words (DESIGN §2b) an in-context level of the
+    In the scan contract's words (docs/concepts.md) an in-context level of the
     ``sequential`` / ``independent`` variants is a level with ``read="chunk_start",
     write="chunk"``, its rule any plugin, ``θ_t = rule.lr / C(ℓ)`` (so ``G_c`` is
     ``rule.lr`` times the chunk's mean gradient, applied with ``lr = 1``).

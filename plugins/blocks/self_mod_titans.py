@@ -38,7 +38,7 @@ class SelfModTitans(Block):
     key ``k̄_t = k_t/‖k_t‖``, weight ``θ_t = proj_lr · rule.lr · mean_h η_t`` and
     retention ``ᾱ_t = mean_h α_t``; the main memory (per head on ``head_dim``) uses
     ``k̂ = norm(k)``, ``q̂ = norm(q)``, ``θ_t = lr_max · η_t`` and retention ``α_t``.
-    In the scan contract's words (DESIGN §2b) every memory is a level with
+    In the scan contract's words (docs/concepts.md) every memory is a level with
     ``read="chunk_start", write="token", optimizer="dgd", self_target=True``; the
     projection memories' level steps chunk by chunk (their keys come from their
     own chunk-start reads), the main memory is one scan.
@@ -48,7 +48,7 @@ class SelfModTitans(Block):
     ``memory_read = "after_write"`` (Titans' ``y_t = M_mem,t(q̂_t)``), ``rule`` of the
     projection memories (any batched rule; one without a ``decay`` hyperparameter
     gets no retention), ``self_values = false`` (targets ``v_t``).
-    Stability (DESIGN §7): ``grad_clip`` clips every memory's ``∂ℓ/∂pred_t`` per token;
+    Stability (docs/concepts.md): ``grad_clip`` clips every memory's ``∂ℓ/∂pred_t`` per token;
     θ is bounded by ``lr_max`` and ``proj_lr``; retentions lie in (0, 1).
 
     State: ``{"proj": MemoryState (B, P, …), "memory": MemoryState, "conv": Tensor | None}``.

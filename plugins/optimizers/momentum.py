@@ -24,7 +24,7 @@ def write_is_retention_plus_momentum(rule, grads, state, params, new_params, new
 class Momentum(UpdateRule):
     """Momentum with retention: ``S ← η·S − θ·g``, ``W ← (1 − α)·W + S``.
 
-    The update rule of the scan contract (DESIGN.md §2; Titans arXiv 2501.00663
+    The update rule of the scan contract (docs/concepts.md; Titans arXiv 2501.00663
     eqs. 9–10 with surprise momentum η and forgetting gate α; NL arXiv
     2512.24695, momentum as a memory of past gradients). ``η = 0`` is plain
     gradient descent with weight decay α. Hyperparameters: ``lr`` θ ≥ 0,

@@ -3,7 +3,7 @@
 ``kit-linear`` (``M_W(x) = W x``), ``kit-mlp2`` (``M_W(x) = x + W2 tanh(W1 x)``),
 ``kit-l2`` (``ℓ = ½‖pred − target‖²``), ``kit-reference`` (a backend that is
 the kit's contract loop) and ``kit-linear-l2`` (a closed-form backend for the
-linear memory with L2 and plain momentum, chunk form of DESIGN.md §2).
+linear memory with L2 and plain momentum, chunk form of docs/concepts.md).
 """
 
 from __future__ import annotations

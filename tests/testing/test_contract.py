@@ -15,7 +15,7 @@ def _qkv(B=2, H=1, T=6, Dk=3, Dv=2, seed=0):
 
 
 def test_chunk_one_is_the_gated_delta_rule(kit_plugins):
-    """``W_t = W_{t−1}((1−α_t)I − θ_t k_t k_tᵀ) + θ_t v_t k_tᵀ`` (DESIGN.md §2, η = 0)."""
+    """``W_t = W_{t−1}((1−α_t)I − θ_t k_t k_tᵀ) + θ_t v_t k_tᵀ`` (docs/concepts.md, η = 0)."""
     q, k, v, g = _qkv()
     lr = 0.5 * torch.rand(2, 1, 6, generator=g, dtype=torch.float64)
     decay = 0.2 * torch.rand(2, 1, 6, generator=g, dtype=torch.float64)

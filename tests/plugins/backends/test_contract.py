@@ -1,4 +1,4 @@
-"""Properties every built-in backend must have (DESIGN.md §2): closed forms,
+"""Properties every built-in backend must have (docs/concepts.md): closed forms,
 streaming over any split, batch independence, gradcheck."""
 
 from __future__ import annotations
