@@ -37,14 +37,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from nlframe.interfaces import Params, ScanRequest
 from nlframe.level import MemoryState, tree_map
 
 from .reference import clip_rows
-from .tiles import TilePlan, Tiles
+from .tiles import TileGates, TilePlan, Tiles
 
 
 class LayerView:
@@ -86,7 +88,134 @@ def _row(m: Tensor, last: Tensor) -> Tensor:
 
 def scan_levels(request: ScanRequest, *, tile: int) -> tuple[Tensor, MemoryState]:
     """Run ``request`` (linear / mlp / residual-mlp; momentum or dgd; any read, write,
-    self target, clip) tile by tile inside chunks."""
+    self target, clip). Chunk writes of a momentum rule read at the chunk start with
+    chunks shorter than a tile take :func:`scan_chunk_writes` on whole chunks."""
+    C, p, T = request.chunk_size, request.state.position, request.q.shape[2]
+    if (request.write == "chunk" and request.read == "chunk_start" and not request.truncate
+            and request.rule_structure == "momentum" and not request.static_hyper
+            and 2 * C <= tile and p == 0 and T >= 2 * C):
+        full = (T // C) * C
+        y, state = scan_chunk_writes(_slice(request, 0, full), tile=tile)
+        if full == T:
+            return y, state
+        y2, state2 = scan_within_chunk_tiles(_slice(request, full, T, state), tile=tile)
+        surprise = (state.surprise * full + state2.surprise * (T - full)) / T
+        return torch.cat([y, y2], 2), attrs.evolve(state2, surprise=surprise)
+    return scan_within_chunk_tiles(request, tile=tile)
+
+
+def _slice(request: ScanRequest, lo: int, hi: int, state: MemoryState | None = None) -> ScanRequest:
+    """Tokens ``lo:hi`` of ``request`` (from ``state`` when given)."""
+    cut = {n: h[:, :, lo:hi] for n, h in request.hyper.items()}
+    return ScanRequest(q=request.q[:, :, lo:hi], k=request.k[:, :, lo:hi], v=request.v[:, :, lo:hi],
+                       memory=request.memory, objective=request.objective, rule=request.rule,
+                       hyper=cut, static_hyper=request.static_hyper, chunk_size=request.chunk_size,
+                       state=state or request.state, names=request.names, read=request.read,
+                       write=request.write, self_target=request.self_target,
+                       grad_clip=request.grad_clip, rule_structure=request.rule_structure,
+                       outputs=request.outputs, truncate=request.truncate)
+
+
+def scan_chunk_writes(request: ScanRequest, *, tile: int) -> tuple[Tensor, MemoryState]:
+    """Chunk writes of the momentum rule, read at chunk starts, ``m = ⌊tile/C⌋`` whole
+    chunks per tile, the fast weights materialised only at tile ends (NL eq. 71).
+
+    At chunk granularity the rule is the token recurrence with ``g = G_j``: with the
+    tile gates of the chunks' last-token ``α_j, η_j`` and ``θ = 1`` (tiles.py), chunk
+    ``j`` starts from ``W⁽ʲ⁾ = D_{j−1} W_b + c_{j−1} S_b − Σ_{j'<j} A_{j−1,j'} G_{j'}``, so
+    every read and gradient of chunk ``j`` with layer input ``u`` is::
+
+        W⁽ʲ⁾ u = D_{j−1} W_b u + c_{j−1} S_b u − Σ_{i in chunks < j} A_{j−1,c(i)} θ_i (x_i·u) e_i
+
+    — kernel products against the tile's earlier tokens, never a per-chunk weight.
+    The tile ends at ``W_L = D W_b + c S_b − Eᵀ(a∘X)``, ``S_L = P S_b − Eᵀ(b∘X)``.
+    """
+    q, k, v, state, C = request.q, request.k, request.v, request.state, request.chunk_size
+    view, objective, clip = LayerView(request.memory), request.objective, request.grad_clip
+    B, H, T, _ = q.shape
+    m = tile // C
+    L, n = m * C, -(-T // (m * C))
+    pad = n * L - T
+    zeros = torch.zeros_like(request.hyper["lr"])
+
+    def tiles_of(x: Tensor) -> Tensor:  # (B, H, T, …) → (n, B, H, m, C, …)
+        if pad:
+            x = torch.cat([x, x.new_zeros(B, H, pad, *x.shape[3:])], 2)
+        return x.reshape(B, H, n, m, C, *x.shape[3:]).movedim(2, 0)
+
+    Q, K, V = tiles_of(q), tiles_of(k), tiles_of(v)
+    th = tiles_of(request.hyper["lr"])  # (n, B, H, m, C)
+    last_alpha = tiles_of(request.hyper.get("decay", zeros))[..., -1]  # (n, B, H, m)
+    last_eta = tiles_of(request.hyper.get("momentum", zeros))[..., -1]
+    gates = TileGates.build(torch.ones_like(last_alpha), last_alpha, last_eta)  # chunk level, θ = 1
+    W, S = dict(state.params), dict(state.opt_state["momentum"])
+    ys, norms = [], []
+    for t in range(n):
+        D = F.pad(gates.D[t], (1, 0), value=1.0)  # (B, H, m+1): D_{j−1}
+        c = F.pad(gates.c[t], (1, 0))
+        A = F.pad(gates.A[t], (0, 0, 1, 0))  # row j holds A_{j−1, :}
+        X = {n_: [] for n_ in view.names}
+        E = {n_: [] for n_ in view.names}
+        coef: list[Tensor] = []  # per earlier chunk j': θ_i of its tokens (B, H, C)
+        yt = []
+        chunks = min(m, (T - t * L) // C)  # whole chunks in this tile (the padding is never read)
+        for j in range(chunks):
+            Kj, Qj, Vj = K[t, :, :, j], Q[t, :, :, j], V[t, :, :, j]  # (B, H, C, D)
+            rows = [Kj, Qj] + ([Vj] if request.self_target else [])
+            U = torch.cat(rows, 2)  # every read of chunk j at W⁽ʲ⁾
+            # per earlier token i: A_{j−1, c(i)} θ_i   (B, H, j·C)
+            w = torch.cat([A[..., j, jj, None] * coef[jj] for jj in range(j)], -1) if j else None
+            out, acts = U, {}
+            for name in view.names:
+                base = D[..., j, None, None] * (out @ W[name].transpose(-1, -2)) \
+                    + c[..., j, None, None] * (out @ S[name].transpose(-1, -2))
+                if j:
+                    Xp, Ep = torch.cat(X[name], 2), torch.cat(E[name], 2)
+                    base = base - ((out @ Xp.transpose(-1, -2)) * w[..., None, :]) @ Ep
+                acts[name] = (out, base)
+                out = view.memory.activation(base) if name == "W1" else base
+            read = out + U if view.residual else out
+            nk = Kj.shape[2]
+            pred, yq = read[..., :nk, :], read[..., nk:2 * nk, :]
+            target = read[..., 2 * nk:, :] if request.self_target else Vj
+            delta = objective.grad(pred, target)
+            norms.append(delta.norm(dim=-1).detach())
+            e_out = clip_rows(delta, clip)
+            yt.append(yq)
+            # errors per layer, backwards through the chunk-start forward
+            for name in reversed(view.names):
+                inp, pre = acts[name]
+                X[name].append(inp[..., :nk, :])
+                E[name].append(e_out)
+                if name == "W2":  # e1 = (W2⁽ʲ⁾ᵀ e2) ∘ σ′(z1)
+                    back = D[..., j, None, None] * (e_out @ W[name]) \
+                        + c[..., j, None, None] * (e_out @ S[name])
+                    if j:
+                        Xp, Ep = torch.cat(X[name][:-1], 2), torch.cat(E[name][:-1], 2)
+                        back = back - ((e_out @ Ep.transpose(-1, -2)) * w[..., None, :]) @ Xp
+                    e_out = back * view.memory.activation_grad(acts["W1"][1][..., :nk, :])
+            coef.append(th[t, :, :, j])
+        # end of tile: W_L = D W_b + c S_b − Σ_i A_{m−1,c(i)} θ_i e_i x_iᵀ, S_L likewise with Bθ
+        jl = chunks - 1
+        a_row = torch.cat([gates.A[t][..., jl, jj, None] * coef[jj] for jj in range(chunks)], -1)
+        b_row = torch.cat([gates.Btheta[t][..., jl, jj, None] * coef[jj] for jj in range(chunks)], -1)
+        DL, cL, PL = (x[..., jl, None, None] for x in (gates.D[t], gates.c[t], gates.P[t]))
+        newW, newS = {}, {}
+        for name in view.names:
+            Xa, Ea = torch.cat(X[name], 2), torch.cat(E[name], 2)
+            EaT = Ea.transpose(-1, -2)
+            newW[name] = DL * W[name] + cL * S[name] - EaT @ (Xa * a_row[..., None])
+            newS[name] = PL * S[name] - EaT @ (Xa * b_row[..., None])
+        W, S = newW, newS
+        ys.append(torch.cat(yt, 2))
+    y = torch.cat(ys, 2)[:, :, :T] if request.outputs else q.new_zeros(B, H, 0, v.shape[-1])
+    surprise = torch.cat(norms, 2)[:, :, :T].mean(-1)
+    return y, MemoryState(params=W, opt_state={"momentum": S}, chunk_params=dict(W), position=0,
+                          chunk_size=C, step=state.step + T, surprise=surprise)
+
+
+def scan_within_chunk_tiles(request: ScanRequest, *, tile: int) -> tuple[Tensor, MemoryState]:
+    """Every mode, tile by tile inside chunks (module docstring)."""
     q, k, v, state, C = request.q, request.k, request.v, request.state, request.chunk_size
     view, objective, clip = LayerView(request.memory), request.objective, request.grad_clip
     dgd = request.rule_structure == "dgd"
