@@ -15,6 +15,7 @@ import click
 
 from . import __version__
 from .hookspecs import KINDS
+from .runtime import fix_mmap_threshold
 
 
 def _load_registry():
@@ -36,6 +37,7 @@ def _load_registry():
 @click.version_option(__version__, "--version", "-V", prog_name="nlframe")
 def main() -> None:
     """nlframe: Nested Learning models, levels and deep optimizers as plugins."""
+    fix_mmap_threshold()  # keep the peak RSS of long scans near the live tensors
 
 
 @main.group()

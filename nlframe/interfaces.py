@@ -248,9 +248,31 @@ class Block(nn.Module):
     errors). ``forward(x, state=None) -> (y, state)`` maps ``x (B, T, dim)`` to
     ``y (B, T, dim)`` and carries the block's fast state, so that feeding a
     sequence in pieces equals one pass.
+
+    What a block may provide besides (each optional, read by the LM and the trainer):
+
+    * **levels** — the block's inner levels are :class:`~nlframe.level.Level` objects
+      built once in ``__init__``; the block routes its input into one
+      :class:`~nlframe.level.ContextFlow` per level (projections, gates, norms) and
+      keeps no chunk loop of parameter updates of its own;
+    * **state** — whatever ``forward`` returns as ``state``: nested dicts / lists of
+      tensors and :class:`~nlframe.level.MemoryState` objects, per sequence;
+    * :attr:`handles_residual` — ``True`` when the block does its own norms and
+      residuals (the LM then calls ``x ← block(x)`` instead of ``x + block(norm(x))``);
+    * :meth:`surprise` — the last forward's mean write-time ``‖∂ℓ/∂pred‖`` per level,
+      name → scalar tensor, taken from the scans' own ``MemoryState.surprise`` (no
+      second pass); logged as ``memory/<block>.<level>/surprise``;
+    * **update frequency** — a level's in-context frequency is its ``chunk_size``; a
+      slow parameter tagged ``param._nl_update_every = C`` is stepped by the trainer
+      only every ``C`` optimizer steps (CMS regime (a)).
     """
 
     Config: ClassVar[type]
+    handles_residual: ClassVar[bool] = False
+
+    def surprise(self) -> dict[str, Tensor]:
+        """Last forward's mean surprise per inner level (``{}``: none)."""
+        return {}
 
     @abc.abstractmethod
     def forward(self, x: Tensor, state: Any = None) -> tuple[Tensor, Any]:  # type: ignore[override]

@@ -245,6 +245,9 @@ def _limit_address_space(extra_mb: float) -> None:
 
 
 def _worker(job_json: str) -> int:
+    from nlframe.runtime import fix_mmap_threshold
+
+    fix_mmap_threshold()  # as the command line does for train / eval
     job = json.loads(job_json)
     rec = measure(job.pop("spec"), **job)
     sys.stdout.write(_RESULT + json.dumps(rec) + "\n")

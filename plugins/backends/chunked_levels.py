@@ -81,11 +81,6 @@ class LayerView:
         return self.memory.read(params, x)
 
 
-def _row(m: Tensor, last: Tensor) -> Tensor:
-    """Row ``last[t]`` of ``m (B, H, L, L)`` for one tile → ``(B, H, L)``."""
-    return m[..., int(last), :]
-
-
 def scan_levels(request: ScanRequest, *, tile: int) -> tuple[Tensor, MemoryState]:
     """Run ``request`` (linear / mlp / residual-mlp; momentum or dgd; any read, write,
     self target, clip). Chunk writes of a momentum rule read at the chunk start with
@@ -261,7 +256,7 @@ def scan_within_chunk_tiles(request: ScanRequest, *, tile: int) -> tuple[Tensor,
                 E = _dgd_residuals(W, X, E, A, g.D[t])
             y = _read_after(view, W, S, E, X, Q, A, g.D[t], g.c[t]) if (after and request.outputs) \
                 else None
-            W, S = _advance(W, S, E, X, tiles, t, dgd)
+            W, S = _advance(W, S, E, X, tiles, t)
             if y is None and request.outputs:
                 y = view.read(Gp, Q)
         else:
@@ -338,8 +333,8 @@ def _read_after(view: LayerView, W: Params, S: Params | None, E: dict, X: dict, 
     return u + Q if view.residual else u
 
 
-def _advance(W: Params, S: Params | None, E: dict, X: dict, tiles: Tiles, t: int,
-             dgd: bool) -> tuple[Params, Params | None]:
+def _advance(W: Params, S: Params | None, E: dict, X: dict, tiles: Tiles,
+             t: int) -> tuple[Params, Params | None]:
     """End-of-tile state of every weight matrix (module docstring)."""
     newW, newS = {}, ({} if S is not None else None)
     for n in W:

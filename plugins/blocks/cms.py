@@ -90,8 +90,9 @@ class CMS(Block):
         """The level MLP: a memory plugin mapping dim → dim (``{type = "mlp", hidden = 256}``)."""
         objective: ObjectiveRef = attrs.field(factory=lambda: ObjectiveRef("l2"))
         """Local surprise objective of the in-context regime."""
-        rule: OptimizerRef = attrs.field(factory=lambda: OptimizerRef("sgd", {"lr": 0.01}))
-        """Update rule applied at each level's boundaries (its options are its defaults)."""
+        rule: OptimizerRef = attrs.field(factory=lambda: OptimizerRef("momentum", {"lr": 0.01}))
+        """Update rule applied at each level's boundaries (default: plain GD, the momentum rule with
+        η = α = 0; its ``lr`` scales θ_t = lr / C(ℓ)). Any batched rule works."""
         in_context: bool = True
         """Regime (b): per-sequence fast weights written every C(ℓ) tokens."""
         train_every: tuple[int, ...] | None = attrs.field(default=None, validator=_train_every)
