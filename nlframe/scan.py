@@ -332,9 +332,10 @@ def run_scan(q: Tensor, k: Tensor, v: Tensor, *, memory, objective, rule, names:
     """:func:`memory_scan` with plugin *instances* (resolved once, e.g. by a
     :class:`~nlframe.level.Level`); ``names`` are their registered names, for messages.
     ``outputs=False`` skips the reads (a write-only level step): ``y`` is then empty.
-    ``truncate=True`` detaches the state at every chunk start, so the outer gradient
+    ``truncate=True`` starts every chunk's write (but the stream's first) from its
+    detached start state while its reads keep the attached one, so the outer gradient
     reaches a chunk's inputs only through the chunk it writes into (``inner_grad =
-    "truncated"`` of the blocks)."""
+    "truncated"`` of the blocks; needs ``read="chunk_start"``)."""
     _check_qkv(q, k, v)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")

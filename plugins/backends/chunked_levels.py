@@ -144,10 +144,21 @@ def scan_chunk_writes(request: ScanRequest, *, tile: int) -> tuple[Tensor, Memor
     last_eta = tiles_of(request.hyper.get("momentum", zeros))[..., -1]
     gates = TileGates.build(torch.ones_like(last_alpha), last_alpha, last_eta)  # chunk level, θ = 1
     W, S = dict(state.params), dict(state.opt_state["momentum"])
+    has_mom = "momentum" in request.hyper  # η ≡ 0 otherwise: c = 0, S never reaches W
+    first = view.names[0]
     ys, norms = [], []
     for t in range(n):
         D = F.pad(gates.D[t], (1, 0), value=1.0)  # (B, H, m+1): D_{j−1}
         c = F.pad(gates.c[t], (1, 0))
+        # the first layer's state part of every read in the tile, in one matmul per matrix:
+        # rows [k; q; v] of chunk j → (B, H, m, R·C, Dout)
+        rows_all = torch.cat([K[t], Q[t]] + ([V[t]] if request.self_target else []), 3)
+
+        def state_part(M: Tensor) -> Tensor:
+            return (rows_all.flatten(2, 3) @ M.transpose(-1, -2)).unflatten(2, rows_all.shape[2:4])
+
+        pre_W = state_part(W[first])
+        pre_S = state_part(S[first]) if has_mom else None
         A = F.pad(gates.A[t], (0, 0, 1, 0))  # row j holds A_{j−1, :}
         X = {n_: [] for n_ in view.names}
         E = {n_: [] for n_ in view.names}
@@ -162,8 +173,14 @@ def scan_chunk_writes(request: ScanRequest, *, tile: int) -> tuple[Tensor, Memor
             w = torch.cat([A[..., j, jj, None] * coef[jj] for jj in range(j)], -1) if j else None
             out, acts = U, {}
             for name in view.names:
-                base = D[..., j, None, None] * (out @ W[name].transpose(-1, -2)) \
-                    + c[..., j, None, None] * (out @ S[name].transpose(-1, -2))
+                if name == first:
+                    base = D[..., j, None, None] * pre_W[:, :, j]
+                    if has_mom:
+                        base = base + c[..., j, None, None] * pre_S[:, :, j]
+                else:
+                    base = D[..., j, None, None] * (out @ W[name].transpose(-1, -2))
+                    if has_mom:
+                        base = base + c[..., j, None, None] * (out @ S[name].transpose(-1, -2))
                 if j:
                     Xp, Ep = torch.cat(X[name], 2), torch.cat(E[name], 2)
                     base = base - ((out @ Xp.transpose(-1, -2)) * w[..., None, :]) @ Ep
@@ -183,8 +200,9 @@ def scan_chunk_writes(request: ScanRequest, *, tile: int) -> tuple[Tensor, Memor
                 X[name].append(inp[..., :nk, :])
                 E[name].append(e_out)
                 if name == "W2":  # e1 = (W2⁽ʲ⁾ᵀ e2) ∘ σ′(z1)
-                    back = D[..., j, None, None] * (e_out @ W[name]) \
-                        + c[..., j, None, None] * (e_out @ S[name])
+                    back = D[..., j, None, None] * (e_out @ W[name])
+                    if has_mom:
+                        back = back + c[..., j, None, None] * (e_out @ S[name])
                     if j:
                         Xp, Ep = torch.cat(X[name][:-1], 2), torch.cat(E[name][:-1], 2)
                         back = back - ((e_out @ Ep.transpose(-1, -2)) * w[..., None, :]) @ Xp
@@ -199,7 +217,9 @@ def scan_chunk_writes(request: ScanRequest, *, tile: int) -> tuple[Tensor, Memor
         for name in view.names:
             Xa, Ea = torch.cat(X[name], 2), torch.cat(E[name], 2)
             EaT = Ea.transpose(-1, -2)
-            newW[name] = DL * W[name] + cL * S[name] - EaT @ (Xa * a_row[..., None])
+            newW[name] = DL * W[name] - EaT @ (Xa * a_row[..., None])
+            if has_mom:
+                newW[name] = newW[name] + cL * S[name]
             newS[name] = PL * S[name] - EaT @ (Xa * b_row[..., None])
         W, S = newW, newS
         ys.append(torch.cat(yt, 2))
