@@ -115,6 +115,11 @@ class CMS(Block):
             if self.train_every is not None and len(self.train_every) != len(self.chunk_sizes):
                 raise ValueError(f"train_every: expected one entry per level "
                                  f"({len(self.chunk_sizes)}), got {len(self.train_every)}")
+            if self.variant == "nested" and (self.grad_clip or self.backend != "auto"):
+                field = "grad_clip" if self.grad_clip else "backend"
+                raise ValueError(f"{field}: the nested variant writes its levels at chunk "
+                                 "boundaries itself (its meta step needs each chunk's gradient); "
+                                 "grad_clip and backend apply to sequential / independent")
             if self.variant == "nested":
                 for s, (outer, inner) in enumerate(zip(self.chunk_sizes, self.chunk_sizes[1:])):
                     if outer % inner:
@@ -133,7 +138,8 @@ class CMS(Block):
         # nested: the meta step of eq. 72 needs each chunk's gradient (BoundaryLevel);
         # sequential / independent: one scan level per CMS level (eq. 71)
         self.levels = [BoundaryLevel(m, objective, rule, c, reduce="mean")
-                       for m, c in zip(self.memories, config.chunk_sizes)]
+                       for m, c in zip(self.memories, config.chunk_sizes)] \
+            if config.variant == "nested" else []
         self.scan_levels, self.lr = [], 1.0
         if config.variant != "nested":
             for i, c in enumerate(config.chunk_sizes):
@@ -197,7 +203,7 @@ class CMS(Block):
     def _level(self, i: int, h: Tensor, state: Any) -> tuple[Tensor, Any]:
         """``M_θℓ(norm_ℓ(h))`` for ``h (B, T, dim)`` and the level's new state."""
         u = self.norms[i](h)[:, None]  # (B, 1, T, dim)
-        memory, level = self.memories[i], self.levels[i]
+        memory = self.memories[i]
         if not self.config.in_context:
             return memory.read(dict(self.init[i]), u)[:, 0], None  # θ_ℓ,0 for every sequence
         if self.scan_levels:  # eq. 71: read at the chunk start, one step per chunk on Σ θ_t g_t
@@ -209,6 +215,7 @@ class CMS(Block):
             y, state = lvl.scan(flow, state)
             self._last[i] = state.surprise
             return y[:, 0], state
+        level = self.levels[i]
         if state is None:
             state = self._fresh(i, h.shape[0])
         k, v = self.keys[i](u), self.values[i](u)  # (B, 1, T, dim)
@@ -243,7 +250,7 @@ class CMS(Block):
     # ------------------------------------------------------------------ block
     def forward(self, x: Tensor, state: list | None = None) -> tuple[Tensor, list]:  # type: ignore[override]
         check_input("cms", x, self.dim)
-        n = len(self.levels)
+        n = len(self.memories)
         if state is None:
             state = [None] * n
         elif not isinstance(state, (list, tuple)) or len(state) != n:

@@ -144,3 +144,5 @@ def test_config_errors_name_the_field():
         load(memory={"type": "mlp", "hidden": 0})
     with pytest.raises(SpecError, match=r"chunk_sizes: .*positive int"):
         load(chunk_sizes=[4, 0])
+    with pytest.raises(SpecError, match=r"grad_clip: the nested variant"):
+        load(variant="nested", chunk_sizes=[4, 2], grad_clip=1.0)
