@@ -416,6 +416,10 @@ def main(argv: list[str] | None = None) -> int:
     # Subnormal floats cost ~100x on CPUs; nested-learning's in-place writes produce them at
     # these sizes (its steps took 6-165 s at T=128 without this, 3-10 s with it).
     torch.set_flush_denormal(not args.keep_denormals)
+    # the fixed glibc mmap threshold that `nlframe train` sets, for both sides alike
+    from nlframe.runtime import fix_mmap_threshold
+
+    fix_mmap_threshold()
     if args.worker:
         return worker(args.worker, args.batch_size, args.seq_len[0], args.vocab,
                       args.memory_steps, args.memory_cap_mb)
