@@ -92,6 +92,14 @@ def nlframe_register_block(register):
     ``type = "<name>"`` is structured into ``obj.Config`` (unknown keys are
     errors) and the block is built as ``obj(config, dim)``.
 
+    A block builds its inner levels once, as :class:`nlframe.Level` objects, and
+    routes its input into them (one :class:`nlframe.ContextFlow` per level and call);
+    ``forward(x, state)`` returns ``(y, state)`` with the levels' ``MemoryState``.
+    Optional: ``handles_residual`` (the block does its own norms and residuals),
+    ``surprise()`` (per-level mean write-time surprise, from the scans' own
+    ``MemoryState.surprise``) and the ``param._nl_update_every`` tag of slow
+    parameters (their training frequency) — see :class:`nlframe.interfaces.Block`.
+
     Example: ``register("titans", TitansBlock)``.
     """
 
