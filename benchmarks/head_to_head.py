@@ -79,6 +79,9 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from nlframe.bench.model import peak_rss_mb
+from nlframe.bench.scan import load_average
+
 DIM, HEADS, LAYERS, CHUNK = 256, 4, 2, 8
 CMS_PERIODS, CMS_HIDDEN = (1, 4, 32, 128), 1024
 LR = 1e-3
@@ -252,27 +255,6 @@ BUILDERS = {"nlframe HOPE": build_nlframe_hope, "nested-learning HOPE": build_pe
 
 
 # -- measurement ------------------------------------------------------------------------
-def peak_rss_mb() -> float:
-    """Peak RSS of this process in MiB: ``VmHWM`` on Linux (``ru_maxrss`` of an exec'd child
-    starts at its parent's peak there), ``ru_maxrss`` elsewhere."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 2**10
-    except (OSError, ValueError, IndexError):
-        pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
-
-
-def load_average() -> str:
-    try:
-        return f"{os.getloadavg()[0]:.2f}"
-    except (OSError, AttributeError):
-        return "n/a"
-
-
 def _version(dist: str) -> str:
     try:
         return importlib.metadata.version(dist)

@@ -36,6 +36,8 @@ from typing import Any
 
 import torch
 
+from .scan import load_average
+
 try:
     import resource
 except ImportError:  # pragma: no cover - not on Windows
@@ -73,13 +75,6 @@ def peak_rss_mb() -> float:
     except (OSError, ValueError, IndexError):
         pass
     return ru_maxrss_mb()
-
-
-def load_average() -> str:
-    try:
-        return f"{os.getloadavg()[0]:.2f}"
-    except (OSError, AttributeError):
-        return "n/a"
 
 
 def one_line(text: str, limit: int = 200) -> str:
