@@ -16,7 +16,7 @@ from nlframe.interfaces import Memory, Objective, OptState, Params, UpdateRule
 from nlframe.level import Level, MemoryState, tree_map
 from nlframe.utils import bcast
 
-__all__ = ["make_level", "check_rule_options", "l2norm", "split_heads", "merge_heads", "ShortConv", "HeadGate", "learned_init", "layer_inputs",
+__all__ = ["make_level", "check_rule_options", "l2norm", "split_heads", "merge_heads", "ShortConv", "HeadGate", "learned_init",
            "check_input", "BoundaryState", "BoundaryLevel", "segments", "split_at", "map_state"]
 
 
@@ -208,17 +208,6 @@ class BoundaryState:
                    step=int(d["step"]), extra=dict(d.get("extra", {})))
 
 
-def layer_inputs(memory: Memory, params: Params, k: Tensor) -> dict[str, Tensor] | None:
-    """Input of every weight matrix of a structured memory when it reads ``k (…, n, Dk)``:
-    ``{"W": k}`` for ``linear``; ``{"W1": k, "W2": σ(W1 k)}`` for ``mlp`` / ``residual-mlp``;
-    ``None`` for other memories (their rule then sees no inputs)."""
-    if memory.structure == "linear":
-        return {"W": k}
-    if memory.structure in ("mlp", "residual-mlp"):
-        return {"W1": k, "W2": memory.activation(k @ params["W1"].transpose(-1, -2))}
-    return None
-
-
 class BoundaryLevel:
     """A level written only at chunk boundaries (NL arXiv 2512.24695 eq. 71)::
 
@@ -330,7 +319,7 @@ class BoundaryLevel:
             collect["grads"] = grads
         hyper = {**self.hyper, **hyper}
         if self.wants_inputs:
-            xs = layer_inputs(self.memory, state.params, pending["k"])
+            xs = self.memory.layer_inputs(state.params, pending["k"])
             if xs is not None:
                 # √w with w floored at 1e-30: a weight that underflowed to 0 would make the
                 # backward of sqrt infinite (0·∞ = NaN in the outer gradient)
