@@ -276,11 +276,14 @@ def scan_within_chunk_tiles(request: ScanRequest, *, tile: int) -> tuple[Tensor,
                 E = _dgd_residuals(W, X, E, A, g.D[t])
             y = _read_after(view, W, S, E, X, Q, A, g.D[t], g.c[t]) if (after and request.outputs) \
                 else None
-            W, S = _advance(W, S, E, X, tiles, t)
+            advanced = {n: tiles.advance(t, W[n], S[n] if S is not None else None, E[n], X[n])
+                        for n in view.names}
+            W = {n: w for n, (w, _) in advanced.items()}
+            S = {n: m for n, (_, m) in advanced.items()} if S is not None else None
             if y is None and request.outputs:
                 y = view.read(Gp, Q)
         else:
-            th = tiles_theta(tiles, t)
+            th = tiles.theta[t][..., None]  # (B, H, L, 1)
             step = {n: E[n].transpose(-1, -2) @ (X[n] * th) for n in view.names}
             if dgd:
                 step = {n: s + (X[n] @ Gw[n].transpose(-1, -2)).transpose(-1, -2) @ (X[n] * th)
@@ -318,11 +321,6 @@ def scan_within_chunk_tiles(request: ScanRequest, *, tile: int) -> tuple[Tensor,
                           pending=pending, surprise=surprise)
 
 
-def tiles_theta(tiles: Tiles, t: int) -> Tensor:
-    """θ of tile ``t``'s slots as ``(B, H, L, 1)`` (the diagonal of ``Bθ``)."""
-    return tiles.gates.Btheta[t].diagonal(dim1=-2, dim2=-1)[..., None]
-
-
 def _dgd_residuals(W: Params, X: dict, E: dict, A: Tensor, D: Tensor) -> dict:
     """``R = (I + N)⁻¹ (D̃∘(X W_bᵀ) + E)`` per weight matrix (module docstring)."""
     L = A.shape[-1]
@@ -353,32 +351,13 @@ def _read_after(view: LayerView, W: Params, S: Params | None, E: dict, X: dict, 
     return u + Q if view.residual else u
 
 
-def _advance(W: Params, S: Params | None, E: dict, X: dict, tiles: Tiles,
-             t: int) -> tuple[Params, Params | None]:
-    """End-of-tile state of every weight matrix (module docstring)."""
-    newW, newS = {}, ({} if S is not None else None)
-    for n in W:
-        errT = E[n].transpose(-1, -2)
-        w = (errT @ (X[n] * tiles.aL[t, ..., None].neg())).addcmul_(tiles.DL[t], W[n])
-        if S is not None:
-            w = w.addcmul_(tiles.cL[t], S[n])
-            newS[n] = (errT @ (X[n] * tiles.bL[t, ..., None].neg())).addcmul_(tiles.PL[t], S[n])
-        newW[n] = w
-    return newW, newS
-
-
 def _apply_chunk(W: Params, S: Params | None, G: Params, tiles: Tiles, t: int, last: Tensor,
                  dgd: bool) -> tuple[Params, Params | None]:
     """The one step of a chunk write at its last token, with that token's α and η."""
     j = int(last)
-    keep = 1.0 - tiles_gate(tiles, t, j, "alpha")
+    keep = 1.0 - tiles.alpha[t][..., j, None, None]  # (B, H, 1, 1)
     if dgd:
         return {n: keep * W[n] - G[n] for n in W}, None
-    eta = tiles_gate(tiles, t, j, "eta")
+    eta = tiles.eta[t][..., j, None, None]
     newS = {n: eta * S[n] - G[n] for n in W}
     return {n: keep * W[n] + newS[n] for n in W}, newS
-
-
-def tiles_gate(tiles: Tiles, t: int, j: int, which: str) -> Tensor:
-    """α or η of slot ``j`` of tile ``t`` as ``(B, H, 1, 1)``."""
-    return getattr(tiles, which)[t][..., j, None, None]

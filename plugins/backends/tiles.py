@@ -167,7 +167,7 @@ class Tiles:
     ``qdc = [D∘q | c∘q]: (n, B, H, L, 2Dk)`` (the state part of every read is
     ``qdc [W_b | S_b]ᵀ``); end-of-tile coefficients ``DL, cL, PL: (n, B, H, 1, 1)``
     and rows ``aL = A_{L,:}``, ``bL = (Bθ)_{L,:}: (n, B, H, L)``; the raw per-slot
-    ``alpha``, ``eta: (n, B, H, L)``.
+    gates ``theta``, ``alpha``, ``eta: (n, B, H, L)``.
     """
 
     plan: TilePlan
@@ -181,6 +181,7 @@ class Tiles:
     PL: Tensor
     aL: Tensor
     bL: Tensor
+    theta: Tensor
     alpha: Tensor
     eta: Tensor
 
@@ -195,7 +196,7 @@ class Tiles:
         q = plan.gather(q)
         return cls(plan=plan, q=q, k=plan.gather(k), v=plan.gather(v), gates=gates,
                    qdc=side_by_side(q, gates.D, gates.c),
-                   DL=DL, cL=cL, PL=PL, aL=aL, bL=bL, alpha=al, eta=et)
+                   DL=DL, cL=cL, PL=PL, aL=aL, bL=bL, theta=th, alpha=al, eta=et)
 
     def advance_joint(self, t: int, X: Tensor, err: Tensor, inp_ab: Tensor) -> Tensor:
         """:meth:`advance` on the joint state ``X = [W | S]: (B, H, R, 2I)`` with
@@ -207,15 +208,20 @@ class Tiles:
         U[..., n_in:].addcmul_(self.PL[t], S)
         return U
 
-    def advance(self, t: int, W: Tensor, S: Tensor, err: Tensor, inp: Tensor) -> tuple[Tensor, Tensor]:
+    def advance(self, t: int, W: Tensor, S: Tensor | None, err: Tensor,
+                inp: Tensor) -> tuple[Tensor, Tensor | None]:
         """End of tile ``t`` for a layer with per-token gradients ``g_i = err_i inp_iᵀ``::
 
             W_L = D_L W + c_L S − errᵀ(A_{L,:}ᵀ∘inp),   S_L = P_L S − errᵀ((Bθ)_{L,:}ᵀ∘inp)
 
-        ``W, S: (B, H, R, I)``, ``err: (B, H, L, R)``, ``inp: (B, H, L, I)``.
+        ``W, S: (B, H, R, I)``, ``err: (B, H, L, R)``, ``inp: (B, H, L, I)``; ``S = None``
+        for a rule without momentum (then ``c = 0`` and only ``W_L`` is returned, DGD's
+        residuals in ``err``).
         """
         errT = err.transpose(-1, -2)
         W_new = (errT @ (inp * self.aL[t, ..., None].neg())).addcmul_(self.DL[t], W)
+        if S is None:
+            return W_new, None
         W_new = W_new.addcmul_(self.cL[t], S)
         S_new = (errT @ (inp * self.bL[t, ..., None].neg())).addcmul_(self.PL[t], S)
         return W_new, S_new
