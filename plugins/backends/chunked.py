@@ -8,7 +8,7 @@ from torch import Tensor
 from nlframe.interfaces import Backend, ScanRequest
 from nlframe.level import MemoryState
 
-from . import chunked_linear, chunked_mlp
+from . import chunked_linear
 from .chunked_levels import scan_levels
 from .tiles import TilePlan, Tiles
 
@@ -17,8 +17,7 @@ TILE = 32
 
 
 def is_classic(request: ScanRequest) -> bool:
-    """Titans' level (read after write, token writes, momentum, targets ``v``, no clip):
-    the specialised tile loops of chunked_linear / chunked_mlp."""
+    """Titans' level (read after write, token writes, momentum, targets ``v``, no clip)."""
     return (request.read == "after_write" and request.write == "token"
             and request.rule_structure == "momentum" and not request.self_target
             and request.grad_clip is None and not request.truncate)
@@ -59,8 +58,8 @@ def chunked_scan(request: ScanRequest, *, tile: int = TILE) -> tuple[Tensor, Mem
     reason = unsupported_reason(request)
     if reason is not None:
         raise ValueError(f"chunked backend: {reason}")
-    if not is_classic(request):
-        return scan_levels(request, tile=tile)
+    if not (is_classic(request) and request.memory.structure == "linear"):
+        return scan_levels(request, tile=tile)  # every mode; MLP memories always
     q, k, v, state, C = request.q, request.k, request.v, request.state, request.chunk_size
     zeros = torch.zeros_like(request.hyper["lr"])
     gates = (request.hyper["lr"], request.hyper.get("decay", zeros),
@@ -77,39 +76,30 @@ def chunked_scan(request: ScanRequest, *, tile: int = TILE) -> tuple[Tensor, Mem
     def masked(n: Tensor, plan: TilePlan) -> Tensor:
         return (n * plan.valid[:, None, None].to(n.dtype)).sum((0, -1))
 
-    if request.memory.structure == "linear":
-        W, S, Wg = state.params["W"], mom["W"], point["W"]
-        affine = request.objective.affine_grad
-        if affine is not None and 2 * C <= tile:
-            # finish the open chunk (gradient point known), then chunk-aligned tiles
-            head = min(T, C - p) if p else 0
-            ys = []
-            if head:
-                tiles = Tiles.gather(TilePlan.within_chunks(head, C, p, tile, q.device), *cut(0, head))
-                y, W, S, Wg, n = chunked_linear.scan_within_chunks(tiles, W, S, Wg, psi)
-                ys.append(tiles.plan.scatter(y))
-                norms.append(masked(n, tiles.plan))
-            if T > head:
-                L = C * (tile // C)
-                tiles = Tiles.gather(TilePlan.aligned(T - head, L, q.device), *cut(head, T))
-                y, W, S, Wg, n = chunked_linear.scan_aligned(tiles, W, S, C, *affine)
-                ys.append(tiles.plan.scatter(y))
-                norms.append(masked(n, tiles.plan))
-            y = torch.cat(ys, 2)
-        else:
-            tiles = Tiles.gather(TilePlan.within_chunks(T, C, p, tile, q.device), *cut(0, T))
+    W, S, Wg = state.params["W"], mom["W"], point["W"]
+    affine = request.objective.affine_grad
+    if affine is not None and 2 * C <= tile:
+        # finish the open chunk (gradient point known), then chunk-aligned tiles
+        head = min(T, C - p) if p else 0
+        ys = []
+        if head:
+            tiles = Tiles.gather(TilePlan.within_chunks(head, C, p, tile, q.device), *cut(0, head))
             y, W, S, Wg, n = chunked_linear.scan_within_chunks(tiles, W, S, Wg, psi)
-            y = tiles.plan.scatter(y)
+            ys.append(tiles.plan.scatter(y))
             norms.append(masked(n, tiles.plan))
-        params, new_mom, chunk_params = {"W": W}, {"W": S}, {"W": Wg}
+        if T > head:
+            L = C * (tile // C)
+            tiles = Tiles.gather(TilePlan.aligned(T - head, L, q.device), *cut(head, T))
+            y, W, S, Wg, n = chunked_linear.scan_aligned(tiles, W, S, C, *affine)
+            ys.append(tiles.plan.scatter(y))
+            norms.append(masked(n, tiles.plan))
+        y = torch.cat(ys, 2)
     else:
-        memory = request.memory
         tiles = Tiles.gather(TilePlan.within_chunks(T, C, p, tile, q.device), *cut(0, T))
-        y, params, new_mom, chunk_params, n = chunked_mlp.scan_within_chunks(
-            tiles, state.params, mom, point, memory.activation, memory.activation_grad, psi,
-            residual=memory.structure == "residual-mlp")
+        y, W, S, Wg, n = chunked_linear.scan_within_chunks(tiles, W, S, Wg, psi)
         y = tiles.plan.scatter(y)
         norms.append(masked(n, tiles.plan))
+    params, new_mom, chunk_params = {"W": W}, {"W": S}, {"W": Wg}
     position = (p + T) % C
     if position == 0:
         chunk_params = dict(params)
