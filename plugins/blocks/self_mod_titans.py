@@ -175,7 +175,7 @@ class SelfModTitans(Block):
         proj, mem, T = state["proj"], state["memory"], x.shape[1]
         # 1) projection memories, chunk by chunk: read every M_□ at its chunk start (eq. 90),
         #    then write the chunk token by token with DGD (eq. 91)
-        outs, s_proj = [], []
+        outs, gates, s_proj = [], [], []
         xs = l2norm(x)[:, None]  # (B, 1, T, dim) unit-norm inputs (NL eq. 57)
         cuts = segments(proj.step, T, (cfg.proj_chunk_size,))
         for (lo, hi), xc in zip(cuts, split_at(xs, cuts)):
@@ -189,9 +189,13 @@ class SelfModTitans(Block):
                                                     lr=theta, decay=decay), proj)
             s_proj.append(proj.surprise * n)
             outs.append(out)
-        out = torch.cat(outs, 2) if outs else xs.new_zeros(B, P, 0, self.dim)
-        k, v, eta, alpha = self._gates(out)
-        q = out.unbind(1)[4] if cfg.adaptive_q else self.q(x)  # (B, T, dim)
+            gates.append((k, v, eta, alpha))
+        if not outs:  # an empty call: the reads of no token
+            outs = [xs.new_zeros(B, P, 0, self.dim)]
+            gates = [self._gates(outs[0])]
+        # k, v (B, T, dim); η, α (B, H, T), as computed per chunk above
+        k, v, eta, alpha = (torch.cat(g, d) for g, d in zip(zip(*gates), (1, 1, 2, 2)))
+        q = torch.cat(outs, 2).unbind(1)[4] if cfg.adaptive_q else self.q(x)  # (B, T, dim)
         # 2) main memory: one scan with keys, values and gates known for the whole sequence
         qh, kh, vh = l2norm(split_heads(q, H)), l2norm(split_heads(k, H)), split_heads(v, H)
         flow = ContextFlow(qh, kh, vh, lr=cfg.lr_max * eta, decay=1.0 - alpha,
