@@ -8,7 +8,6 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import nlframe
 from nlframe.spec import MemoryRef, ObjectiveRef, SpecError, load_spec
 from nlframe_plugins.blocks.titans import Titans
 from ._helpers import feed_in_pieces, rel_err
