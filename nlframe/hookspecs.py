@@ -97,8 +97,8 @@ def nlframe_register_block(register):
     ``forward(x, state)`` returns ``(y, state)`` with the levels' ``MemoryState``.
     Optional: ``handles_residual`` (the block does its own norms and residuals),
     ``surprise()`` (per-level mean write-time surprise, from the scans' own
-    ``MemoryState.surprise``) and the ``param._nl_update_every`` tag of slow
-    parameters (their training frequency) — see :class:`nlframe.interfaces.Block`.
+    ``MemoryState.surprise``) and ``update_every()`` (the training frequency of
+    slow parameters) — see :class:`nlframe.interfaces.Block`.
 
     Example: ``register("titans", TitansBlock)``.
     """

@@ -262,9 +262,10 @@ class Block(nn.Module):
     * :meth:`surprise` — the last forward's mean write-time ``‖∂ℓ/∂pred‖`` per level,
       name → scalar tensor, taken from the scans' own ``MemoryState.surprise`` (no
       second pass); logged as ``memory/<block>.<level>/surprise``;
-    * **update frequency** — a level's in-context frequency is its ``chunk_size``; a
-      slow parameter tagged ``param._nl_update_every = C`` is stepped by the trainer
-      only every ``C`` optimizer steps (CMS regime (a)).
+    * **update frequency** — a level's in-context frequency is its ``chunk_size``;
+      :meth:`update_every` names the slow parameters the outer optimizer steps only
+      every ``C`` steps (CMS regime (a)): they get a param group with
+      ``update_every = C`` (:func:`nlframe.optim.build_optimizers`).
     """
 
     Config: ClassVar[type]
@@ -272,6 +273,12 @@ class Block(nn.Module):
 
     def surprise(self) -> dict[str, Tensor]:
         """Last forward's mean surprise per inner level (``{}``: none)."""
+        return {}
+
+    def update_every(self) -> dict[str, int]:
+        """Training frequency of slow parameters: name (relative to the block, as in
+        ``named_parameters()``) → ``C``, stepped every ``C`` optimizer steps from the
+        sum of their gradients (``{}``: every parameter every step)."""
         return {}
 
     @abc.abstractmethod

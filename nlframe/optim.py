@@ -18,6 +18,12 @@ Per-parameter state follows torch: ``optimizer.state[p]`` holds the rule's state
 for ``p`` alone, e.g. ``{"adam": {"step": 3, "exp_avg": …, …}}``. This relies on
 the layout of the built-in rules (innermost dicts keyed by parameter name); a
 rule whose state has other leaves is called once per parameter instead.
+
+A param group with ``update_every = C`` (default 1) is updated every ``C``-th
+``step()`` only, from the sum of the gradients of the ``C`` steps (optax's
+``MultiSteps`` idea; the CMS "training frequency" of slow weights). The running
+sum lives in ``optimizer.state[p]["update_every_grad"]`` and the count of steps
+in the group's ``"update_every_calls"``, so both are checkpointed with the rest.
 """
 
 from __future__ import annotations
@@ -31,9 +37,24 @@ from torch import Tensor
 from .interfaces import UpdateRule
 from .registry import get_registry
 
-__all__ = ["Optimizer"]
+__all__ = ["Optimizer", "build_optimizers"]
 
 _MISSING = object()
+_ACCUM = "update_every_grad"  # state key of the gradient sum of an update_every group
+
+
+def _rule_state(st: dict[str, Any]) -> dict[str, Any]:
+    """The rule's part of a parameter's state (without the update_every sum)."""
+    return {k: v for k, v in st.items() if k != _ACCUM} if _ACCUM in st else st
+
+
+def _replace(st: dict[str, Any], new: Any) -> None:
+    """Store a new rule state for a parameter, keeping its update_every sum."""
+    acc = st.get(_ACCUM)
+    st.clear()
+    st.update(new)
+    if acc is not None:
+        st[_ACCUM] = acc
 
 
 class _LayoutError(Exception):
@@ -67,6 +88,26 @@ def _merge(states: list, names: list[str]) -> Any:
         sub = [(n, s[k]) for n, s in zip(names, states) if k in s]
         out[k] = _merge([s for _, s in sub], [n for n, _ in sub])
     return out
+
+
+def _fill_empty(state: dict[str, Any], fresh: Any) -> None:
+    """Add the empty-dict slots of ``fresh`` that ``state`` lacks (nothing else)."""
+    if not isinstance(fresh, dict):
+        return
+    for k, v in fresh.items():
+        if isinstance(v, dict):
+            if k not in state and not _has_leaves(v):
+                state[k] = _empty_like_tree(v)
+            elif isinstance(state.get(k), dict):
+                _fill_empty(state[k], v)
+
+
+def _has_leaves(tree: Any) -> bool:
+    return not isinstance(tree, dict) or any(_has_leaves(v) for v in tree.values())
+
+
+def _empty_like_tree(tree: dict[str, Any]) -> dict[str, Any]:
+    return {k: _empty_like_tree(v) for k, v in tree.items()}
 
 
 def _make_rule(rule: str | UpdateRule, hyper: dict[str, Any]) -> tuple[UpdateRule, dict]:
@@ -118,6 +159,25 @@ class Optimizer(torch.optim.Optimizer):
             except Exception:  # noqa: BLE001 - a rule that cannot init on "meta" is checked later
                 pass
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch's ``load_state_dict``, then the empty slots of the rule state put back
+        (formats that flatten state trees, such as ``torch.distributed.checkpoint``'s
+        state dicts, drop empty dicts)."""
+        super().load_state_dict(state_dict)
+        for index, group in enumerate(self.param_groups):
+            hyper = self._hyper(group)
+            for i, p in enumerate(group["params"]):
+                st = self.state.get(p)
+                if not st:
+                    continue
+                name = self._name(group, index, i)
+                try:
+                    fresh = self._init({name: torch.empty_like(p, device="meta")}, hyper)
+                    fresh = fresh if self._per_param else _split(fresh, [name])[0]
+                except Exception:  # noqa: BLE001 - rules that cannot init on "meta"
+                    continue
+                _fill_empty(st, fresh)
+
     # -- helpers ---------------------------------------------------------------------------
     def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
         return {k: group[k] for k in self.rule.hyperparams}
@@ -141,7 +201,7 @@ class Optimizer(torch.optim.Optimizer):
     def _state_of(self, p: Tensor, name: str, hyper: dict[str, Any]) -> Any:
         """The stored state of ``p`` (created on first use)."""
         st = self.state[p]
-        if not st:
+        if not _rule_state(st):
             full = self._init({name: p}, hyper)
             if self._per_param is None:
                 try:
@@ -162,6 +222,8 @@ class Optimizer(torch.optim.Optimizer):
                 loss = closure()
         for index, group in enumerate(self.param_groups):
             self._check_group(index, group)
+            if not self._due(group):
+                continue
             hyper = self._hyper(group)
             items = [(self._name(group, index, i), p) for i, p in enumerate(group["params"])
                      if p.grad is not None]
@@ -174,19 +236,38 @@ class Optimizer(torch.optim.Optimizer):
             states = [self._state_of(p, name, hyper) for name, p in items]
             if self._per_param:
                 for (name, p), st in zip(items, states):
-                    self._apply({name: p}, {name: p.grad}, st, hyper, lambda new, st=st: (
-                        st.clear(), st.update(new)))
+                    self._apply({name: p}, {name: p.grad}, _rule_state(st), hyper,
+                                lambda new, st=st: _replace(st, new))
                 continue
             names = [n for n, _ in items]
             params = {n: p for n, p in items}
 
             def store(new_state: Any) -> None:
                 for st, part in zip(states, _split(new_state, names)):
-                    st.clear()
-                    st.update(part)
+                    _replace(st, part)
 
-            self._apply(params, {n: p.grad for n, p in items}, _merge(states, names), hyper, store)
+            self._apply(params, {n: p.grad for n, p in items},
+                        _merge([_rule_state(st) for st in states], names), hyper, store)
         return loss
+
+    def _due(self, group: dict[str, Any]) -> bool:
+        """Count a step of an ``update_every`` group; add its gradients to the running
+        sum and, on the step it is due, hand the sum to the rule as the gradient."""
+        every = group.get("update_every", 1)
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"optimizer {self.rule_name!r}: update_every must be a positive "
+                             f"int, got {every!r}")
+        if every == 1:
+            return True
+        group["update_every_calls"] = calls = group.get("update_every_calls", 0) + 1
+        due = calls % every == 0
+        for p in group["params"]:
+            st = self.state[p]
+            if p.grad is not None:
+                st[_ACCUM] = p.grad.clone() if _ACCUM not in st else st[_ACCUM].add_(p.grad)
+            if due:
+                p.grad = st.pop(_ACCUM, None)
+        return due
 
     def _apply(self, params: dict[str, Tensor], grads: dict[str, Tensor], state: Any,
                hyper: dict[str, Any], store: Callable[[Any], Any]) -> None:
@@ -198,3 +279,68 @@ class Optimizer(torch.optim.Optimizer):
         for n, p in params.items():
             p.copy_(new_params[n])
         store(new_state)
+
+
+# ------------------------------------------------------- outer optimizers of a [train] table
+def training_frequencies(model: torch.nn.Module) -> dict[str, int]:
+    """Parameter name → ``C`` for the slow parameters a block asks to step only every
+    ``C`` optimizer steps (:meth:`nlframe.interfaces.Block.update_every`)."""
+    out: dict[str, int] = {}
+    for prefix, module in model.named_modules():
+        declared = getattr(module, "update_every", None)
+        if not callable(declared) or not hasattr(module, "Config"):
+            continue
+        for name, every in declared().items():
+            if every != 1:
+                out[f"{prefix}.{name}" if prefix else name] = every
+    return out
+
+
+def _rule_takes(rule: UpdateRule, p: Tensor) -> bool:
+    """Whether ``rule`` accepts a parameter of ``p``'s shape (its ``init`` raises
+    ``ValueError`` otherwise; probed on the meta device, allocating nothing)."""
+    try:
+        rule.init({"p": torch.empty_like(p, device="meta")})
+    except ValueError:
+        return False
+    except Exception:  # noqa: BLE001 - rules that cannot init on "meta" are checked by the optimizer
+        return True
+    return True
+
+
+def build_optimizers(model: torch.nn.Module, cfg: Any) -> list[Optimizer]:
+    """The outer optimizer(s) of a ``[train]`` table: ``cfg.optimizer`` (with
+    ``cfg.optimizer_kwargs``) for the parameters it takes, ``cfg.fallback_optimizer``
+    for the rest (e.g. vectors under ``muon``).
+
+    Param groups: weight decay ``cfg.weight_decay`` on matrices, none on vectors
+    (when the rule has a ``weight_decay``), and one group per training frequency
+    ``update_every`` declared by the blocks (:func:`training_frequencies`).
+    """
+    reg = get_registry()
+    every = training_frequencies(model)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    rule = reg.get("optimizer", cfg.optimizer)(**cfg.optimizer_kwargs)
+    taken = [(n, p) for n, p in named if _rule_takes(rule, p)]
+    taken_ids = {id(p) for _, p in taken}
+    rest = [(n, p) for n, p in named if id(p) not in taken_ids]
+    optimizers = []
+    for name, items, extra in ((cfg.optimizer, taken, cfg.optimizer_kwargs),
+                               (cfg.fallback_optimizer, rest, {})):
+        if not items:
+            continue
+        accepts_wd = "weight_decay" in reg.get("optimizer", name).hyperparams
+        groups: dict[tuple[float | None, int], list] = {}
+        for n, p in items:
+            wd = (cfg.weight_decay if p.dim() >= 2 else 0.0) if accepts_wd else None
+            groups.setdefault((wd, every.get(n, 1)), []).append((n, p))
+        param_groups = []
+        for (wd, c), ps in groups.items():
+            group: dict[str, Any] = {"params": [p for _, p in ps], "param_names": [n for n, _ in ps]}
+            if wd is not None:
+                group["weight_decay"] = wd
+            if c != 1:
+                group["update_every"] = c
+            param_groups.append(group)
+        optimizers.append(Optimizer(param_groups, rule=name, lr=cfg.lr, **extra))
+    return optimizers

@@ -73,9 +73,10 @@ def test_loss_decreases_on_learnable_task(tmp_path):
 def test_resume_reproduces_the_uninterrupted_loss_curve(tmp_path):
     spec = tiny_spec(tmp_path, steps=6)
     train(spec, tmp_path / "straight", progress=False)
-    Trainer(spec, tmp_path / "split", progress=False).run(until=4)  # stops off the checkpoint grid
+    with Trainer(spec, tmp_path / "split", progress=False) as trainer:
+        trainer.run(until=4)  # stops off the checkpoint grid
     assert load_checkpoint(tmp_path / "split")["trainer"]["step"] == 4
-    Trainer(None, tmp_path / "split", resume=True, progress=False).run()
+    train(None, tmp_path / "split", resume=True, progress=False)
     assert losses(tmp_path / "straight") == losses(tmp_path / "split")
 
 
@@ -88,7 +89,8 @@ def test_run_writes_tensorboard_metrics_and_checkpoint(tmp_path):
     assert {"eval/loss", "eval/bpb"} <= set(rows[-1])
     assert list((out / "tb").glob("events.out.tfevents.*"))
     ckpt = find_checkpoint(out)
-    assert {p.name for p in ckpt.iterdir()} >= {"model.safetensors", "trainer.pt", "spec.toml"}
+    assert {p.name for p in ckpt.iterdir()} == {"model.safetensors", "trainer.safetensors",
+                                                "trainer.json", "spec.toml", "meta.json"}
 
 
 def test_crash_mid_checkpoint_keeps_previous(tmp_path, monkeypatch):
@@ -96,15 +98,16 @@ def test_crash_mid_checkpoint_keeps_previous(tmp_path, monkeypatch):
 
     out = tmp_path / "run"
     train(tiny_spec(tmp_path, steps=3), out, progress=False)
-    real_save = ck.torch.save
+    real_save = ck.save_file
 
-    def dying_save(obj, path, *a, **k):
-        real_save(obj, path, *a, **k)
-        raise OSError("disk died mid-checkpoint")
+    def dying_save(tensors, path, *a, **k):
+        real_save(tensors, path, *a, **k)
+        if path.endswith(ck.TRAINER_TENSORS):
+            raise OSError("disk died mid-checkpoint")
 
-    monkeypatch.setattr(ck.torch, "save", dying_save)
+    monkeypatch.setattr(ck, "save_file", dying_save)
     with pytest.raises(OSError, match="disk died"):
-        Trainer(None, out, resume=True, steps=6, progress=False).run()
+        train(None, out, resume=True, steps=6, progress=False)
     monkeypatch.undo()
     assert load_checkpoint(out)["trainer"]["step"] == 3  # the previous checkpoint still loads
     # a crash between the two renames leaves checkpoint.old, which is found
@@ -174,20 +177,20 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
 def test_muon_trains_matrices_and_falls_back_for_vectors(tmp_path):
     spec = tiny_spec(tmp_path, steps=2)
     spec.write_text(spec.read_text().replace("lr = 0.01", 'lr = 0.01\noptimizer = "muon"'))
-    trainer = Trainer(spec, tmp_path / "run", progress=False)
-    rules = [o.rule_name for o in trainer.optimizers]
-    assert rules == ["muon", "adamw"]
-    vectors = [p for p in trainer.model.parameters() if p.dim() < 2]
-    assert all(any(p is q for g in trainer.optimizers[1].param_groups for q in g["params"])
-               for p in vectors)
-    result = trainer.run()
+    with Trainer(spec, tmp_path / "run", progress=False) as trainer:
+        rules = [o.rule_name for o in trainer.optimizers]
+        assert rules == ["muon", "adamw"]
+        vectors = [p for p in trainer.model.parameters() if p.dim() < 2]
+        assert all(any(p is q for g in trainer.optimizers[1].param_groups for q in g["params"])
+                   for p in vectors)
+        result = trainer.run()
     assert math.isfinite(result.last_loss)
 
 
 def test_non_finite_gradients_raise_naming_the_parameters(tmp_path):
-    trainer = Trainer(tiny_spec(tmp_path, steps=2), tmp_path / "run", progress=False)
-    name, param = next(iter(trainer.model.named_parameters()))
-    param.register_hook(lambda g: g * float("nan"))
-    with pytest.raises(FloatingPointError, match="non-finite gradients at step 0") as info:
-        trainer.run()
+    with Trainer(tiny_spec(tmp_path, steps=2), tmp_path / "run", progress=False) as trainer:
+        name, param = next(iter(trainer.model.named_parameters()))
+        param.register_hook(lambda g: g * float("nan"))
+        with pytest.raises(FloatingPointError, match="non-finite gradients at step 0") as info:
+            trainer.run()
     assert name in str(info.value)

@@ -40,12 +40,13 @@ def _time(step, repeats: int, warmup: int) -> float:
 def model_tokens_per_s(name: str, batch: int, seq_len: int, repeats: int, warmup: int) -> dict:
     from ..build import build
     from ..spec import load_spec
-    from ..train import _make_optimizers, lm_loss
+    from ..optim import build_optimizers
+    from ..train import lm_loss
 
     spec = load_spec(_specs_dir() / f"{name}.toml")
     torch.manual_seed(0)
     model = build(spec)
-    opts = _make_optimizers(model, spec.train)
+    opts = build_optimizers(model, spec.train)
     vocab = spec.model.config.vocab_size
     g = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, vocab, (batch, seq_len + 1), generator=g)

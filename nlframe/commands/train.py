@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import click
@@ -34,35 +35,87 @@ def _fail(exc: Exception) -> None:
     raise click.ClickException(str(exc)) from None
 
 
+class FiniteFloat(click.ParamType):
+    """A finite float ≥ ``min`` (``nan`` and ``inf`` are refused)."""
+
+    name = "float"
+
+    def __init__(self, min: float = 0.0):
+        self.min = min
+
+    def convert(self, value, param, ctx):
+        try:
+            x = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(x) or x < self.min:
+            self.fail(f"expected a finite number >= {self.min}, got {value!r}", param, ctx)
+        return x
+
+
+def _split_overrides(args: tuple[str, ...]) -> tuple[str, ...]:
+    bad = [a for a in args if "=" not in a]
+    if bad:
+        raise click.BadParameter(f"expected KEY.PATH=VALUE overrides after the spec, got {bad[0]!r}",
+                                 param_hint="OVERRIDES")
+    return args
+
+
 @click.command("train")
 @click.argument("spec", type=click.Path(dir_okay=False))
+@click.argument("overrides", nargs=-1, metavar="[KEY.PATH=VALUE]...")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory.")
 @click.option("--steps", type=click.IntRange(min=1), help="Override [train].steps.")
 @click.option("--data", help="Data plugin, e.g. stdlib, mqar, text:PATH (overrides [train].data).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Override [train].device.")
 @click.option("--seed", type=int, help="Override [train].seed.")
+@click.option("--parallel", type=click.Choice(["ddp", "fsdp"]),
+              help="Data-parallel mode under torchrun (overrides [train].parallel).")
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint exactly.")
+@click.option("--overwrite", is_flag=True, help="Replace a run already in OUT.")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
               help="Option for the data plugin (repeatable).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def train_cmd(spec, out, steps, data, device, seed, resume, options, no_progress):
-    """Train the model of SPEC; TensorBoard logs in OUT/tb, checkpoints in OUT/checkpoint."""
+def train_cmd(spec, overrides, out, steps, data, device, seed, parallel, resume, overwrite, options,
+              no_progress):
+    """Train the model of SPEC; TensorBoard logs in OUT/tb, checkpoints in OUT/checkpoint.
+
+    OVERRIDES change the spec, values parsed as TOML: ``model.dim=256
+    train.lr=1e-3 'model.blocks[0].chunk_size=64'``; the effective spec is saved
+    in OUT/spec.toml. With --resume, SPEC is not read (the run's own spec is).
+    """
+    from ..checkpoint import CheckpointError
+    from ..rundir import RunDirError
     from ..spec import SpecError
     from ..train import Trainer
 
+    overrides = _split_overrides(overrides)
+    if resume and overwrite:
+        raise click.UsageError("--resume and --overwrite exclude each other")
     if not resume and not Path(spec).exists():
         _fail(FileNotFoundError(f"spec file {spec!r} does not exist"))
     try:
         trainer = Trainer(spec, out, steps=steps, data=data, device=device, seed=seed,
-                          resume=resume, progress=not no_progress,
+                          parallel=parallel, resume=resume, overwrite=overwrite,
+                          overrides=overrides, progress=not no_progress,
                           data_options=_parse_options(options) or None, echo=click.echo)
-    except (SpecError, ValueError, FileNotFoundError, RuntimeError) as exc:
+    except (SpecError, CheckpointError, RunDirError, ValueError, FileNotFoundError) as exc:
         _fail(exc)
-    n = sum(p.numel() for p in trainer.model.parameters())
-    click.echo(f"training {trainer.cfg.steps} steps of a {n:,}-parameter model on "
-               f"{trainer.cfg.data!r} ({trainer.cfg.batch_size}x{trainer.cfg.seq_len} tokens/step)"
-               + (f", resuming at step {trainer.step}" if resume else ""))
-    result = trainer.run()
+    with trainer:
+        if trainer.dist.is_main:
+            n = sum(p.numel() for p in trainer.model.parameters())
+            cfg = trainer.cfg
+            accum = f" x {cfg.grad_accum} accumulated" if cfg.grad_accum > 1 else ""
+            click.echo(f"training {cfg.steps} steps of a {n:,}-parameter model on {cfg.data!r} "
+                       f"({cfg.batch_size}x{cfg.seq_len} tokens/step{accum}, {cfg.precision})"
+                       + (f", resuming at step {trainer.step}" if resume else ""))
+        try:
+            result = trainer.run()
+        except FloatingPointError as exc:
+            _fail(RuntimeError(f"training stopped: {exc} (the last checkpoint in "
+                               f"{Path(out) / 'checkpoint'} is intact)"))
+    if not trainer.dist.is_main:
+        return
     summary = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items())
     click.echo(f"step {result.step}: train/loss {result.last_loss:.4f}" + (f", {summary}" if summary else ""))
     click.echo(f"checkpoint: {Path(out) / 'checkpoint'}   TensorBoard: tensorboard --logdir {Path(out) / 'tb'}")
@@ -116,7 +169,7 @@ def eval_cmd(run_dir, task, batches, batch_size, seq_len, stream_chunk, options,
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--prompt", required=True, help="Text to continue (encoded as UTF-8 bytes).")
 @click.option("--tokens", type=click.IntRange(min=1), default=200, help="Tokens to generate.")
-@click.option("--temperature", type=click.FloatRange(min=0.0), default=0.8,
+@click.option("--temperature", type=FiniteFloat(min=0.0), default=0.8,
               help="0 for greedy decoding.")
 @click.option("--top-k", type=click.IntRange(min=0), default=0, help="0: no top-k filtering.")
 @click.option("--seed", type=int, default=0)
@@ -130,18 +183,31 @@ def generate_cmd(run_dir, prompt, tokens, temperature, top_k, seed, device):
         model, spec, _ = load_run(run_dir, device=device)
     except (CheckpointError, ValueError) as exc:
         _fail(exc)
+    vocab = getattr(spec.model.config, "vocab_size", None)
+    if vocab is not None and top_k > vocab:
+        raise click.BadParameter(f"{top_k} is larger than the model's vocabulary ({vocab})",
+                                 param_hint="--top-k")
     click.echo(generate_text(model, prompt, tokens=tokens, temperature=temperature, top_k=top_k,
-                             seed=seed, device=device))
+                             seed=seed, device=device, vocab_size=vocab))
 
 
 def generate_text(model, prompt: str, *, tokens: int, temperature: float = 0.8, top_k: int = 0,
-                  seed: int = 0, device: str = "cpu") -> str:
-    """``prompt`` + ``tokens`` sampled bytes, decoded as UTF-8 (invalid bytes replaced)."""
+                  seed: int = 0, device: str = "cpu", vocab_size: int | None = None) -> str:
+    """``prompt`` + ``tokens`` sampled bytes, decoded as UTF-8 (invalid bytes replaced).
+
+    The prompt's bytes are its UTF-8 encoding; bytes that are not UTF-8 (a
+    command-line argument in another encoding reaches Python as surrogate
+    escapes) are passed through as they are.
+    """
     import torch
 
-    ids = torch.tensor([list(prompt.encode("utf-8"))], dtype=torch.long, device=device)
-    if ids.numel() == 0:
+    data = prompt.encode("utf-8", errors="surrogateescape")
+    if not data:
         raise click.BadParameter("prompt must not be empty", param_hint="--prompt")
+    if vocab_size is not None and max(data) >= vocab_size:
+        raise click.BadParameter(f"the prompt has byte {max(data)}, outside the model's "
+                                 f"vocabulary of {vocab_size} tokens", param_hint="--prompt")
+    ids = torch.tensor([list(data)], dtype=torch.long, device=device)
     gen = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
         out = model.generate(ids, max_new_tokens=tokens, temperature=temperature,

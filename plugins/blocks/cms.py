@@ -51,8 +51,8 @@ class CMS(Block):
 
       so ``θ_ℓ`` changes exactly at multiples of ``C(ℓ)`` and nowhere else.
     * **(a) training frequency** (``train_every``): every slow parameter of level ℓ
-      carries ``param._nl_update_every = C_train(ℓ)``; the trainer steps it only
-      every that many optimizer steps, from the gradients accumulated since.
+      is listed by :meth:`update_every` with ``C_train(ℓ)``; the outer optimizer
+      steps it only every that many steps, from the gradients summed since.
 
     Variants (how levels connect, §7.1):
 
@@ -159,12 +159,16 @@ class CMS(Block):
         self.values = nn.ModuleList(nn.Linear(dim, dim, bias=False) for _ in range(n)) \
             if config.in_context else None
         self.agg = nn.Parameter(torch.full((n,), 1.0 / n)) if config.variant == "independent" else None
+        self._train_every: dict[str, int] = {}  # regime (a): parameter name → C_train(ℓ)
         for i, every in enumerate(config.train_every or (1,) * n):
-            for module in (self.init[i], self.norms[i], *(
-                    (self.keys[i], self.values[i]) if config.in_context else ())):
-                for p in module.parameters():
-                    p._nl_update_every = every  # regime (a), read by the trainer
+            for part in ("init", "norms", *(("keys", "values") if config.in_context else ())):
+                for name, _ in getattr(self, part)[i].named_parameters(prefix=f"{part}.{i}"):
+                    self._train_every[name] = every
         self._last: list = [None] * n
+
+    def update_every(self) -> dict[str, int]:
+        """``train_every`` per slow parameter (CMS regime (a))."""
+        return {k: c for k, c in self._train_every.items() if c != 1}
 
     # ------------------------------------------------------------------ levels
     def _fresh(self, i: int, batch: int) -> BoundaryState:

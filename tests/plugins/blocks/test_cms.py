@@ -109,8 +109,12 @@ def test_without_in_context_learning_it_is_a_chain_of_mlps():
         u = block.norms[i](h)
         h = h + torch.nn.functional.gelu(u @ p["W1"].T) @ p["W2"].T
     assert rel_err(y, h) < 1e-12 and state == [None, None] and block.keys is None
-    assert {p._nl_update_every for p in block.init[1].parameters()} == {4}
-    assert {p._nl_update_every for p in block.norms[0].parameters()} == {1}
+    every = block.update_every()
+    assert {n for n in every} == {n for n, _ in block.init[1].named_parameters(prefix="init.1")} | {
+        n for n, _ in block.norms[1].named_parameters(prefix="norms.1")}
+    assert set(every.values()) == {4}
+    names = dict(block.named_parameters())
+    assert all(n in names for n in every)
 
 
 def test_independent_aggregates_levels_with_learned_weights():
