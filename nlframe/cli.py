@@ -19,17 +19,24 @@ from .runtime import fix_mmap_threshold
 
 
 def _load_registry():
-    """The registry, with plugin load warnings printed as one line each on stderr."""
-    from .registry import PluginLoadWarning, get_registry
+    """The registry, with plugin load warnings printed as one line each on stderr;
+    a registry error (e.g. a plugin name clash) becomes one ``Error:`` line, exit 1."""
+    from .registry import PluginError, PluginLoadWarning, get_registry
 
+    reg = error = None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", PluginLoadWarning)
-        reg = get_registry()
+        try:
+            reg = get_registry()
+        except PluginError as exc:
+            error = exc
     for w in caught:
         if issubclass(w.category, PluginLoadWarning):
             click.echo(f"warning: {w.message}", err=True)
         else:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    if error is not None:
+        raise click.ClickException(str(error))
     return reg
 
 
