@@ -9,6 +9,7 @@ followed by a scan of ``x2`` for any split point.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable
 
 import attrs
@@ -17,7 +18,8 @@ from torch import Tensor
 
 from .interfaces import OptState, Params
 
-__all__ = ["MemoryState", "ContextFlow", "Level", "tree_map"]
+__all__ = ["MemoryState", "ContextFlow", "Level", "tree_map", "autocast_on", "autocast_off",
+           "upcast", "full_precision"]
 
 
 def tree_map(fn: Callable[[Tensor], Any], tree: Any) -> Any:
@@ -29,6 +31,54 @@ def tree_map(fn: Callable[[Tensor], Any], tree: Any) -> Any:
     if isinstance(tree, (list, tuple)):
         return type(tree)(tree_map(fn, v) for v in tree)
     return tree
+
+
+# -- mixed precision ------------------------------------------------------------
+def autocast_on(x: Tensor) -> bool:
+    """Whether ``torch.autocast`` is enabled for the device type of ``x``."""
+    return torch.is_autocast_enabled(x.device.type)
+
+
+def autocast_off(x: Tensor) -> contextlib.AbstractContextManager:
+    """A context with autocast disabled for the device type of ``x`` if it is enabled
+    there (a no-op context otherwise)."""
+    if autocast_on(x):
+        return torch.autocast(x.device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def upcast(tree: Any, dtype: torch.dtype = torch.float32) -> Any:
+    """``tree`` (tensors, dicts, lists, tuples, :class:`MemoryState`) with every floating
+    tensor narrower than ``dtype`` cast to ``dtype``; other leaves unchanged."""
+    def cast(t: Tensor) -> Tensor:
+        if t.is_floating_point() and t.dtype != dtype and torch.promote_types(t.dtype, dtype) == dtype:
+            return t.to(dtype)
+        return t
+
+    if isinstance(tree, MemoryState):
+        return attrs.evolve(tree.map(cast), surprise=tree.surprise)
+    if isinstance(tree, dict):
+        return {k: upcast(v, dtype) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(upcast(v, dtype) for v in tree)
+    return tree_map(cast, tree)
+
+
+def full_precision(fn: Callable[..., Any], *args: Any, dtype: torch.dtype = torch.float32,
+                   device_type: str | None = None, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` in the fast state's precision (docs/concepts.md, Mixed precision).
+
+    When autocast is enabled for ``device_type`` (default: that of the first tensor
+    argument), ``fn`` runs with autocast disabled there and every floating tensor of
+    ``args`` / ``kwargs`` narrower than ``dtype`` upcast to it; otherwise ``fn`` is called
+    unchanged (the fp32 / fp64 path is untouched)."""
+    if device_type is None:
+        first = next((a for a in (*args, *kwargs.values()) if isinstance(a, Tensor)), None)
+        device_type = first.device.type if first is not None else "cpu"
+    if not torch.is_autocast_enabled(device_type):
+        return fn(*args, **kwargs)  # fp32 / fp64 path: nothing is cast
+    with torch.autocast(device_type, enabled=False):
+        return fn(*upcast(args, dtype), **upcast(kwargs, dtype))
 
 
 @attrs.define(eq=False)

@@ -6,15 +6,16 @@ backends that execute the scan contract (docs/concepts.md) are all plugins.
 
 from __future__ import annotations
 
+import functools
 import os
 from numbers import Real
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import Tensor
 
 from .interfaces import Backend, Memory, ScanRequest
-from .level import MemoryState
+from .level import MemoryState, autocast_on, full_precision
 from .registry import get_registry
 
 __all__ = ["memory_scan", "run_scan", "resolve_backend", "make_memory", "make_objective",
@@ -248,6 +249,23 @@ def _describe(r: ScanRequest) -> str:
             f"write={r.write!r}, self_target={r.self_target}")
 
 
+def _state_precision(scan: Callable[..., tuple[Tensor, MemoryState]]):
+    """Under ``torch.autocast`` run ``scan`` in the fast state's precision: autocast off on
+    q's device, and q, k, v, the gates, tensor rule options and the state upcast to the
+    state's dtype (at least float32; docs/concepts.md, Mixed precision). ``y`` and the
+    returned state are in that dtype. Without autocast the call is unchanged."""
+    @functools.wraps(scan)
+    def wrapper(q: Tensor, k: Tensor, v: Tensor, **kwargs: Any) -> tuple[Tensor, MemoryState]:
+        if not (isinstance(q, Tensor) and autocast_on(q)):
+            return scan(q, k, v, **kwargs)
+        state, dtype = kwargs.get("state"), torch.float32
+        if isinstance(state, MemoryState) and state.params:
+            dtype = torch.promote_types(next(iter(state.params.values())).dtype, dtype)
+        return full_precision(scan, q, k, v, dtype=dtype, device_type=q.device.type, **kwargs)
+    return wrapper
+
+
+@_state_precision
 def memory_scan(q: Tensor, k: Tensor, v: Tensor, *, memory: str = "linear", objective: str = "l2",
                 optimizer: str = "momentum", lr: Any = 0.1, decay: Any = 0.0, momentum: Any = 0.0,
                 chunk_size: int = 1, backend: str = "auto", state: MemoryState | None = None,
@@ -322,6 +340,7 @@ def check_modes(read: Any, write: Any, self_target: Any, grad_clip: Any = None) 
         raise ValueError(f"grad_clip must be None or a finite number > 0, got {grad_clip!r}")
 
 
+@_state_precision
 def run_scan(q: Tensor, k: Tensor, v: Tensor, *, memory, objective, rule, names: Mapping[str, str],
              lr: Any = 0.1, decay: Any = 0.0, momentum: Any = 0.0, chunk_size: int = 1,
              backend: str = "auto", state: MemoryState | None = None, read: str = "after_write",

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from nlframe.interfaces import Block
-from nlframe.level import ContextFlow, MemoryState
+from nlframe.level import ContextFlow, MemoryState, autocast_off
 from nlframe.spec import MemoryRef, ObjectiveRef, OptimizerRef, in_range, one_of, plugin_name
 
 from .common import BoundaryLevel, BoundaryState, check_input, make_level, segments, split_at
@@ -198,7 +198,9 @@ class CMS(Block):
             return attrs.evolve(state, extra=extra), surprise
         meta, scale = extra["meta"], level.chunk_size / parent  # mean over the C(parent) context
         grads = {m: g * scale for m, g in extra["meta_grad"].items()}
-        params, opt_state = level.rule.update(grads, meta.opt_state, meta.params, **level.hyper)
+        with autocast_off(next(iter(meta.params.values()))):  # the meta step in fp32
+            params, opt_state = level.rule.update(grads, meta.opt_state, meta.params,
+                                                  **level.hyper)
         meta = attrs.evolve(meta, params=params, opt_state=opt_state)
         fresh = level.init_state(params)  # θ_i ← Φ_i, with a fresh rule state
         fresh.step, fresh.extra = state.step, {"meta": meta, "meta_grad": {}, "meta_position": 0}

@@ -13,10 +13,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nlframe.interfaces import Memory, Objective, OptState, Params, UpdateRule
-from nlframe.level import Level, MemoryState, tree_map
+from nlframe.level import (Level, MemoryState, autocast_off, autocast_on, full_precision,
+                           tree_map, upcast)
 from nlframe.utils import bcast
 
-__all__ = ["make_level", "check_rule_options", "l2norm", "split_heads", "merge_heads", "ShortConv", "HeadGate", "learned_init",
+__all__ = ["make_level", "check_rule_options", "gate_linear", "l2norm", "split_heads", "merge_heads", "ShortConv", "HeadGate", "learned_init",
            "check_input", "BoundaryState", "BoundaryLevel", "segments", "split_at", "map_state"]
 
 
@@ -44,6 +45,14 @@ def check_rule_options(field: str, rule: Any) -> None:
     lr = rule.options.get("lr", 1.0)
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr >= 0 or lr == float("inf"):
         raise ValueError(f"{field}: lr must be a finite number >= 0, got {lr!r}")
+
+
+def gate_linear(layer: nn.Linear, x: Tensor) -> Tensor:
+    """``layer(x)`` for the logits of a gate; under autocast in float32 (a σ or softplus
+    gate near 0 or 1, e.g. a retention of 0.999, is lost in bfloat16's 8-bit mantissa)."""
+    if not autocast_on(x):
+        return layer(x)
+    return full_precision(F.linear, x, layer.weight, layer.bias)
 
 
 def l2norm(x: Tensor, eps: float = 1e-6) -> Tensor:
@@ -111,7 +120,7 @@ class HeadGate(nn.Module):
         nn.init.constant_(self.proj.bias, float(torch.logit(torch.tensor(init))))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.scale * torch.sigmoid(self.proj(x)).transpose(1, 2)  # (B, H, T)
+        return self.scale * torch.sigmoid(gate_linear(self.proj, x)).transpose(1, 2)  # (B, H, T)
 
 
 def learned_init(memory: Memory, heads: int) -> nn.ParameterDict:
@@ -244,9 +253,15 @@ class BoundaryLevel:
         """A fresh state at ``params`` (``(B, H, *shape)``), nothing pending."""
         return BoundaryState(params=dict(params), opt_state=self.rule.init(params))
 
+    @staticmethod
+    def _dtype(state: BoundaryState) -> torch.dtype:
+        """The precision of ``state`` under autocast: its own, at least float32."""
+        return torch.promote_types(next(iter(state.params.values())).dtype, torch.float32)
+
     def read(self, state: BoundaryState, x: Tensor) -> Tensor:
-        """``M_θ(x)`` at the parameters of the last applied boundary."""
-        return self.memory.read(state.params, x)
+        """``M_θ(x)`` at the parameters of the last applied boundary (under autocast in the
+        state's precision, like a scan level's reads)."""
+        return full_precision(self.memory.read, state.params, x, dtype=self._dtype(state))
 
     def append(self, state: BoundaryState, k: Tensor, v: Tensor | None = None, *,
                self_target: Tensor | None = None, weight: Tensor | None = None,
@@ -264,6 +279,8 @@ class BoundaryLevel:
             raise ValueError("append: give exactly one of v and self_target")
         new = {"k": k, "v": v, "self_target": self_target, "weight": weight,
                "retention": retention}
+        if autocast_on(k):  # the carried tokens stay in the state's precision
+            new = upcast(new, self._dtype(state))
         pending = dict(state.pending)
         for name, t in new.items():
             if t is not None:
@@ -275,7 +292,7 @@ class BoundaryLevel:
         """``∂ℓ/∂pred_t (B, H, m, Dv)`` of the pending tokens at θ, without autograd."""
         if not state.pending:
             return None
-        with torch.no_grad():
+        with torch.no_grad(), autocast_off(state.pending["k"]):
             pred, target = self._pred_target(state.params, state.pending)
             return self.objective.grad(pred, target)
 
@@ -298,6 +315,12 @@ class BoundaryLevel:
         receives the chunk's (reduced) gradient when a dict is given."""
         if state.position < self.chunk_size:
             return state, None
+        with autocast_off(state.pending["k"]):  # the write in the state's precision
+            return self._apply(state, collect, hyper)
+
+    def _apply(self, state: BoundaryState, collect: dict | None,
+               hyper: Mapping[str, Any]) -> tuple[BoundaryState, Tensor]:
+        """:meth:`settle` of a completed chunk."""
         pending, scale = state.pending, (1.0 / self.chunk_size if self.reduce == "mean" else 1.0)
         weight = pending.get("weight")
         w = weight * scale if weight is not None else (scale if scale != 1.0 else None)

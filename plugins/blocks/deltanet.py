@@ -14,7 +14,7 @@ from nlframe.interfaces import Block
 from nlframe.level import ContextFlow, Level
 from nlframe.spec import in_range, plugin_name, positive_int
 
-from .common import HeadGate, check_input, l2norm, merge_heads
+from .common import HeadGate, check_input, gate_linear, l2norm, merge_heads
 from .heads import QKVHeads, check_heads
 
 
@@ -81,7 +81,7 @@ class DeltaNet(QKVHeads, Block):
         lr = self.lr(x)  # θ_t (B, H, T)
         decay: Any = 0.0
         if self.decay is not None:  # α_t = 1 − exp(−softplus(u·x + c))   (B, H, T)
-            decay = -torch.expm1(-F.softplus(self.decay(x))).transpose(1, 2)
+            decay = -torch.expm1(-F.softplus(gate_linear(self.decay, x))).transpose(1, 2)
         mem = state.get("memory")
         if mem is None:
             mem = self.level.init_state(batch=x.shape[0], heads=self.heads, dtype=x.dtype,

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from nlframe.interfaces import Block
-from nlframe.level import ContextFlow
+from nlframe.level import ContextFlow, MemoryState, full_precision
 from nlframe.spec import (MemoryRef, ObjectiveRef, OptimizerRef, in_range, one_of, plugin_name,
                           positive_int)
 
@@ -167,17 +167,39 @@ class SelfModTitans(Block):
 
     def forward(self, x: Tensor, state: dict | None = None) -> tuple[Tensor, dict]:  # type: ignore[override]
         check_input("self-mod-titans", x, self.dim)
-        cfg, B, P, H = self.config, x.shape[0], len(self.names), self.heads
+        cfg, H = self.config, self.heads
         state = dict(state) if state is not None else self._fresh(x)
         conv = state["conv"]
         if self.conv is not None:
             x, conv = self.conv(x, conv)
         proj, mem, T = state["proj"], state["memory"], x.shape[1]
-        # 1) projection memories, chunk by chunk: read every M_□ at its chunk start (eq. 90),
-        #    then write the chunk token by token with DGD (eq. 91)
+        # 1) projection memories (under autocast in float32: a fast-weight inner loop)
+        dtype = torch.promote_types(next(iter(proj.params.values())).dtype, torch.float32)
+        outs, (k, v, eta, alpha), s_proj, proj = full_precision(self._project, x, proj,
+                                                                dtype=dtype)
+        q = torch.cat(outs, 2).unbind(1)[4] if cfg.adaptive_q else self.q(x)  # (B, T, dim)
+        # 2) main memory: one scan with keys, values and gates known for the whole sequence
+        qh, kh, vh = l2norm(split_heads(q, H)), l2norm(split_heads(k, H)), split_heads(v, H)
+        flow = ContextFlow(qh, kh, vh, lr=cfg.lr_max * eta, decay=1.0 - alpha,
+                           momentum=cfg.momentum)
+        y, mem = self.level.scan(flow, mem)
+        self._surprise = {}
+        if T:
+            sp = (torch.stack(s_proj).sum(0) / T).mean(0)  # (P,)
+            self._surprise = {f"proj_{nm}": sp[i] for i, nm in enumerate(self.names)}
+            self._surprise["memory"] = mem.surprise.mean()
+        y = self.out(merge_heads(self.out_norm(y)))
+        return y, {"proj": proj, "memory": mem, "conv": conv}
+
+    def _project(self, x: Tensor, proj: MemoryState) -> tuple[list, tuple, list, MemoryState]:
+        """The projection memories over ``x (B, T, dim)``, chunk by chunk: read every M_□ at
+        its chunk start (eq. 90), then write the chunk token by token (DGD, eq. 91). Returns
+        the reads (per chunk, ``(B, P, n, dim)``), ``k, v (B, T, dim)``, ``η, α (B, H, T)``,
+        the chunks' surprise sums and the new state."""
+        cfg, B, P = self.config, x.shape[0], len(self.names)
         outs, gates, s_proj = [], [], []
         xs = l2norm(x)[:, None]  # (B, 1, T, dim) unit-norm inputs (NL eq. 57)
-        cuts = segments(proj.step, T, (cfg.proj_chunk_size,))
+        cuts = segments(proj.step, x.shape[1], (cfg.proj_chunk_size,))
         for (lo, hi), xc in zip(cuts, split_at(xs, cuts)):
             n = hi - lo
             out = self.proj_memory.read(self.proj.read_point(proj), xc.expand(B, P, n, self.dim))
@@ -194,20 +216,8 @@ class SelfModTitans(Block):
             outs = [xs.new_zeros(B, P, 0, self.dim)]
             gates = [self._gates(outs[0])]
         # k, v (B, T, dim); η, α (B, H, T), as computed per chunk above
-        k, v, eta, alpha = (torch.cat(g, d) for g, d in zip(zip(*gates), (1, 1, 2, 2)))
-        q = torch.cat(outs, 2).unbind(1)[4] if cfg.adaptive_q else self.q(x)  # (B, T, dim)
-        # 2) main memory: one scan with keys, values and gates known for the whole sequence
-        qh, kh, vh = l2norm(split_heads(q, H)), l2norm(split_heads(k, H)), split_heads(v, H)
-        flow = ContextFlow(qh, kh, vh, lr=cfg.lr_max * eta, decay=1.0 - alpha,
-                           momentum=cfg.momentum)
-        y, mem = self.level.scan(flow, mem)
-        self._surprise = {}
-        if T:
-            sp = (torch.stack(s_proj).sum(0) / T).mean(0)  # (P,)
-            self._surprise = {f"proj_{nm}": sp[i] for i, nm in enumerate(self.names)}
-            self._surprise["memory"] = mem.surprise.mean()
-        y = self.out(merge_heads(self.out_norm(y)))
-        return y, {"proj": proj, "memory": mem, "conv": conv}
+        kv_gates = tuple(torch.cat(g, d) for g, d in zip(zip(*gates), (1, 1, 2, 2)))
+        return outs, kv_gates, s_proj, proj
 
     def _gates(self, out: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``k, v (B, n, dim)`` and per-head ``η_t``, ``α_t (B, H, n)`` from the reads of
