@@ -299,6 +299,10 @@ class DataSource(abc.ABC):
     """
 
     vocab_size: int
+    eval_defaults: ClassVar[dict[str, int]] = {}
+    """What ``nlframe eval --task NAME`` uses where no flag is given, before the
+    run's own ``[train]`` values: any of ``batch_size``, ``seq_len``, ``batches``,
+    ``stream_chunk`` (e.g. a retrieval task longer than the training windows)."""
 
     @abc.abstractmethod
     def batch(self, split: str, index: int, *, batch_size: int, seq_len: int,

@@ -132,7 +132,7 @@ def train_cmd(spec, overrides, out, steps, data, device, seed, parallel, resume,
 @click.option("--stream-chunk", type=click.IntRange(min=1), default=None,
               help="Feed sequences in pieces of this many tokens, carrying the fast state.")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
-              help="Option for the task (repeatable), e.g. length=1000000.")
+              help="Option for the task (repeatable), e.g. --task niah --option digits=7.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def eval_cmd(run_dir, task, batches, batch_size, seq_len, stream_chunk, options, device, as_json):
@@ -151,9 +151,12 @@ def eval_cmd(run_dir, task, batches, batch_size, seq_len, stream_chunk, options,
         if vocab is not None and data.vocab_size > vocab:
             raise ValueError(f"vocabulary mismatch: task {name!r} has {data.vocab_size} tokens "
                              f"but the model's vocab_size is {vocab}")
-        metrics = data.evaluate(model, device=device, batch_size=batch_size or cfg.batch_size,
-                                seq_len=seq_len or cfg.seq_len, batches=batches or cfg.eval_batches,
-                                seed=cfg.seed, stream_chunk=stream_chunk)
+        d = data.eval_defaults if task else {}
+        metrics = data.evaluate(
+            model, device=device, batch_size=batch_size or d.get("batch_size", cfg.batch_size),
+            seq_len=seq_len or d.get("seq_len", cfg.seq_len),
+            batches=batches or d.get("batches", cfg.eval_batches), seed=cfg.seed,
+            stream_chunk=stream_chunk or d.get("stream_chunk"))
     except (CheckpointError, ValueError, FileNotFoundError) as exc:
         _fail(exc)
     result = {"run": str(run_dir), "task": name, "step": ckpt["meta"].get("step"),

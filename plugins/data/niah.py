@@ -46,6 +46,7 @@ class NIAH(DataSource):
     """Passkey retrieval: read ``digits`` digits hidden at ``depth`` in ``T`` bytes of filler."""
 
     vocab_size = 256
+    eval_defaults = {"seq_len": 1024, "batch_size": 4, "batches": 4, "stream_chunk": 256}
 
     def __init__(self, arg: Any = None, *, digits: int = 5, depth: float | None = None,
                  filler: str = "pattern") -> None:
