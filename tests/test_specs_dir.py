@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,12 @@ import torch
 
 import nlframe
 from nlframe.build import count_parameters
-from nlframe.spec import load_spec
+from nlframe.spec import dump_spec, load_spec, spec_to_dict
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 SPECS = sorted((Path(__file__).resolve().parents[1] / "specs").glob("*.toml"))
 SMALL = [p for p in SPECS if p.stem != "hope-small"]
@@ -50,3 +56,16 @@ def test_hope_small_builds_and_runs_forward():
     with torch.no_grad():
         logits, _ = model(torch.randint(0, 256, (1, 64)))
     assert logits.shape == (1, 64, 256) and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("path", SPECS, ids=lambda p: p.stem)
+def test_dump_spec_round_trips(path):
+    """``tomli_w`` output reads back to the same spec; blocks with sub-tables are
+    written as ``[[model.blocks]]`` sections, short ones may be inline."""
+    spec = load_spec(path)
+    text = dump_spec(spec)
+    assert load_spec(text) == spec
+    assert tomllib.loads(text) == spec_to_dict(spec)
+    blocks = spec_to_dict(spec)["model"]["blocks"]
+    if any(isinstance(v, dict) for b in blocks for v in b.values()):
+        assert text.count("[[model.blocks]]") == len(blocks)
