@@ -501,7 +501,9 @@ def files(tmp_path):
 def test_cli_validate_ok(files):
     result = CliRunner().invoke(main, ["validate", str(files / "good.toml")])
     n = count_parameters(VALID)
-    assert result.exit_code == 0 and result.stdout == f"ok {files / 'good.toml'} ({n:,} parameters)\n"
+    assert result.exit_code == 0, result.output
+    assert re.fullmatch(rf"ok {re.escape(str(files / 'good.toml'))} \({n:,} parameters, "
+                        r"~[0-9.e-]+ GB to train at 8x128\)\n", result.stdout), result.stdout
 
 
 def test_cli_validate_errors_one_line_each(files):
@@ -528,7 +530,8 @@ def test_cli_spec_show(files):
     result = CliRunner().invoke(main, ["spec", "show", str(files / "good.toml")])
     assert result.exit_code == 0
     first, rest = result.stdout.split("\n", 1)
-    assert first == f"# {files / 'good.toml'}: {count_parameters(VALID):,} parameters"
+    assert first.startswith(f"# {files / 'good.toml'}: {count_parameters(VALID):,} parameters, ~")
+    assert first.endswith(" GB to train at 8x128")
     shown = tomllib.loads(rest)
     assert shown["model"]["norm"] == "rmsnorm" and shown["train"]["steps"] == 300  # defaults filled
     assert load_spec(rest) == load_spec(VALID)

@@ -1,61 +1,103 @@
-"""``nlframe validate SPEC...`` and ``nlframe spec show SPEC``.
+"""``nlframe validate SPEC... [KEY.PATH=VALUE...]`` and ``nlframe spec show SPEC [KEY.PATH=VALUE...]``.
 
+Arguments containing ``=`` (that are not existing files) are overrides applied
+to every spec (``model.dim=256``, ``model.blocks[0].heads=4``, ``train.lr=1e-3``).
 Spec problems are reported as one line per error, ``FILE: key.path: message``,
 on stderr with exit status 2 — never a traceback.
 """
 
 from __future__ import annotations
 
+import os
+
 import click
 
 EXIT_INVALID = 2
 
 
-def _load(path: str):
+def _split(args: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """``(spec files, overrides)``: an argument with ``=`` that is not a file is an override."""
+    specs, overrides = [], []
+    for arg in args:
+        (overrides if "=" in arg and not os.path.isfile(arg) else specs).append(arg)
+    if not specs:
+        raise click.UsageError("give at least one spec file (KEY.PATH=VALUE arguments are "
+                               "overrides)")
+    return specs, overrides
+
+
+def _load(path: str, overrides: list[str]):
     """``(spec, None)`` or ``(None, [error lines])`` for the spec file ``path``."""
     from ..spec import SpecError, load_spec
 
     try:
-        return load_spec(path), None
+        return load_spec(path, overrides=overrides), None
     except SpecError as exc:
         return None, exc.lines(f"{path}: ")
     except (OSError, UnicodeDecodeError) as exc:
         return None, [f"{path}: {exc}"]
 
 
-def _count(spec, path: str) -> tuple[int | None, str | None]:
-    """Parameter count, or an error line when a (valid) spec fails to build."""
-    from ..build import count_parameters
+def _estimate(spec, path: str) -> tuple[dict | None, str | None]:
+    """:func:`~nlframe.build.estimate_training_memory`, or an error line when a
+    (valid) spec fails to build."""
+    from ..build import estimate_training_memory
 
     try:
-        return count_parameters(spec), None
+        return estimate_training_memory(spec), None
     except Exception as exc:  # noqa: BLE001 - a plugin bug must still not print a traceback
         return None, f"{path}: building the model failed: {type(exc).__name__}: {exc}"
 
 
+def _gb(n: int) -> str:
+    x = n / 1e9
+    return f"{x:,.0f}" if x >= 10 else f"{x:.1f}" if x >= 1 else f"{x:.2g}"
+
+
+def _summary(est: dict) -> str:
+    return (f"{est['parameters']:,} parameters, ~{_gb(est['total_bytes'])} GB to train at "
+            f"{est['batch_size']}x{est['seq_len']}")
+
+
+def _too_large(spec, est: dict, path: str) -> str | None:
+    """An error line when the estimate exceeds the memory of this machine."""
+    from ..build import machine_memory
+
+    limit, where = machine_memory(spec.train.device)
+    if limit is None or est["total_bytes"] <= limit:
+        return None
+    return (f"{path}: too large to train here: ~{_gb(est['total_bytes'])} GB at "
+            f"{est['batch_size']}x{est['seq_len']} ({est['parameters']:,} parameters), "
+            f"this machine has {_gb(limit)} GB ({where})")
+
+
 @click.command("validate")
-@click.argument("specs", nargs=-1, required=True, type=click.Path(dir_okay=False))
-def validate(specs: tuple[str, ...]) -> None:
+@click.argument("args", nargs=-1, required=True, metavar="SPEC... [KEY.PATH=VALUE]...")
+def validate(args: tuple[str, ...]) -> None:
     """Check spec files without training: every key, type, plugin name and
-    combination. Prints ``ok SPEC (N parameters)`` per valid file; exit 2 if any
-    is invalid."""
+    combination, and whether training fits in this machine's memory. Prints
+    ``ok SPEC (N parameters, ~X GB to train at BxT)`` per valid file; exit 2 if
+    any is invalid or too large. KEY.PATH=VALUE arguments override values of
+    every spec (``model.dim=256``)."""
     from ..cli import _load_registry
 
     _load_registry()
+    specs, overrides = _split(args)
     failed = False
     for path in specs:
-        spec, errors = _load(path)
+        spec, errors = _load(path, overrides)
+        if not errors:
+            est, error = _estimate(spec, path)
+            errors = [error] if error else []
+            if est is not None:
+                too_large = _too_large(spec, est, path)
+                errors = [too_large] if too_large else []
         if errors:
             failed = True
             for line in errors:
                 click.echo(line, err=True)
             continue
-        n, error = _count(spec, path)
-        if error:
-            failed = True
-            click.echo(error, err=True)
-            continue
-        click.echo(f"ok {path} ({n:,} parameters)")
+        click.echo(f"ok {path} ({_summary(est)})")
     if failed:
         raise SystemExit(EXIT_INVALID)
 
@@ -67,23 +109,26 @@ def spec_group() -> None:
 
 @spec_group.command("show")
 @click.argument("path", type=click.Path(dir_okay=False))
-def show(path: str) -> None:
-    """Print the resolved spec (every default filled in) as TOML, with its
-    parameter count."""
+@click.argument("overrides", nargs=-1, metavar="[KEY.PATH=VALUE]...")
+def show(path: str, overrides: tuple[str, ...]) -> None:
+    """Print the resolved spec (every default filled in, overrides applied) as
+    TOML, after a comment with its parameter count and training-memory estimate."""
     from ..cli import _load_registry
     from ..spec import dump_spec
 
     _load_registry()
-    spec, errors = _load(path)
+    spec, errors = _load(path, list(overrides))
+    est = None
+    if not errors:
+        est, error = _estimate(spec, path)
+        errors = [error] if error else []
     if errors:
         for line in errors:
             click.echo(line, err=True)
         raise SystemExit(EXIT_INVALID)
-    n, error = _count(spec, path)
-    if error:
-        click.echo(error, err=True)
-        raise SystemExit(EXIT_INVALID)
-    click.echo(f"# {path}: {n:,} parameters")
+    click.echo(f"# {path}: {_summary(est)}")
+    if overrides:
+        click.echo(f"# overrides: {' '.join(overrides)}")
     click.echo(dump_spec(spec), nl=False)
 
 
