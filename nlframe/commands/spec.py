@@ -88,10 +88,8 @@ def validate(args: tuple[str, ...]) -> None:
         spec, errors = _load(path, overrides)
         if not errors:
             est, error = _estimate(spec, path)
+            error = error or _too_large(spec, est, path)
             errors = [error] if error else []
-            if est is not None:
-                too_large = _too_large(spec, est, path)
-                errors = [too_large] if too_large else []
         if errors:
             failed = True
             for line in errors:
