@@ -141,8 +141,8 @@ def _count(block: BlockSpec, dim: int) -> tuple[int, int]:
             continue
         u, um = _count(child, dim)
         if child.repeat > 1:
-            twice = _evolve_children(base, lambda n, i, c: attrs.evolve(c, repeat=2)
-                                     if (n, i) == (name, index) else c)
+            twice = _evolve_children(base, lambda n, i, c, at=(name, index): attrs.evolve(
+                c, repeat=2) if (n, i) == at else c)
             exact += (child.repeat - 1) * (_numel(twice, dim) - minimal)
         exact += child.repeat * (u - um)
     return exact, minimal
