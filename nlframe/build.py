@@ -18,7 +18,7 @@ from .spec import BlockSpec, Spec, load_spec
 from .spec.convert import child_blocks
 
 __all__ = ["build", "build_block", "build_blocks", "count_parameters",
-           "estimate_training_memory", "machine_memory"]
+           "estimate_training_memory", "machine_memory", "too_large"]
 
 
 def build_block(block: BlockSpec, dim: int) -> nn.Module:
@@ -254,3 +254,22 @@ def machine_memory(device: str = "cpu") -> tuple[int | None, str]:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "RAM"
     except (AttributeError, ValueError, OSError):  # pragma: no cover - not POSIX
         return None, "RAM"
+
+
+def gb_text(n: int) -> str:
+    """Bytes as a short GB figure (``12``, ``3.4``, ``0.051``)."""
+    x = n / 1e9
+    return f"{x:,.0f}" if x >= 10 else f"{x:.1f}" if x >= 1 else f"{x:.2g}"
+
+
+def too_large(spec: Any, estimate: dict[str, int] | None = None) -> str | None:
+    """Why training ``spec`` cannot fit this machine (its
+    :func:`estimate_training_memory` exceeds :func:`machine_memory`), or ``None``.
+    The estimate is a lower bound, so this refuses only what surely does not fit."""
+    est = estimate or estimate_training_memory(spec)
+    limit, where = machine_memory(spec.train.device)
+    if limit is None or est["total_bytes"] <= limit:
+        return None
+    return (f"too large to train here: ~{gb_text(est['total_bytes'])} GB at "
+            f"{est['batch_size']}x{est['seq_len']} ({est['parameters']:,} parameters), "
+            f"this machine has {gb_text(limit)} GB ({where})")

@@ -115,6 +115,10 @@ class Distributed:
         from torch.distributed.checkpoint.state_dict import (StateDictOptions,
                                                              set_optimizer_state_dict)
 
+        for o in optimizers:  # a complete local state to load into (no dummy step)
+            init = getattr(o, "init_state", None)
+            if init is not None:
+                init()
         set_optimizer_state_dict(model, optimizers, state,
                                  options=StateDictOptions(full_state_dict=True))
 

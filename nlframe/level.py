@@ -18,8 +18,29 @@ from torch import Tensor
 
 from .interfaces import OptState, Params
 
+
 __all__ = ["MemoryState", "ContextFlow", "Level", "tree_map", "autocast_on", "autocast_off",
-           "upcast", "full_precision"]
+           "upcast", "full_precision", "compilable"]
+
+
+def compilable(cls: type) -> type:
+    """Class decorator for attrs classes built inside a compiled forward pass.
+
+    ``torch.compile`` inlines an attrs-generated ``__init__`` but looks the helper
+    names it uses (``NOTHING``, ``__attr_factory_<field>``) up as globals of the
+    module the class is defined in, where attrs never put them; this puts them
+    there (refusing a clash of two different helpers under one name).
+    """
+    import sys
+
+    module = sys.modules[cls.__module__]
+    for name, value in cls.__init__.__globals__.items():
+        if name == "NOTHING" or name.startswith("__attr_"):
+            if getattr(module, name, value) is not value:
+                raise TypeError(f"{cls.__qualname__}: attrs helper {name!r} clashes with another "
+                                f"class of {cls.__module__}")
+            setattr(module, name, value)
+    return cls
 
 
 def tree_map(fn: Callable[[Tensor], Any], tree: Any) -> Any:
@@ -81,6 +102,7 @@ def full_precision(fn: Callable[..., Any], *args: Any, dtype: torch.dtype = torc
         return fn(*upcast(args, dtype), **upcast(kwargs, dtype))
 
 
+@compilable
 @attrs.define(eq=False)
 class MemoryState:
     """Fast state of one level, per (batch element, head).
@@ -162,7 +184,8 @@ class MemoryState:
                    pending=dict(d.get("pending", {})))
 
 
-@attrs.frozen
+@compilable
+@attrs.define(eq=False)
 class ContextFlow:
     """The stream one level learns from in one call: queries, keys, values and gates.
 
@@ -240,9 +263,13 @@ class Level:
         return initial_state(self.memory, self.rule, batch=batch, heads=heads, params=params,
                              chunk_size=self.chunk_size, dtype=dtype, device=device)
 
+    @torch.compiler.disable
     def scan(self, flow: ContextFlow, state: MemoryState | None = None, *,
              outputs: bool = True) -> tuple[Tensor, MemoryState]:
-        """``y, state`` of the scan contract over ``flow`` from ``state``."""
+        """``y, state`` of the scan contract over ``flow`` from ``state``.
+
+        An outer ``torch.compile`` (``[train] compile = true``) compiles the code
+        around the scan and runs the scan itself eagerly, through its backend."""
         from .scan import run_scan
 
         return run_scan(flow.q, flow.k, flow.v, memory=self.memory, objective=self.objective,

@@ -150,6 +150,8 @@ class Optimizer(torch.optim.Optimizer):
         group = self.param_groups[-1]
         index = len(self.param_groups) - 1
         self._check_group(index, group)
+        if group.get("update_every", 1) != 1:
+            group.setdefault("update_every_calls", 0)
         for i, p in enumerate(group["params"]):
             try:  # shape policies of the rule (e.g. muon and 1-D params), without allocating
                 self._init({self._name(group, index, i): torch.empty_like(p, device="meta")},
@@ -158,6 +160,18 @@ class Optimizer(torch.optim.Optimizer):
                 raise
             except Exception:  # noqa: BLE001 - a rule that cannot init on "meta" is checked later
                 pass
+
+    @torch.no_grad()
+    def init_state(self) -> None:
+        """Create every parameter's state now (the rule's ``init``; a zero gradient sum
+        in ``update_every`` groups) instead of at its first step — e.g. so that
+        ``torch.distributed.checkpoint`` finds a complete state to load into."""
+        for index, group in enumerate(self.param_groups):
+            hyper = self._hyper(group)
+            for i, p in enumerate(group["params"]):
+                st = self._state_of(p, self._name(group, index, i), hyper)
+                if group.get("update_every", 1) != 1 and _ACCUM not in st:
+                    st[_ACCUM] = torch.zeros_like(p)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's ``load_state_dict``, then the empty slots of the rule state put back

@@ -130,12 +130,11 @@ class Trainer:
         ckpt = None
         if resume:
             ckpt = load_checkpoint(out)
-            spec = load_spec(ckpt["spec_toml"], overrides=overrides) if overrides else load_spec(
-                ckpt["spec_toml"])
+            spec = load_spec(ckpt["spec_toml"], overrides=overrides)
             if data_options is None:  # resume with the data options the run started with
                 data_options = ckpt["trainer"].get("data_options")
         else:
-            spec = load_spec(spec, overrides=overrides) if overrides else load_spec(spec)
+            spec = load_spec(spec, overrides=overrides)
         flags = {k: v for k, v in dict(steps=steps, data=data, device=device, seed=seed,
                                        parallel=parallel).items() if v is not None}
         self.cfg: TrainConfig = attrs.evolve(spec.train, **flags)
@@ -157,6 +156,11 @@ class Trainer:
         if self.cfg.batch_size % self.dist.world:
             raise ValueError(f"batch_size {self.cfg.batch_size} is not divisible by the "
                              f"{self.dist.world} distributed processes")
+        from .build import too_large
+
+        message = too_large(self.spec)  # counted on the meta device: nothing allocated
+        if message:
+            raise ValueError(message)
         # the run directory is claimed before anything expensive happens
         self.run_dir.open(resume=resume, overwrite=overwrite, lock=self.dist.is_main)
         self.device = self.dist.device(self.cfg.device)

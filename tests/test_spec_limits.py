@@ -13,9 +13,8 @@ import torch
 from click.testing import CliRunner
 
 import nlframe
-from nlframe.build import count_parameters, estimate_training_memory, machine_memory
+from nlframe.build import count_parameters, estimate_training_memory, gb_text, machine_memory
 from nlframe.cli import main
-from nlframe.commands.spec import _gb
 from nlframe.spec import MAX_DEPTH, SpecError, load_spec
 
 BUILD = sys.modules["nlframe.build"]  # the module; nlframe.build is the function
@@ -199,7 +198,7 @@ def test_cli_validate_refuses_a_spec_too_large_for_the_machine(tmp_path):
     limit = machine_memory("cpu")[0]
     assert line.startswith(f"{path}: too large to train here: ~")
     assert f" GB at 8x128 ({n:,} parameters), this machine has " in line
-    assert line.endswith(f", this machine has {_gb(limit)} GB (RAM)")
+    assert line.endswith(f", this machine has {gb_text(limit)} GB (RAM)")
 
 
 def test_cli_validate_compares_with_the_machine_memory(tmp_path, monkeypatch):

@@ -49,26 +49,19 @@ def _estimate(spec, path: str) -> tuple[dict | None, str | None]:
         return None, f"{path}: building the model failed: {type(exc).__name__}: {exc}"
 
 
-def _gb(n: int) -> str:
-    x = n / 1e9
-    return f"{x:,.0f}" if x >= 10 else f"{x:.1f}" if x >= 1 else f"{x:.2g}"
-
-
 def _summary(est: dict) -> str:
-    return (f"{est['parameters']:,} parameters, ~{_gb(est['total_bytes'])} GB to train at "
+    from ..build import gb_text
+
+    return (f"{est['parameters']:,} parameters, ~{gb_text(est['total_bytes'])} GB to train at "
             f"{est['batch_size']}x{est['seq_len']}")
 
 
 def _too_large(spec, est: dict, path: str) -> str | None:
     """An error line when the estimate exceeds the memory of this machine."""
-    from ..build import machine_memory
+    from ..build import too_large
 
-    limit, where = machine_memory(spec.train.device)
-    if limit is None or est["total_bytes"] <= limit:
-        return None
-    return (f"{path}: too large to train here: ~{_gb(est['total_bytes'])} GB at "
-            f"{est['batch_size']}x{est['seq_len']} ({est['parameters']:,} parameters), "
-            f"this machine has {_gb(limit)} GB ({where})")
+    message = too_large(spec, est)
+    return f"{path}: {message}" if message else None
 
 
 @click.command("validate")

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nlframe.interfaces import Memory, Objective, OptState, Params, UpdateRule
-from nlframe.level import (Level, MemoryState, autocast_off, autocast_on, full_precision,
+from nlframe.level import (Level, MemoryState, compilable, autocast_off, autocast_on, full_precision,
                            tree_map, upcast)
 from nlframe.utils import bcast
 
@@ -167,6 +167,7 @@ def map_state(fn: Callable[[Tensor], Tensor], tree: Any) -> Any:
     return tree_map(fn, tree)
 
 
+@compilable
 @attrs.define(eq=False)
 class BoundaryState:
     """Fast state of a boundary level, per (batch element, head).
