@@ -46,11 +46,22 @@ class Distributed:
         import torch.distributed as dist
 
         if not dist.is_available():
-            raise RuntimeError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
+            raise ValueError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if device.startswith("cuda"):
+            if not torch.cuda.is_available():
+                raise ValueError(f"device {device!r} requested but CUDA is not available")
+            if local_rank >= torch.cuda.device_count():
+                raise ValueError(f"local rank {local_rank} has no GPU: this machine has "
+                                 f"{torch.cuda.device_count()}; start at most that many "
+                                 "processes per node (torchrun --nproc_per_node)")
+        elif device != "cpu":
+            raise ValueError(f"distributed training runs on cpu (gloo) or cuda (NCCL), not on "
+                             f"{device!r}")
         owns = not dist.is_initialized()
         if owns:
             dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-        return cls(dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0")), mode, owns)
+        return cls(dist.get_rank(), world, local_rank, mode, owns)
 
     @property
     def is_main(self) -> bool:

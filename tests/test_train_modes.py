@@ -294,3 +294,17 @@ def test_a_spec_that_cannot_fit_is_refused_before_building(tmp_path):
                                   "--out", str(tmp_path / "run")])
     assert r.exit_code != 0 and "too large to train here" in r.output, r.output
     assert not (tmp_path / "run").exists()
+
+
+def test_what_cannot_run_distributed_fails_before_joining(monkeypatch):
+    from nlframe.distributed import Distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(ValueError, match="cpu \\(gloo\\) or cuda"):
+        Distributed.from_env("mps")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            Distributed.from_env("cuda")
+    with pytest.raises(ValueError, match="parallel: expected one of ddp, fsdp"):
+        Distributed(mode="zero3")

@@ -89,6 +89,9 @@ def train_cmd(spec, overrides, out, steps, data, device, seed, parallel, resume,
     from ..spec import SpecError
     from ..train import Trainer
 
+    from ..cli import _load_registry
+
+    _load_registry()  # plugin warnings as one line each, a clash as one error
     overrides = _split_overrides(overrides)
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite exclude each other")
@@ -139,9 +142,11 @@ def eval_cmd(run_dir, task, batches, batch_size, seq_len, stream_chunk, options,
     """Evaluate the checkpoint in RUN_DIR: bits/byte and perplexity on the validation split,
     or a task's metric."""
     from ..checkpoint import CheckpointError
+    from ..cli import _load_registry
     from ..datasets import open_data
     from ..train import load_run
 
+    _load_registry()
     try:
         model, spec, ckpt = load_run(run_dir, device=device)
         cfg = spec.train
@@ -180,8 +185,10 @@ def eval_cmd(run_dir, task, batches, batch_size, seq_len, stream_chunk, options,
 def generate_cmd(run_dir, prompt, tokens, temperature, top_k, seed, device):
     """Continue PROMPT with the model in RUN_DIR (byte-level models print text)."""
     from ..checkpoint import CheckpointError
+    from ..cli import _load_registry
     from ..train import load_run
 
+    _load_registry()
     try:
         model, spec, _ = load_run(run_dir, device=device)
     except (CheckpointError, ValueError) as exc:
