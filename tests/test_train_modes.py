@@ -18,6 +18,21 @@ from nlframe.train import Trainer, train
 
 from .test_train import losses
 
+TRAIN = """
+[train]
+steps = {steps}
+batch_size = 2
+seq_len = 32
+lr = 0.003
+warmup_steps = 0
+schedule = "constant"
+log_every = 1
+eval_every = 1000
+eval_batches = 1
+checkpoint_every = 3
+{extra}
+"""
+
 HOPE = """
 [model]
 vocab_size = 256
@@ -37,20 +52,7 @@ rule = {{ type = "dgd", lr = 1.0 }}
 [model.blocks.cms]
 chunk_sizes = [4, 8]
 memory = {{ type = "mlp", hidden = 32 }}
-
-[train]
-steps = {steps}
-batch_size = 2
-seq_len = 32
-lr = 0.003
-warmup_steps = 0
-schedule = "constant"
-log_every = 1
-eval_every = 1000
-eval_batches = 1
-checkpoint_every = 3
-{extra}
-"""
+""" + TRAIN
 
 TITANS = """
 [model]
@@ -67,20 +69,7 @@ memory = {{ type = "mlp", hidden = 32 }}
 
 [[model.blocks]]
 type = "mlp"
-
-[train]
-steps = {steps}
-batch_size = 2
-seq_len = 32
-lr = 0.003
-warmup_steps = 0
-schedule = "constant"
-log_every = 1
-eval_every = 1000
-eval_batches = 1
-checkpoint_every = 3
-{extra}
-"""
+""" + TRAIN
 
 
 def write(tmp_path, template, name="spec.toml", steps=4, extra=""):
