@@ -165,13 +165,14 @@ class Distributed:
 
             dist.barrier()
 
-    def close(self) -> None:
-        """Leave the job: wait for every rank, then destroy the process group this
-        object created (exiting with it alive can abort gloo's threads)."""
+    def close(self, wait: bool = True) -> None:
+        """Leave the job: wait for every rank (when ``wait``), then destroy the process
+        group this object created (exiting with it alive can abort gloo's threads)."""
         if self.world > 1 and self._owns_group:
             import torch.distributed as dist
 
             if dist.is_initialized():
-                dist.barrier()
+                if wait:
+                    dist.barrier()
                 dist.destroy_process_group()
             self._owns_group = False

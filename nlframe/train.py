@@ -148,7 +148,8 @@ class Trainer:
         try:
             self._setup(ckpt, resume, overwrite, data_options, build)
         except BaseException:
-            self.close()
+            self.run_dir.close()
+            self.dist.close(wait=False)  # the other ranks may not get this far
             raise
 
     def _setup(self, ckpt: dict[str, Any] | None, resume: bool, overwrite: bool,
