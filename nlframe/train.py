@@ -177,7 +177,10 @@ class Trainer:
         vocab = getattr(self.spec.model.config, "vocab_size", None)
         if vocab is not None and self.data.vocab_size > vocab:
             raise ValueError(f"vocabulary mismatch: data {self.cfg.data!r} has {self.data.vocab_size}"
-                             f" tokens but the model's vocab_size is {vocab}")
+                             f" tokens but the model's vocab_size is {vocab}; set "
+                             f"model.vocab_size={self.data.vocab_size} (e.g. as an override "
+                             f"after the spec: nlframe train SPEC model.vocab_size="
+                             f"{self.data.vocab_size} ...)")
         self.forward = self.dist.wrap(self.model)
         if self.cfg.compile:
             self.forward = torch.compile(self.forward)
@@ -200,6 +203,8 @@ class Trainer:
             if self.precision.scaler is not None and st.get("scaler"):
                 self.precision.scaler.load_state_dict(st["scaler"])
             torch.set_rng_state(st["rng"]["torch"])
+            if self.device.type == "cuda" and st["rng"].get("cuda") is not None:
+                torch.cuda.set_rng_state(st["rng"]["cuda"], self.device)
             version, internal, gauss = st["rng"]["python"]
             random.setstate((version, tuple(internal), gauss))
         except (KeyError, ValueError, TypeError, RuntimeError) as exc:
@@ -216,11 +221,16 @@ class Trainer:
             state = {"step": self.step, "optimizers": optimizers,
                      "schedulers": [s.state_dict() for s in self.schedulers],
                      "scaler": self.precision.scaler.state_dict() if self.precision.scaler else {},
-                     "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
+                     "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
+                             "cuda": (torch.cuda.get_rng_state(self.device)
+                                      if self.device.type == "cuda" else None)},
                      "data_position": {"split": "train", "index": self.step},
                      "data_options": self.data_options, "world_size": self.dist.world}
             meta = {"step": self.step, "data": self.cfg.data, "nlframe_version": _version(),
                     "parameters": sum(p.numel() for p in weights.values())}
+            described = getattr(self.data, "describe", dict)()
+            if described:
+                meta["data_source"] = described
             path = save_checkpoint(self.out, weights=weights, trainer_state=state,
                                    spec_toml=self.spec_toml, meta=meta)
         self.dist.barrier()
