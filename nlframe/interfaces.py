@@ -327,3 +327,8 @@ class DataSource(abc.ABC):
         tokens, carrying ``state``, so memory stays flat with length.
         """
         raise NotImplementedError(f"data source {type(self).__name__} defines no evaluate()")
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able facts a run records in its checkpoint's ``meta.json`` under
+        ``"data_source"`` (e.g. the tokenizer behind the ids); ``{}`` by default."""
+        return {}

@@ -1,4 +1,4 @@
-"""Built-in data plugins: corpora (``stdlib``, ``text:PATH``) and synthetic tasks.
+"""Built-in data plugins: corpora (``stdlib``, ``text:PATH``, ``tokens:PATH``) and synthetic tasks.
 
 Each is registered as a factory ``factory(arg=None, **options) -> DataSource``;
 ``arg`` is the text after ``:`` in a name such as ``text:PATH``.
@@ -12,6 +12,7 @@ from .mqar import MQAR
 from .niah import NIAH
 from .stdlib import stdlib
 from .text import text
+from .tokenized import tokens
 
 
 @hookimpl
@@ -19,6 +20,8 @@ def nlframe_register_data(register):
     """Register the built-in data plugins."""
     register("stdlib", stdlib, description="Python standard-library source as bytes (vocab 256)")
     register("text", text, description="text:PATH — a file or directory as bytes (vocab 256)")
+    register("tokens", tokens, description="tokens:PATH — a file or directory as BPE token ids "
+             "(--option tokenizer=DIR; vocab from the tokenizer)")
     register("mqar", MQAR)
     register("niah", NIAH)
     register("parity", Parity)
