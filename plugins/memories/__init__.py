@@ -1,9 +1,10 @@
-"""Built-in memory plugins: ``linear``, ``mlp``, ``residual-mlp``."""
+"""Built-in memory plugins: ``linear``, ``mlp``, ``residual-mlp``, ``module``."""
 
 from nlframe import hookimpl
 
 from .linear import LinearMemory
 from .mlp import MLPMemory, ResidualMLPMemory
+from .module import ModuleMemory
 
 
 @hookimpl
@@ -12,3 +13,4 @@ def nlframe_register_memory(register):
     register("linear", LinearMemory)
     register("mlp", MLPMemory)
     register("residual-mlp", ResidualMLPMemory)
+    register("module", ModuleMemory)
