@@ -74,7 +74,7 @@ def _register_subcommands() -> None:
     """Attach the task commands that live in their own modules."""
     import importlib
 
-    for module in ("nlframe.commands",):
+    for module in ("nlframe.commands", "nlframe.commands.tokenizer"):
         try:
             importlib.import_module(module).register(main)
         except ModuleNotFoundError as exc:
