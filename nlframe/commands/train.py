@@ -144,6 +144,7 @@ def eval_cmd(run_dir, task, batches, batch_size, seq_len, stream_chunk, options,
     from ..checkpoint import CheckpointError
     from ..cli import _load_registry
     from ..datasets import open_data
+    from ..tokenizer import from_record
     from ..train import load_run
 
     _load_registry()
@@ -151,7 +152,13 @@ def eval_cmd(run_dir, task, batches, batch_size, seq_len, stream_chunk, options,
         model, spec, ckpt = load_run(run_dir, device=device)
         cfg = spec.train
         name = task or cfg.data
-        data = open_data(name, **_parse_options(options))
+        opts = _parse_options(options)
+        recorded = _run_tokenizer(ckpt)
+        if recorded and not task and "tokenizer" not in opts:  # the run's own tokenizer
+            from_record(recorded)  # refused if missing or changed
+            opts["tokenizer"] = recorded["path"]
+        data = open_data(name, **opts)
+        _check_same_tokenizer(recorded, data, name)
         vocab = getattr(spec.model.config, "vocab_size", None)
         if vocab is not None and data.vocab_size > vocab:
             raise ValueError(f"vocabulary mismatch: task {name!r} has {data.vocab_size} tokens "
@@ -173,9 +180,28 @@ def eval_cmd(run_dir, task, batches, batch_size, seq_len, stream_chunk, options,
                    + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
 
 
+def _run_tokenizer(ckpt) -> dict | None:
+    """The tokenizer record of a run trained on token ids (``None`` for byte runs)."""
+    source = ckpt["meta"].get("data_source")
+    rec = source.get("tokenizer") if isinstance(source, dict) else None
+    return rec if isinstance(rec, dict) else None
+
+
+def _check_same_tokenizer(recorded: dict | None, data, name: str) -> None:
+    """Refuse to score a run on ids of another tokenizer (or on bytes / on ids)."""
+    described = getattr(data, "describe", dict)().get("tokenizer") or {}
+    if (recorded or {}).get("sha256") == described.get("sha256"):
+        return
+    ran = f"ids of the tokenizer {recorded['path']}" if recorded else "ids of no tokenizer"
+    got = f"ids of the tokenizer {described['path']}" if described else "ids of no tokenizer"
+    raise ValueError(f"the run was trained on {ran}, but {name!r} gives {got}; evaluate "
+                     "it on data of the same tokenizer")
+
+
 @click.command("generate")
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("--prompt", required=True, help="Text to continue (encoded as UTF-8 bytes).")
+@click.option("--prompt", required=True,
+              help="Text to continue (UTF-8 bytes, or the run's tokenizer's ids).")
 @click.option("--tokens", type=click.IntRange(min=1), default=200, help="Tokens to generate.")
 @click.option("--temperature", type=FiniteFloat(min=0.0), default=0.8,
               help="0 for greedy decoding.")
@@ -183,14 +209,18 @@ def eval_cmd(run_dir, task, batches, batch_size, seq_len, stream_chunk, options,
 @click.option("--seed", type=int, default=0)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu")
 def generate_cmd(run_dir, prompt, tokens, temperature, top_k, seed, device):
-    """Continue PROMPT with the model in RUN_DIR (byte-level models print text)."""
+    """Continue PROMPT with the model in RUN_DIR and print the text: bytes for byte-level
+    models, decoded with the run's recorded tokenizer for models trained on ``tokens``."""
     from ..checkpoint import CheckpointError
     from ..cli import _load_registry
+    from ..tokenizer import from_record
     from ..train import load_run
 
     _load_registry()
     try:
-        model, spec, _ = load_run(run_dir, device=device)
+        model, spec, ckpt = load_run(run_dir, device=device)
+        recorded = _run_tokenizer(ckpt)
+        tokenizer = from_record(recorded) if recorded else None
     except (CheckpointError, ValueError) as exc:
         _fail(exc)
     vocab = getattr(spec.model.config, "vocab_size", None)
@@ -198,30 +228,39 @@ def generate_cmd(run_dir, prompt, tokens, temperature, top_k, seed, device):
         raise click.BadParameter(f"{top_k} is larger than the model's vocabulary ({vocab})",
                                  param_hint="--top-k")
     click.echo(generate_text(model, prompt, tokens=tokens, temperature=temperature, top_k=top_k,
-                             seed=seed, device=device, vocab_size=vocab))
+                             seed=seed, device=device, vocab_size=vocab, tokenizer=tokenizer))
 
 
 def generate_text(model, prompt: str, *, tokens: int, temperature: float = 0.8, top_k: int = 0,
-                  seed: int = 0, device: str = "cpu", vocab_size: int | None = None) -> str:
-    """``prompt`` + ``tokens`` sampled bytes, decoded as UTF-8 (invalid bytes replaced).
+                  seed: int = 0, device: str = "cpu", vocab_size: int | None = None,
+                  tokenizer=None) -> str:
+    """``prompt`` + ``tokens`` sampled tokens as text.
 
-    The prompt's bytes are its UTF-8 encoding; bytes that are not UTF-8 (a
-    command-line argument in another encoding reaches Python as surrogate
-    escapes) are passed through as they are.
+    Without ``tokenizer`` tokens are bytes: the prompt's bytes are its UTF-8
+    encoding (bytes that are not UTF-8, which reach Python as surrogate
+    escapes, pass through as they are) and the output is decoded as UTF-8
+    (invalid bytes replaced). With a ``tokenizers.Tokenizer`` the prompt is
+    encoded and the whole output decoded by it.
     """
     import torch
 
     data = prompt.encode("utf-8", errors="surrogateescape")
+    if tokenizer is not None:
+        text = data.decode("utf-8", errors="replace")
+        data = tokenizer.encode(text, add_special_tokens=False).ids if text else []
     if not data:
         raise click.BadParameter("prompt must not be empty", param_hint="--prompt")
     if vocab_size is not None and max(data) >= vocab_size:
-        raise click.BadParameter(f"the prompt has byte {max(data)}, outside the model's "
+        what = "token id" if tokenizer is not None else "byte"
+        raise click.BadParameter(f"the prompt has {what} {max(data)}, outside the model's "
                                  f"vocabulary of {vocab_size} tokens", param_hint="--prompt")
     ids = torch.tensor([list(data)], dtype=torch.long, device=device)
     gen = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
         out = model.generate(ids, max_new_tokens=tokens, temperature=temperature,
                              top_k=top_k or None, generator=gen)
+    if tokenizer is not None:
+        return tokenizer.decode(out[0].tolist(), skip_special_tokens=False)
     return bytes(int(t) % 256 for t in out[0].tolist()).decode("utf-8", errors="replace")
 
 
