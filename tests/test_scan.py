@@ -79,7 +79,7 @@ def test_hyperparameter_ranges(qkv, kw, pattern):
 
 
 @pytest.mark.parametrize("kind,name,listed", [
-    ("memory", "lineer", "linear, mlp, residual-mlp"), ("objective", "l3", "dot, huber, l2, lp"),
+    ("memory", "lineer", "linear, mlp, module, residual-mlp"), ("objective", "l3", "dot, huber, l2, lp"),
     ("optimizer", "momentun", "momentum"), ("backend", "fast", "chunked, reference")])
 def test_unknown_plugin_names(qkv, kind, name, listed):
     with pytest.raises(ValueError, match=f"unknown {kind} '{name}'.*{listed}"):

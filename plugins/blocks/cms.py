@@ -13,7 +13,8 @@ from nlframe.interfaces import Block
 from nlframe.level import ContextFlow, MemoryState, autocast_off
 from nlframe.spec import MemoryRef, ObjectiveRef, OptimizerRef, in_range, one_of, plugin_name
 
-from .common import BoundaryLevel, BoundaryState, check_input, make_level, segments, split_at
+from .common import (BoundaryLevel, BoundaryState, check_input, make_level, segments, spec_field,
+                     split_at)
 
 
 def _chunk_sizes(_inst: Any, _attr: Any, value: Any) -> None:
@@ -86,11 +87,14 @@ class CMS(Block):
         """C(ℓ) per level, in the order the input flows through them."""
         variant: str = attrs.field(default="sequential",
                                    validator=one_of("sequential", "nested", "independent"))
-        memory: MemoryRef = attrs.field(factory=lambda: MemoryRef("mlp"))
+        memory: MemoryRef = attrs.field(
+            factory=lambda: MemoryRef("mlp"), converter=spec_field(MemoryRef))
         """The level MLP: a memory plugin mapping dim → dim (``{type = "mlp", hidden = 256}``)."""
-        objective: ObjectiveRef = attrs.field(factory=lambda: ObjectiveRef("l2"))
+        objective: ObjectiveRef = attrs.field(
+            factory=lambda: ObjectiveRef("l2"), converter=spec_field(ObjectiveRef))
         """Local surprise objective of the in-context regime."""
-        rule: OptimizerRef = attrs.field(factory=lambda: OptimizerRef("momentum", {"lr": 0.01}))
+        rule: OptimizerRef = attrs.field(
+            factory=lambda: OptimizerRef("momentum", {"lr": 0.01}), converter=spec_field(OptimizerRef))
         """Update rule applied at each level's boundaries (default: plain GD, the momentum rule with
         η = α = 0; its ``lr`` scales θ_t = lr / C(ℓ)). Any batched rule works."""
         in_context: bool = True

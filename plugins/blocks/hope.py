@@ -12,7 +12,7 @@ from nlframe.interfaces import Block
 
 from .attention import Attention
 from .cms import CMS
-from .common import check_input
+from .common import check_input, spec_field
 from .self_mod_titans import SelfModTitans
 
 
@@ -73,8 +73,10 @@ class Hope(_SequenceThenCMS):
 
     @attrs.frozen(kw_only=True)
     class Config:
-        titans: SelfModTitans.Config = attrs.field(factory=SelfModTitans.Config)
-        cms: CMS.Config = attrs.field(factory=CMS.Config)
+        titans: SelfModTitans.Config = attrs.field(
+            factory=SelfModTitans.Config, converter=spec_field(SelfModTitans.Config))
+        cms: CMS.Config = attrs.field(
+            factory=CMS.Config, converter=spec_field(CMS.Config))
 
         def check(self, dim: int) -> None:
             _check_parts(self, dim, "titans", "cms")
@@ -101,8 +103,10 @@ class HopeAttention(_SequenceThenCMS):
 
     @attrs.frozen(kw_only=True)
     class Config:
-        attention: Attention.Config = attrs.field(factory=Attention.Config)
-        cms: CMS.Config = attrs.field(factory=CMS.Config)
+        attention: Attention.Config = attrs.field(
+            factory=Attention.Config, converter=spec_field(Attention.Config))
+        cms: CMS.Config = attrs.field(
+            factory=CMS.Config, converter=spec_field(CMS.Config))
 
         def check(self, dim: int) -> None:
             _check_parts(self, dim, "attention", "cms")

@@ -21,6 +21,8 @@ from nlframe.build import build_blocks
 from nlframe.interfaces import Block
 from nlframe.spec import BlockSpec, in_range, non_negative, one_of, positive_int
 
+from .common import spec_field
+
 
 def make_norm(kind: str, dim: int, eps: float) -> nn.Module:
     """``rmsnorm``: ``x / rms(x) · γ``; ``layernorm``: ``(x − μ) / σ · γ + β``."""
@@ -43,7 +45,8 @@ class LM(Block):
     class Config:
         dim: int = attrs.field(validator=positive_int)
         vocab_size: int = attrs.field(default=256, validator=positive_int)
-        blocks: tuple[BlockSpec, ...] = ()
+        blocks: tuple[BlockSpec, ...] = attrs.field(
+            default=(), converter=spec_field(tuple[BlockSpec, ...]))
         norm: str = attrs.field(default="rmsnorm", validator=one_of("rmsnorm", "layernorm"))
         norm_eps: float = attrs.field(default=1e-6, validator=in_range(1e-12, 1.0))
         tie_embeddings: bool = True

@@ -15,7 +15,7 @@ from nlframe.spec import (MemoryRef, ObjectiveRef, OptimizerRef, in_range, one_o
                           positive_int)
 
 from .common import (ShortConv, check_input, check_rule_options, l2norm, learned_init, make_level,
-                     merge_heads, segments, split_at, split_heads)
+                     merge_heads, segments, spec_field, split_at, split_heads)
 
 
 class SelfModTitans(Block):
@@ -58,13 +58,17 @@ class SelfModTitans(Block):
     class Config:
         heads: int = attrs.field(default=4, validator=positive_int)
         head_dim: int | None = attrs.field(default=None, validator=attrs.validators.optional(positive_int))
-        memory: MemoryRef = attrs.field(factory=lambda: MemoryRef("residual-mlp"))
+        memory: MemoryRef = attrs.field(
+            factory=lambda: MemoryRef("residual-mlp"), converter=spec_field(MemoryRef))
         """Main memory per head (head_dim → head_dim)."""
-        proj_memory: MemoryRef = attrs.field(factory=lambda: MemoryRef("residual-mlp"))
+        proj_memory: MemoryRef = attrs.field(
+            factory=lambda: MemoryRef("residual-mlp"), converter=spec_field(MemoryRef))
         """Projection memories M_k, M_v, M_η, M_α (, M_q): dim → dim."""
-        objective: ObjectiveRef = attrs.field(factory=lambda: ObjectiveRef("l2"))
+        objective: ObjectiveRef = attrs.field(
+            factory=lambda: ObjectiveRef("l2"), converter=spec_field(ObjectiveRef))
         """Inner objective of every memory."""
-        rule: OptimizerRef = attrs.field(factory=lambda: OptimizerRef("dgd", {"lr": 1.0}))
+        rule: OptimizerRef = attrs.field(
+            factory=lambda: OptimizerRef("dgd", {"lr": 1.0}), converter=spec_field(OptimizerRef))
         """Update rule of the projection memories (``lr`` multiplies their θ_t)."""
         memory_rule: str = attrs.field(default="dgd", validator=one_of("dgd", "momentum"))
         """Main memory rule: ``dgd`` (NL eq. 88) or ``momentum`` (Titans eqs. 10, 13)."""

@@ -14,7 +14,8 @@ from nlframe.spec import (MemoryRef, ObjectiveRef, OptimizerRef, in_range, one_o
                           positive_int)
 
 from .attention import Attention
-from .common import HeadGate, check_input, l2norm, learned_init, make_level, merge_heads
+from .common import (HeadGate, check_input, l2norm, learned_init, make_level, merge_heads,
+                     spec_field)
 from .heads import QKVHeads, check_heads
 
 _unit_open = in_range(0.0, 1.0, lo_open=True, hi_open=True)
@@ -49,9 +50,11 @@ class Titans(QKVHeads, Block):
     class Config:
         heads: int = attrs.field(default=4, validator=positive_int)
         head_dim: int | None = attrs.field(default=None, validator=attrs.validators.optional(positive_int))
-        memory: MemoryRef = attrs.field(factory=lambda: MemoryRef("mlp"))
+        memory: MemoryRef = attrs.field(
+            factory=lambda: MemoryRef("mlp"), converter=spec_field(MemoryRef))
         """The neural memory: ``"mlp"`` (hidden 4·head_dim), ``{type = "mlp", hidden = 64}``, …"""
-        objective: ObjectiveRef = attrs.field(factory=lambda: ObjectiveRef("l2"))
+        objective: ObjectiveRef = attrs.field(
+            factory=lambda: ObjectiveRef("l2"), converter=spec_field(ObjectiveRef))
         """Surprise objective (``l2`` as in Titans; ``huber``, ``lp``, ``dot`` also work)."""
         chunk_size: int = attrs.field(default=16, validator=positive_int)
         lr_max: float = attrs.field(default=0.1, validator=in_range(0.0, 100.0, lo_open=True))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any, Callable
 
@@ -93,6 +94,12 @@ class _TwoLayer(Memory):
     def layer_inputs(self, params: Params, x: Tensor) -> dict[str, Tensor]:
         """``{"W1": x, "W2": σ(W1 x)}``: each weight matrix's input when reading ``x``."""
         return {"W1": x, "W2": self.activation(x @ params["W1"].transpose(-1, -2))}
+
+
+# the options a spec may set, for its key-path errors (``**unknown`` only words the direct-call error)
+_TwoLayer.__signature__ = inspect.signature(_TwoLayer.__init__).replace(parameters=[
+    p for p in inspect.signature(_TwoLayer.__init__).parameters.values()
+    if p.name != "self" and p.kind is not p.VAR_KEYWORD])
 
 
 class MLPMemory(_TwoLayer):
