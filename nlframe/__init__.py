@@ -17,6 +17,7 @@ from .scan import initial_state, memory_scan
 from . import optim
 from .spec import SpecError, load_spec
 from .build import build
+from .layers import layer
 
 try:
     __version__ = _version("nlframe")
@@ -42,6 +43,7 @@ __all__ = [
     "reload_registry",
     "load_spec",
     "build",
+    "layer",
     "SpecError",
     "optim",
 ]

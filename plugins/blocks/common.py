@@ -13,12 +13,33 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nlframe.interfaces import Memory, Objective, OptState, Params, UpdateRule
+from nlframe.layers import register_state_class
+from nlframe.spec import structure
 from nlframe.level import (Level, MemoryState, compilable, autocast_off, autocast_on, full_precision,
                            tree_map, upcast)
 from nlframe.utils import bcast
 
 __all__ = ["make_level", "check_rule_options", "gate_linear", "l2norm", "split_heads", "merge_heads", "ShortConv", "HeadGate", "learned_init",
-           "check_input", "BoundaryState", "BoundaryLevel", "segments", "split_at", "map_state"]
+           "check_input", "BoundaryState", "BoundaryLevel", "segments", "split_at", "map_state",
+           "spec_field"]
+
+
+def spec_field(kind: Any) -> Callable[[Any], Any]:
+    """attrs converter for a Config field typed ``kind`` (a plugin reference such as
+    ``MemoryRef``, a nested ``Config``, ``tuple[BlockSpec, ...]``): a value already of that
+    type passes through; anything else (``"mlp"``, ``{"type": "mlp", "hidden": 64}``, a
+    dict of options) is structured as a spec table would be, so a Config built directly
+    in Python gets the same values and the same ``SpecError`` as a spec."""
+    def convert(value: Any) -> Any:
+        if isinstance(kind, type) and isinstance(value, kind):
+            return value
+        origin = getattr(kind, "__origin__", None)
+        if origin is tuple and isinstance(value, (list, tuple)) and all(
+                isinstance(v, kind.__args__[0]) for v in value):
+            return tuple(value)
+        return structure(value, kind)
+
+    return convert
 
 
 def make_level(memory: Any, objective: Any, rule: Any, dim_k: int, dim_v: int,
@@ -167,6 +188,7 @@ def map_state(fn: Callable[[Tensor], Tensor], tree: Any) -> Any:
     return tree_map(fn, tree)
 
 
+@register_state_class
 @compilable
 @attrs.define(eq=False)
 class BoundaryState:

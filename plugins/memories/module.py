@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
@@ -47,10 +45,7 @@ class ModuleMemory(Memory):
     structure = None
 
     def __init__(self, dim_k: int, dim_v: int, *, module: nn.Module | str = "mlp",
-                 hidden: int | None = None, seed: int = 0, **unknown: Any) -> None:
-        if unknown:
-            raise TypeError(f"memory 'module': unknown option(s) {sorted(unknown)}; accepted: "
-                            "['hidden', 'module', 'seed']")
+                 hidden: int | None = None, seed: int = 0) -> None:
         super().__init__(dim_k, dim_v)
         if self.dim_k < 1 or self.dim_v < 1:
             raise ValueError(f"memory 'module': dim_k and dim_v must be >= 1, got {dim_k}, {dim_v}")
