@@ -10,6 +10,7 @@ from .cache import FastStates, fast_states
 from .io import from_pretrained
 from .memory import MemoryLayer, add_memory, memory_parameters
 from .models import decoder_layers
+from .stack import StackedMLP, stack_levels
 
-__all__ = ["add_memory", "from_pretrained", "memory_parameters", "MemoryLayer",
+__all__ = ["add_memory", "stack_levels", "StackedMLP", "from_pretrained", "memory_parameters", "MemoryLayer",
            "FastStates", "fast_states", "decoder_layers"]

@@ -50,7 +50,7 @@ def owned_prefixes(model: nn.Module) -> list[str]:
     for i, layer in enumerate(mods):
         if hasattr(layer, ATTR):
             out.append(f"{path}.{i}.{ATTR}.")
-        if getattr(layer, "nlframe_stacked", False):
+        if getattr(getattr(layer, "mlp", None), "nl_stateful", False):
             out.append(f"{path}.{i}.mlp.")
     return out
 

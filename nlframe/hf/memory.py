@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from .cache import fast_states
+from .cache import install
 from .models import decoder_layers, make_block
 
 __all__ = ["MemoryLayer", "add_memory", "memory_parameters", "record_op", "pick_layers"]
@@ -24,6 +24,9 @@ class MemoryLayer(nn.Module):
     ``h ← h + g ⊙ (block(h) − h)``. With ``g = 0`` (the default ``gate_init``) the
     layer is the identity, so the model computes exactly what it did before.
     """
+
+    nl_stateful = True  # its fast state rides in the cache (nlframe.hf.cache)
+    nl_state_in = nl_state_out = None
 
     def __init__(self, block: nn.Module, dim: int, gate_init: float = 0.0) -> None:
         super().__init__()
@@ -41,50 +44,13 @@ class MemoryLayer(nn.Module):
         return h + self.gate.to(h.dtype) * delta.to(h.dtype), state
 
 
-def _find_cache(args: tuple, kwargs: dict) -> Any:
-    from transformers.cache_utils import Cache
-
-    return next((a for a in (*args, *kwargs.values()) if isinstance(a, Cache)), None)
-
-
-def _before(layer: nn.Module, args: tuple, kwargs: dict) -> None:
-    memory, cache = getattr(layer, ATTR), _find_cache(args, kwargs)
-    memory._call = (cache, cache.get_seq_length(memory.index) if cache is not None else 0)
-
-
-def _after(layer: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
-    """Run the memory on the layer's output, continuing the state held by the cache
-    when the layer appended this call's tokens to it, else from a fresh state."""
-    memory = getattr(layer, ATTR)
-    index = memory.index
-    cache, past = getattr(memory, "_call", (None, 0))
-    memory._call = (None, 0)
-    h = output[0] if isinstance(output, tuple) else output
-    t, states, state = h.shape[1], None, None
-    if cache is not None and cache.get_seq_length(index) == past + t:
-        states = fast_states(cache)
-        if past:
-            if states.seen.get(index) != past:
-                raise RuntimeError(
-                    f"nlframe.hf: decoder layer {index}: the cache holds {past} tokens but its "
-                    f"memory's fast state has seen {states.seen.get(index, 0)}: a memory cannot be "
-                    "rolled back, so a cache that was cropped, filled without the memory or reused "
-                    "(assisted/speculative decoding, prefix caches) is not supported")
-            state = states.states[index]
-    y, state = memory(h, state)
-    if states is not None:
-        states.put(index, state, past + t, h.shape[0])
-    return (y, *output[1:]) if isinstance(output, tuple) else y
-
-
 def attach(layer: nn.Module, index: int, memory: MemoryLayer) -> None:
-    """Put ``memory`` on decoder layer ``index`` (submodule :data:`ATTR` and two hooks)."""
+    """Put ``memory`` on decoder layer ``index`` (submodule :data:`ATTR`, run after the
+    layer by the hooks of :func:`~nlframe.hf.cache.install`)."""
     if hasattr(layer, ATTR):
         raise ValueError(f"decoder layer {index} already has a memory")
-    memory.index = index
     layer.add_module(ATTR, memory)
-    layer.register_forward_pre_hook(_before, with_kwargs=True)
-    layer.register_forward_hook(_after, with_kwargs=True)
+    install(layer, index)
 
 
 def pick_layers(model: nn.Module, layers: Sequence[int] | None) -> list[int]:

@@ -50,7 +50,7 @@ def test_pieces_through_the_cache_equal_one_pass(make_tiny, family, block, optio
                 out.append(res.logits)
                 cache, lo = res.cache, hi
             torch.testing.assert_close(torch.cat(out, 1), full, atol=1e-5, rtol=1e-5)
-            assert cache.nlframe_states.seen == {0: 30, 1: 30}
+            assert cache.nlframe_states.seen == {(0, "nl_memory"): 30, (1, "nl_memory"): 30}
 
 
 def test_fresh_cache_fresh_state(make_tiny):
