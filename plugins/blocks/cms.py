@@ -94,7 +94,8 @@ class CMS(Block):
             factory=lambda: ObjectiveRef("l2"), converter=spec_field(ObjectiveRef))
         """Local surprise objective of the in-context regime."""
         rule: OptimizerRef = attrs.field(
-            factory=lambda: OptimizerRef("momentum", {"lr": 0.01}), converter=spec_field(OptimizerRef))
+            factory=lambda: OptimizerRef("momentum", {"lr": 0.01}),
+            converter=spec_field(OptimizerRef))
         """Update rule applied at each level's boundaries (default: plain GD, the momentum rule with
         η = α = 0; its ``lr`` scales θ_t = lr / C(ℓ)). Any batched rule works."""
         in_context: bool = True
