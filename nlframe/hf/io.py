@@ -105,7 +105,7 @@ def from_pretrained(path: str, **kwargs: Any) -> nn.Module:
     loaded: dict[str, Any] = {}
     for file in _weight_files(path):
         with safe_open(file, framework="pt") as f:
-            for key in f.keys():
+            for key in f.keys():  # noqa: SIM118 - safe_open has no __iter__
                 if key.startswith(prefixes):
                     loaded[key] = f.get_tensor(key)
     wanted = {k for k in params if k.startswith(prefixes)}

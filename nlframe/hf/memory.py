@@ -94,7 +94,7 @@ def add_memory(model: nn.Module, block: str = "titans", layers: Sequence[int] | 
     model. The memory's fast state rides in the generation cache (see
     :mod:`nlframe.hf.cache`). GPT-2 and Llama style models; others raise ``ValueError``.
     """
-    path, mods = decoder_layers(model)
+    _, mods = decoder_layers(model)
     chosen = pick_layers(model, layers)
     dim = int(model.config.hidden_size)
     built = [make_block(block, dim, dict(options)) for _ in chosen]  # validate before changing anything
