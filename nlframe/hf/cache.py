@@ -14,21 +14,9 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-__all__ = ["FastStates", "fast_states", "map_tree", "install"]
+from ..layers import map_state
 
-
-def map_tree(fn: Callable[[Tensor], Tensor], tree: Any) -> Any:
-    """``fn`` on every tensor of a block state (dicts, lists, tuples and objects with a
-    ``map`` method such as :class:`~nlframe.level.MemoryState`)."""
-    if isinstance(tree, Tensor):
-        return fn(tree)
-    if isinstance(tree, dict):
-        return {k: map_tree(fn, v) for k, v in tree.items()}
-    if isinstance(tree, (list, tuple)):
-        return type(tree)(map_tree(fn, v) for v in tree)
-    if callable(getattr(tree, "map", None)):
-        return tree.map(fn)
-    return tree
+__all__ = ["FastStates", "fast_states", "install"]
 
 
 class FastStates:
@@ -48,7 +36,7 @@ class FastStates:
     def _on_batch(self, fn: Callable[[Tensor], Tensor], new_batch: Callable[[int], int]) -> None:
         for i, state in self.states.items():
             b = self.batch[i]
-            self.states[i] = map_tree(lambda t, b=b: fn(t) if t.dim() and t.shape[0] == b else t,
+            self.states[i] = map_state(lambda t, b=b: fn(t) if t.dim() and t.shape[0] == b else t,
                                       state)
             self.batch[i] = new_batch(b)
 

@@ -172,26 +172,16 @@ def open_corpus(name: str, root: Path, relpaths: Sequence[str], *, val_fraction:
     return ByteCorpus(name, directory, manifest)
 
 
-class ByteCorpus(DataSource):
-    """Byte-level corpus: windows ``x = bytes[s : s+T]``, targets ``bytes[s+1 : s+T+1]``.
+class WindowCorpus(DataSource):
+    """A corpus of one id sequence per split, read as windows ``x = ids[s : s+T]``
+    with targets ``ids[s+1 : s+T+1]``. Subclasses give :meth:`split` and ``unit``
+    (what an id is, for error messages)."""
 
-    The metric is next-byte cross-entropy ``loss = −(1/N) Σ ln p(x_{t+1} | x_{≤t})``
-    in nats, with ``bpb = loss / ln 2`` bits per byte and ``ppl = e^loss``.
-    """
-
-    vocab_size = 256
-
-    def __init__(self, name: str, directory: Path, manifest: dict[str, Any]) -> None:
-        self.name, self.directory, self.manifest = name, directory, manifest
-        n = manifest["bytes"]
-        data = np.memmap(directory / "data.bin", dtype=np.uint8, mode="r", shape=(n,))
-        t = manifest["train_bytes"]
-        self._splits = {"train": data[:t], "validation": data[t:]}
+    name: str
+    unit = "bytes"
 
     def split(self, split: str) -> np.ndarray:
-        """The bytes of ``split`` as a read-only ``uint8`` memmap view."""
-        check_split(self.name, split)
-        return self._splits[split]
+        raise NotImplementedError
 
     def _windows(self, split: str, starts: torch.Tensor, seq_len: int) -> Batch:
         arr = self.split(split)
@@ -202,9 +192,9 @@ class ByteCorpus(DataSource):
     def _check_len(self, split: str, seq_len: int) -> int:
         n = len(self.split(split))
         if n < seq_len + 1:
-            raise ValueError(f"data {self.name!r}: the {split} split has {n} bytes, too few for "
-                             f"seq_len={seq_len} (needs seq_len + 1); use a shorter seq_len or a "
-                             "larger corpus")
+            raise ValueError(f"data {self.name!r}: the {split} split has {n} {self.unit}, too few "
+                             f"for seq_len={seq_len} (needs seq_len + 1); use a shorter seq_len "
+                             "or a larger corpus")
         return n
 
     def batch(self, split: str, index: int, *, batch_size: int, seq_len: int,
@@ -225,6 +215,28 @@ class ByteCorpus(DataSource):
                                 dtype=torch.float64).round().long()
         for chunk in starts.split(batch_size):
             yield self._windows("validation", chunk, seq_len)
+
+
+class ByteCorpus(WindowCorpus):
+    """Byte-level corpus: windows ``x = bytes[s : s+T]``, targets ``bytes[s+1 : s+T+1]``.
+
+    The metric is next-byte cross-entropy ``loss = −(1/N) Σ ln p(x_{t+1} | x_{≤t})``
+    in nats, with ``bpb = loss / ln 2`` bits per byte and ``ppl = e^loss``.
+    """
+
+    vocab_size = 256
+
+    def __init__(self, name: str, directory: Path, manifest: dict[str, Any]) -> None:
+        self.name, self.directory, self.manifest = name, directory, manifest
+        n = manifest["bytes"]
+        data = np.memmap(directory / "data.bin", dtype=np.uint8, mode="r", shape=(n,))
+        t = manifest["train_bytes"]
+        self._splits = {"train": data[:t], "validation": data[t:]}
+
+    def split(self, split: str) -> np.ndarray:
+        """The bytes of ``split`` as a read-only ``uint8`` memmap view."""
+        check_split(self.name, split)
+        return self._splits[split]
 
     def evaluate(self, model: Any, *, device: torch.device | str = "cpu", batch_size: int,
                  seq_len: int, batches: int, seed: int = 0,

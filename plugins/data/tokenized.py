@@ -22,17 +22,16 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from nlframe.cache import atomic_write, atomic_write_text, cache_dir
-from nlframe.interfaces import Batch, DataSource
 from nlframe.tokenizer import byte_lengths, load_tokenizer, record, text_chunks
 
-from .common import check_int, check_split, generator, make_batch
-from .corpus import ByteCorpus
+from .common import check_split
+from .corpus import ByteCorpus, WindowCorpus
 from .metrics import evaluate_streams, pieces
 from .text import text
 
@@ -85,10 +84,11 @@ def _encode(corpus: ByteCorpus, tok: Any, rec: dict[str, Any]) -> dict[str, np.n
     return out
 
 
-class TokenCorpus(DataSource):
+class TokenCorpus(WindowCorpus):
     """Token-id corpus: windows ``x = ids[s : s+T]``, targets ``ids[s+1 : s+T+1]``."""
 
     name = "tokens"
+    unit = "tokens"
 
     def __init__(self, corpus: ByteCorpus, tok: Any, tok_path: Path) -> None:
         self.corpus, self.tokenizer = corpus, tok
@@ -104,37 +104,6 @@ class TokenCorpus(DataSource):
 
     def describe(self) -> dict[str, Any]:
         return {"tokenizer": dict(self.record)}
-
-    def _check_len(self, split: str, seq_len: int) -> int:
-        n = len(self.split(split))
-        if n < seq_len + 1:
-            raise ValueError(f"data 'tokens': the {split} split has {n} tokens, too few for "
-                             f"seq_len={seq_len} (needs seq_len + 1); use a shorter seq_len or "
-                             "a larger corpus")
-        return n
-
-    def _windows(self, split: str, starts: torch.Tensor, seq_len: int) -> Batch:
-        idx = starts.numpy()[:, None] + np.arange(seq_len + 1)
-        win = torch.from_numpy(np.asarray(self.split(split)[idx], dtype=np.int64))
-        return make_batch(win[:, :-1], win[:, 1:])
-
-    def batch(self, split: str, index: int, *, batch_size: int, seq_len: int,
-              seed: int = 0) -> Batch:
-        """``B`` windows at offsets uniform in ``[0, n − T)`` drawn from ``(seed, split, index)``."""
-        check_int(self.name, "batch_size", batch_size, 0)
-        check_int(self.name, "seq_len", seq_len)
-        n = self._check_len(split, seq_len)
-        starts = torch.randint(0, n - seq_len, (batch_size,),
-                               generator=generator(self.name, seed, split, index))
-        return self._windows(split, starts, seq_len)
-
-    def eval_windows(self, *, batch_size: int, seq_len: int, batches: int) -> Iterator[Batch]:
-        """``batches · batch_size`` windows evenly spaced over the validation split (no seed)."""
-        n = self._check_len("validation", seq_len)
-        starts = torch.linspace(0, n - seq_len - 1, batches * batch_size,
-                                dtype=torch.float64).round().long()
-        for chunk in starts.split(batch_size):
-            yield self._windows("validation", chunk, seq_len)
 
     def evaluate(self, model: Any, *, device: torch.device | str = "cpu", batch_size: int,
                  seq_len: int, batches: int, seed: int = 0,
