@@ -35,7 +35,7 @@ SPEC_FILE = "spec.toml"
 META_FILE = "meta.json"
 LEGACY_TRAINER = "trainer.pt"  # nlframe 0.1 (a pickle): never read
 
-_WEIGHTS = (MODEL_FILE, SPEC_FILE, META_FILE)
+_WEIGHTS = (MODEL_FILE, SPEC_FILE)  # what eval and generate need; meta.json is optional
 
 
 class CheckpointError(RuntimeError):
@@ -162,7 +162,8 @@ def _untie(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def find_checkpoint(run_dir: str | Path, *, trainer: bool = True) -> Path:
     """The newest complete checkpoint of ``run_dir`` (``checkpoint/``, else the
     ``checkpoint.old/`` a crash mid-swap left behind). ``trainer=False`` needs only
-    the weights, spec and meta (what ``eval`` and ``generate`` read)."""
+    the weights and spec (what ``eval`` and ``generate`` read; ``meta.json`` too when
+    present)."""
     run = Path(run_dir)
     if not run.exists():
         raise CheckpointError(f"run directory {str(run)!r} does not exist")
@@ -232,11 +233,12 @@ def load_checkpoint(run_dir: str | Path, *, trainer: bool = True,
                     device: str | torch.device = "cpu") -> dict[str, Any]:
     """``{"path", "weights", "trainer", "spec_toml", "meta"}`` of the newest checkpoint.
 
-    ``trainer=False`` reads only the weights, spec and meta (``"trainer"`` is
+    ``trainer=False`` reads only the weights, spec and meta (``{}`` when
+    ``meta.json`` is absent; ``"trainer"`` is
     ``None``); weights are loaded onto ``device``.
     """
     path = find_checkpoint(run_dir, trainer=trainer)
-    meta = _read_json(path / META_FILE)
+    meta = _read_json(path / META_FILE) if (path / META_FILE).exists() else {}
     return {
         "path": path,
         "weights": _read_tensors(path / MODEL_FILE, device),

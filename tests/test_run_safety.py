@@ -84,9 +84,9 @@ def test_a_crafted_pickle_in_any_run_file_executes_nothing(trained, tmp_path):
                 assert name in r.output or "checkpoint" in r.output, (name, args, r.output)
 
 
-def test_eval_and_generate_read_only_weights_spec_and_meta(trained, tmp_path):
+def test_eval_and_generate_read_only_weights_and_spec(trained, tmp_path):
     run = _copy(trained, tmp_path / "run")
-    for name in ("trainer.json", "trainer.safetensors"):
+    for name in ("trainer.json", "trainer.safetensors", "meta.json"):
         (run / "checkpoint" / name).unlink()
     r = CliRunner().invoke(main, ["eval", str(run), "--batches", "1", "--json"])
     assert r.exit_code == 0, r.output

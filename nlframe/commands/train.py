@@ -176,8 +176,8 @@ def eval_cmd(run_dir, task, batches, batch_size, seq_len, stream_chunk, options,
     if as_json:
         click.echo(json.dumps(result))
     else:
-        click.echo(f"{name} @ step {result['step']}: "
-                   + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        at = f" @ step {result['step']}" if result["step"] is not None else ""
+        click.echo(f"{name}{at}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
 
 
 def _run_tokenizer(ckpt) -> dict | None:
