@@ -71,9 +71,9 @@ class UnknownPluginError(PluginError, ValueError, KeyError):
     def __init__(self, kind: str, name: str, known: Iterable[str]):
         self.kind, self.name, self.known = kind, name, sorted(known)
         close = difflib.get_close_matches(name, self.known, n=1, cutoff=0.5)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        hint = f"; did you mean {close[0]!r}? Registered" if close else "; registered"
         listing = ", ".join(self.known) or "(none registered)"
-        self.message = f"unknown {kind} {name!r}{hint} Registered {kind} plugins: {listing}"
+        self.message = f"unknown {kind} {name!r}{hint} {kind} plugins: {listing}"
         self.suggestion = close[0] if close else None
         super().__init__(self.message)
 
