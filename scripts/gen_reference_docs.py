@@ -66,9 +66,17 @@ def first_paragraph(obj: Any) -> str:
     return text
 
 
+_CODE_SPAN = re.compile(r"(`+).+?\1")
+
+
 def cell(text: str) -> str:
-    """``text`` fit for a Markdown table cell."""
-    return " ".join(text.split()).replace("|", "\\|")
+    """``text`` fit for a Markdown table cell: one line, ``|`` escaped outside code spans
+    (Python-Markdown's tables, which mkdocs uses, leave code spans whole)."""
+    text, out, pos = " ".join(text.split()), [], 0
+    for m in _CODE_SPAN.finditer(text):
+        out += [text[pos:m.start()].replace("|", "\\|"), m.group(0)]
+        pos = m.end()
+    return "".join(out) + text[pos:].replace("|", "\\|")
 
 
 def code(text: str) -> str:
