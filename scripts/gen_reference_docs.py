@@ -150,8 +150,8 @@ def type_name(tp: Any) -> str:
         return ""
     if isinstance(tp, str):
         return tp.strip("'\"")
-    if isinstance(tp, type) and tp.__module__ == "builtins":
-        return tp.__name__
+    if isinstance(tp, type):
+        return tp.__qualname__
     return re.sub(r"\b(typing|builtins)\.", "", _no_address(repr(tp)))
 
 
@@ -178,20 +178,27 @@ def _class_node(cls: type) -> ast.ClassDef | None:
     return node
 
 
-def field_docs(cls: type) -> dict[str, str]:
-    """Attribute docstrings (a string literal right after ``name: type = ...``) of
-    ``cls`` and its bases; a subclass's wins."""
-    docs: dict[str, str] = {}
+def field_source(cls: type) -> dict[str, tuple[str, str]]:
+    """Field name → (its annotation as written, its attribute docstring: a string literal
+    right after ``name: type = ...``), over ``cls`` and its bases; a subclass's wins.
+
+    Read from the source so the text does not depend on whether anything has resolved
+    the (string) annotations into types since import."""
+    found: dict[str, tuple[str, str]] = {}
     for klass in reversed(cls.__mro__):
         node = _class_node(klass) if klass is not object else None
         if node is None:
             continue
-        for stmt, nxt in zip(node.body, node.body[1:]):
-            if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
-                    and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
+        for i, stmt in enumerate(node.body):
+            if not (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)):
+                continue
+            nxt = node.body[i + 1] if i + 1 < len(node.body) else None
+            doc = ""
+            if (isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
                     and isinstance(nxt.value.value, str)):
-                docs[stmt.target.id] = inspect.cleandoc(nxt.value.value)
-    return docs
+                doc = inspect.cleandoc(nxt.value.value)
+            found[stmt.target.id] = (ast.unparse(stmt.annotation), doc)
+    return found
 
 
 def _validators(v: Any):
@@ -221,7 +228,7 @@ def accepted(validator: Any) -> str:
 def config_rows(config: type, block_configs: dict[type, str]) -> list[tuple[str, ...]]:
     import attrs
 
-    docs = field_docs(config)
+    source = field_source(config)
     rows = []
     for f in attrs.fields(config):
         d = f.default
@@ -238,8 +245,9 @@ def config_rows(config: type, block_configs: dict[type, str]) -> list[tuple[str,
                 default = toml_value(value)
         else:
             default = toml_value(d)
-        desc = " ".join(x for x in (docs.get(f.name, ""), accepted(f.validator)) if x)
-        rows.append((code(f.name), code(type_name(f.type)), default, desc))
+        annotation, doc = source.get(f.name, (type_name(f.type), ""))
+        desc = " ".join(x for x in (doc, accepted(f.validator)) if x)
+        rows.append((code(f.name), code(annotation), default, desc))
     return rows
 
 
