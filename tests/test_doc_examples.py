@@ -171,7 +171,9 @@ def parse_nlframe(args: list[str]) -> tuple[str, ...]:
     """Check ``nlframe ARGS`` against the click tree without running it; return the
     command path (e.g. ``("tokenizer", "train")``)."""
     cmd: click.Command = main
-    ctx = click.Context(main, info_name="nlframe")
+    # the group's own context settings (-h): a Context without them would make click cache
+    # a --help-only option on every command it parses, which the CLI reference would show
+    ctx = click.Context(main, info_name="nlframe", **main.context_settings)
     path: list[str] = []
     i = 0
     while isinstance(cmd, click.Group) and i < len(args) and not args[i].startswith("-"):
