@@ -14,6 +14,7 @@ Usage: ``python scripts/gen_reference_docs.py [--check]``.
 from __future__ import annotations
 
 import ast
+import copy
 import inspect
 import math
 import re
@@ -331,6 +332,16 @@ def _context(cmd: Any, name: str, parent: Any) -> Any:
     return click.Context(cmd, info_name=name, parent=parent, **settings)
 
 
+def _fresh(cmd: Any) -> Any:
+    """A shallow copy of ``cmd`` without click's cached help option: click (>= 8.1.8) builds
+    it once, from the first context it sees, so a bare ``Context`` made anywhere earlier
+    in the process (``--help`` only) would otherwise leave out the CLI's ``-h``."""
+    cmd = copy.copy(cmd)
+    if hasattr(cmd, "_help_option"):
+        cmd._help_option = None
+    return cmd
+
+
 def _commands(cmd: Any, ctx: Any, path: list[str]):
     import click
 
@@ -340,6 +351,7 @@ def _commands(cmd: Any, ctx: Any, path: list[str]):
             sub = cmd.get_command(ctx, name)
             if sub is None or getattr(sub, "hidden", False):
                 continue
+            sub = _fresh(sub)
             sub_ctx = _context(sub, name, ctx)
             yield from _commands(sub, sub_ctx, [*path, name])
 
@@ -349,8 +361,8 @@ def render_cli() -> str:
 
     from nlframe.cli import main
 
-    root = _context(main, "nlframe", None)
-    commands = list(_commands(main, root, ["nlframe"]))
+    root_cmd = _fresh(main)
+    commands = list(_commands(root_cmd, _context(root_cmd, "nlframe", None), ["nlframe"]))
     out = [NOTE.format("nlframe/cli.py (the click command tree)"), "", "# Command line", "",
            "Every `nlframe` command as `--help` prints it (also `python -m nlframe`).", ""]
     out += [f"- [`{' '.join(p)}`](#{'-'.join(p)}): {first_line(c)}" for p, c, _ in commands]
