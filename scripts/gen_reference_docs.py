@@ -4,7 +4,11 @@
   memory, objective, optimizer, backend, data — with the first paragraph of its
   docstring and its options (block ``Config`` fields, update-rule
   ``hyperparams``, keyword options of memories, objectives and data sources);
-* ``cli.md``: every command of ``nlframe`` as its ``--help`` renders it.
+* ``cli.md``: every command of ``nlframe`` as its ``--help`` renders it;
+* ``equations.md``: every equation cited in a docstring of the built-in plugins'
+  modules and of the kernel modules (``KERNEL_MODULES``), per paper, with the code
+  that implements it and the deviations the docstrings state. A citation whose
+  paper cannot be told (or of a paper not in ``PAPERS``) is an error.
 
 Only the built-in distribution is listed so the pages do not depend on what else
 is installed. ``--check`` exits 1 when a page is out of date instead of writing it.
@@ -377,7 +381,263 @@ def first_line(cmd: Any) -> str:
     return cell(cmd.get_short_help_str(limit=200))
 
 
-PAGES = {"spec.md": render_spec, "cli.md": render_cli}
+# --------------------------------------------------------------------------- equations
+
+PAPERS = {  # arXiv id → (name used in the docstrings, title); the order of the page
+    "2512.24695": ("NL", "Nested Learning: The Illusion of Deep Learning Architectures"),
+    "2501.00663": ("Titans", "Titans: Learning to Memorize at Test Time"),
+    "2504.13173": ("Miras", "It's All Connected: A Journey Through Test-Time Memorization, "
+                            "Attentional Bias, Retention, and Online Optimization"),
+    "2505.23735": ("ATLAS", "ATLAS: Learning to Optimally Memorize the Context at Test Time"),
+    "2407.04620": ("TTT", "Learning to (Learn at Test Time): RNNs with Expressive Hidden States"),
+    "2406.06484": ("DeltaNet", "Parallelizing Linear Transformers with the Delta Rule over "
+                               "Sequence Length"),
+    # cited for a detail only
+    "2412.06464": ("Gated DeltaNet", "Gated Delta Networks: Improving Mamba2 with Delta Rule"),
+    "2104.09864": ("RoFormer", "RoFormer: Enhanced Transformer with Rotary Position Embedding"),
+}
+_BY_NAME = {name: pid for pid, (name, _) in PAPERS.items()} | {"Nested Learning": "2512.24695"}
+KERNEL_MODULES = ("nlframe/scan.py", "nlframe/level.py", "nlframe/optim.py",
+                  "nlframe/interfaces.py")
+_NUM = r"\d+(?:\s*[–-]\s*\d+)?"
+# "eq. 13", "eqs. 86–93", "eqs. 88, 91, 93", "eq. 87/91", "eqs. 71 (chunk writes), 87–93"
+_EQ = re.compile(rf"\b[Ee]qs?\.\s*{_NUM}(?:(?:\s*\([^()]*\))?\s*(?:,|/|and)\s*{_NUM}(?![.\d]))*")
+_EQ_WORD = re.compile(r"\b[Ee]qs?\.")  # any equation reference: each must be parsed by _EQ
+# a paper's name; "self-modifying Titans" is NL's block, not the Titans paper
+_MENTION = re.compile(r"arXiv\s*(\d{4}\.\d{4,5})(v\d+)?|(?<![Ss]elf-modifying )\b(" + "|".join(
+    sorted(map(re.escape, _BY_NAME), key=len, reverse=True)) + r")\b")
+# sentences stating a deviation: strong markers always, weak ones when the sentence names a paper
+_DEVIATION = re.compile(r"deviat|differs? from|unlike the|in the paper|applied here as"
+                        r"|up to the factor", re.I)
+_DEVIATION_WEAK = re.compile(r"instead of|approximat|without (?:the|its)", re.I)
+_OPTION = re.compile(r"^\w+\s*=\s*[\"\d⌊]")  # `layout = "mal"`: an option, not an equation
+_SPAN = re.compile(r"``(.+?)``")
+
+
+def _mentions(text: str) -> list[tuple[int, str, str]]:
+    """(position, arXiv id, version or "") of every paper named in ``text``."""
+    out = []
+    for m in _MENTION.finditer(text):
+        pid = m.group(1) or _BY_NAME[m.group(3)]
+        out.append((m.start(), pid, m.group(2) or ""))
+    return out
+
+
+def _docstrings(rel: str) -> list[tuple[str, str, str]]:
+    """(module, qualname or "", docstring) of a source file: the module, every class,
+    function and method, and the attribute docstrings of class bodies (``Config`` fields)."""
+    path = ROOT / rel
+    module = ("nlframe_plugins" + rel[len("plugins"):] if rel.startswith("plugins/") else rel)
+    module = module[:-3].replace("/", ".").removesuffix(".__init__")
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    out = [(module, "", ast.get_docstring(tree) or "")]
+
+    def walk(body: list[ast.stmt], prefix: str) -> None:
+        for i, node in enumerate(body):
+            if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                out.append((module, prefix + node.name, ast.get_docstring(node) or ""))
+                walk(node.body, prefix + node.name + ".")
+            elif (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                  and prefix and i + 1 < len(body)):
+                nxt = body[i + 1]
+                if (isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
+                        and isinstance(nxt.value.value, str)):
+                    out.append((module, prefix + node.target.id, inspect.cleandoc(nxt.value.value)))
+
+    walk(tree.body, "")
+    return [d for d in out if d[2]]
+
+
+def _paragraphs(doc: str) -> list[str]:
+    """Prose paragraphs joined into one line each; every literal-block line on its own."""
+    out, prose, literal = [], [], False
+    for line in doc.splitlines() + [""]:
+        if literal and (line.startswith((" ", "\t")) or not line.strip()):
+            if line.strip():
+                out.append(line.strip())
+            continue
+        literal = False
+        if line.strip():
+            prose.append(line.strip())
+        if not line.strip() or line.rstrip().endswith("::"):
+            if prose:
+                out.append(" ".join(prose))
+            prose, literal = [], line.rstrip().endswith("::")
+    return out
+
+
+def _equation_text(para: str, m: re.Match, prev_end: int, literal_next: str) -> str:
+    """The equation a citation names, when the text gives it inline: a code span right after
+    it; else the run of code spans just before it (at most 40 characters of prose between,
+    in its sentence, after the previous citation); in a literal line the line before its
+    parenthesis; for a citation ending a paragraph that opens a literal block, its first line."""
+    is_eq = lambda t: ("=" in t or "←" in t) and not _OPTION.match(t)  # noqa: E731
+    if literal_next and not para[m.end():].strip(" :—-") and is_eq(literal_next):
+        return literal_next
+    after = _SPAN.match(para, m.end() + 1) or _SPAN.match(para, m.end() + 2)
+    if after and para[m.end():after.start()] in (" ", ", ", " (") and is_eq(after.group(1)):
+        return after.group(1)
+    start = max(prev_end, max((x.end() for x in re.finditer(r"\.\s+(?=[A-Z])", para[:m.start()])),
+                              default=0))
+    spans = list(_SPAN.finditer(para, start, m.start()))
+    run, end = [], m.start()
+    for sp in reversed(spans):
+        gap = para[sp.end():end]
+        if len(gap) > 40 or (run and gap.strip() not in (",", "")) or not is_eq(sp.group(1)):
+            break
+        run.insert(0, sp.group(1))
+        end = sp.start()
+    if run:
+        return ", ".join(run)
+    if "``" not in para and "(" in para[:m.start()]:
+        head = para[:para.rfind("(", 0, m.start())].strip()
+        if is_eq(head):
+            return head
+    if literal_next and not para[m.end():].strip(" :—-") and is_eq(literal_next):
+        return literal_next
+    return ""
+
+
+def _open_at(para: str, pos: int, at: int) -> bool:
+    """Whether a paper named at ``pos`` still qualifies ``at``: no parenthesis closes between."""
+    depth = 0
+    for ch in para[pos:at]:
+        depth += (ch == "(") - (ch == ")")
+        if depth < 0:
+            return False
+    return True
+
+
+def _owners() -> dict[tuple[str, str], list[Any]]:
+    """(module, qualname) → the registered built-in entries whose object it is."""
+    owners: dict[tuple[str, str], list[Any]] = {}
+    for kind, entries in builtin_entries().items():
+        for e in entries:
+            key = (e.obj.__module__, e.obj.__qualname__)
+            owners.setdefault(key, []).append(e)
+    return owners
+
+
+def collect_equations() -> tuple[list[dict], list[dict], set[str], dict]:
+    """Citations (paper, cite, numbers, owner key, text), deviation sentences (paper, owner
+    key, sentence), the NL versions stated, and the owners map."""
+    files = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "plugins").rglob("*.py"))
+    files += list(KERNEL_MODULES)
+    owners = _owners()
+    scanned = {d[:2] for rel in files for d in _docstrings(rel)}
+    missing = [k for k in owners if k not in scanned]
+    if missing:
+        raise SystemExit(f"equations: plugins outside the scanned files: {missing}")
+    cites, deviations, versions = [], [], set()
+    for rel in files:
+        docs = _docstrings(rel)
+        by_name = {q: doc for _, q, doc in docs}
+        for module, qual, doc in docs:
+            default = ""  # the first paper its docstring names, else its enclosing one's
+            parts = qual.split(".") if qual else []
+            for i in range(len(parts), -1, -1):
+                found = _mentions(by_name.get(".".join(parts[:i]), ""))
+                if found:
+                    default = found[0][1]
+                    break
+            paras = _paragraphs(doc)
+            for j, para in enumerate(paras):
+                literal_next = (paras[j + 1] if para.rstrip().endswith("::") and j + 1 < len(paras)
+                                else "")
+                ments = _mentions(para)
+                versions |= {v for _, pid, v in ments if pid == "2512.24695" and v}
+                found = {m.start() for m in _EQ.finditer(para)}
+                stray = [w.start() for w in _EQ_WORD.finditer(para) if w.start() not in found]
+                if stray:
+                    raise SystemExit(f"equations: unparsed equation reference in {module}."
+                                     f"{qual}: {para[stray[0]:stray[0] + 40]!r}")
+                prev_end = 0
+                paper_at = lambda pos: next(  # noqa: E731
+                    (pid for p, pid, _ in reversed(ments) if p < pos and _open_at(para, p, pos)),
+                    None) or default
+                for m in _EQ.finditer(para):
+                    pid = paper_at(m.start())
+                    if pid not in PAPERS:
+                        raise SystemExit(f"equations: cannot tell the paper of {m.group(0)!r} "
+                                         f"in {module}.{qual or '(module)'}")
+                    cite = re.sub(r"\s*\([^()]*\)", "", " ".join(m.group(0).split()))
+                    cites.append({"paper": pid, "cite": cite, "owner": (module, qual),
+                                  "first": int(re.search(r"\d+", cite).group(0)),
+                                  "text": _equation_text(para, m, prev_end, literal_next)})
+                    prev_end = m.end()
+                for sent in re.split(r"(?<=[.!?])\s+(?=[A-Z`(*])", para):
+                    strong, weak = _DEVIATION.search(sent), _DEVIATION_WEAK.search(sent)
+                    if strong or (weak and _mentions(sent)):
+                        pos = para.find(sent) + (strong or weak).start()
+                        pid = next((p2 for p, p2, _ in reversed(ments) if p < pos), None) \
+                            or default
+                        if pid in PAPERS and not module.startswith("nlframe_plugins.data"):
+                            deviations.append({"paper": pid, "owner": (module, qual),
+                                               "text": sent})
+    return cites, deviations, versions, owners
+
+
+def _owner_label(key: tuple[str, str], owners: dict) -> str:
+    module, qual = key
+    for (mod, cls), entries in sorted(owners.items()):
+        if mod == module and (qual == cls or qual.startswith(cls + ".")):
+            links = " / ".join(f"[{e.kind} `{e.name}`](spec.md#{e.kind}-{e.name})"
+                               for e in entries)
+            return links + (f" (`{qual}`)" if qual != cls else "")
+    return f"`{module}.{qual}`" if qual else f"`{module}` (module docstring)"
+
+
+def render_equations() -> str:
+    cites, deviations, versions, owners = collect_equations()
+    version = (f"The NL equation numbers follow arXiv 2512.24695{', '.join(sorted(versions))}."
+               if len(versions) == 1 else
+               "The NL equation numbers are the ones the docstrings cite; the code does not "
+               "record which version of arXiv 2512.24695 they follow"
+               + (f" (it names {', '.join(sorted(versions))})." if versions else "."))
+    out = [NOTE.format("the docstrings of plugins/ and the kernel modules"), "",
+           "# Equations → code", "",
+           "Every equation number cited in a docstring of the built-in plugins' modules "
+           "(`plugins/`) and of the kernel modules (" +
+           ", ".join(f"`{m}`" for m in KERNEL_MODULES) + "), per paper, with the plugin or "
+           "function whose docstring cites it and the equation as the docstring writes it "
+           "(where it does). A citation belongs to the paper named last before it in its "
+           "paragraph or docstring, else to the first paper of the enclosing docstring "
+           "(class, then module). " + version, ""]
+    for pid, (name, title) in PAPERS.items():
+        rows = sorted({(c["first"], c["cite"], _owner_label(c["owner"], owners),
+                        code(c["text"]) if c["text"] else "")
+                       for c in cites if c["paper"] == pid})
+        devs = sorted({(_owner_label(d["owner"], owners), d["text"])
+                       for d in deviations if d["paper"] == pid})
+        if not rows and not devs and pid not in list(PAPERS)[:6]:
+            continue
+        out += [f"## {name}: {title} (arXiv {pid}) {{#{name.lower().replace(' ', '-')}}}", ""]
+        out += (table(("Equation", "Implemented by", "Equation as written"),
+                      [r[1:] for r in rows]) if rows else ["No equation of this paper is cited."])
+        out.append("")
+        if devs:
+            out += ["Deviations and variants the docstrings state:", ""]
+            out += [f"- {who}: " + cell(_ROLE.sub(r"`\1`", text)) for who, text in devs]
+            out.append("")
+    cited = {c["owner"] for c in cites}
+    uncited = []
+    for (mod, cls), entries in sorted(owners.items()):
+        if any(o[0] == mod and (o[1] == cls or o[1].startswith(cls + ".")) for o in cited):
+            continue
+        for e in entries:
+            if e.kind in ("memory", "objective", "optimizer", "backend", "block"):
+                doc = inspect.getdoc(e.obj) or ""
+                papers = sorted({PAPERS[p][0] if p in PAPERS else p
+                                 for _, p, _ in _mentions(doc)})
+                uncited.append(f"[{e.kind} `{e.name}`](spec.md#{e.kind}-{e.name})"
+                               + (f" ({', '.join(papers)})" if papers else ""))
+    out += ["## Algorithmic plugins citing no equation number {#uncited}", "",
+            "Their docstrings cite a paper (named in parentheses) or section, algorithm or "
+            "library but no equation number: " + ", ".join(sorted(uncited)) + "."]
+    return "\n".join(out)
+
+
+PAGES = {"spec.md": render_spec, "cli.md": render_cli, "equations.md": render_equations}
 
 
 def generated() -> dict[str, str]:

@@ -25,7 +25,7 @@ def _generator():
 def test_reference_pages_are_generated_from_the_current_sources():
     gen = _generator()
     pages = gen.generated()
-    assert set(pages) == {"spec.md", "cli.md"}
+    assert set(pages) == {"spec.md", "cli.md", "equations.md"}
     for name, text in pages.items():
         path = gen.OUT / name
         assert path.is_file() and path.read_text(encoding="utf-8") == text, (
@@ -61,6 +61,26 @@ def test_reference_pages_are_generated_from_the_current_sources():
         assert f"{{#{anchor}}}" in spec
     assert "`chunk_sizes`" in spec and "C(ℓ) per level" in spec  # a field docstring
     assert "## `nlframe train` {#nlframe-train}" in pages["cli.md"]
+    eqs = pages["equations.md"]
+    for heading in ("(arXiv 2512.24695) {#nl}", "(arXiv 2501.00663) {#titans}",
+                    "(arXiv 2504.13173) {#miras}", "(arXiv 2505.23735) {#atlas}",
+                    "(arXiv 2407.04620) {#ttt}", "(arXiv 2406.06484) {#deltanet}"):
+        assert heading in eqs
+    assert "| eqs. 86–93 | [block `self-mod-titans`](spec.md#block-self-mod-titans) |" in eqs
+    assert "[optimizer `m3`](spec.md#optimizer-m3): Deviations from the pseudo-code" in eqs
+
+
+def test_equations_page_fails_on_a_citation_it_cannot_attribute(monkeypatch):
+    gen = _generator()
+    real = gen._docstrings
+    monkeypatch.setattr(gen, "_docstrings", lambda rel: real(rel) + (
+        [("nlframe.scan", "bogus", "Some rule (eq. 5).")] if rel == "nlframe/scan.py" else []))
+    with pytest.raises(SystemExit, match="cannot tell the paper"):
+        gen.render_equations()
+    monkeypatch.setattr(gen, "_docstrings", lambda rel: real(rel) + (
+        [("nlframe.scan", "bogus", "NL eq. (5).")] if rel == "nlframe/scan.py" else []))
+    with pytest.raises(SystemExit, match="unparsed equation reference"):
+        gen.render_equations()
 
 
 def test_mkdocs_build_strict(tmp_path):
