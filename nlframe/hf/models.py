@@ -6,10 +6,6 @@ from typing import Any
 
 from torch import nn
 
-from ..build import build_block
-from ..spec import BlockSpec, SpecError, structure
-from ..spec.convert import check_block
-
 __all__ = ["LAYOUTS", "decoder_layers", "make_block"]
 
 LAYOUTS = {"transformer.h": "GPT-2 style (GPT2LMHeadModel: model.transformer.h)",
@@ -33,18 +29,7 @@ def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
 
 def make_block(name: str, dim: int, options: dict[str, Any]) -> nn.Module:
     """The registered block ``name`` of width ``dim`` from keyword ``options``, validated
-    like a spec table (unknown keys, types, ranges, cross-field checks → :class:`SpecError`)."""
-    try:
-        from ..layers import layer  # nlframe.layer, where available
-    except ImportError:
-        layer = None
-    if layer is not None:
-        return layer(name, dim, **options)
-    reserved = sorted(set(options) & {"type", "repeat"})
-    if reserved:
-        raise SpecError([(k, "reserved key: the block name is the `block` argument") for k in reserved])
-    spec = structure({"type": name, **options}, BlockSpec)
-    errors = check_block(spec, dim, "")
-    if errors:
-        raise SpecError(errors)
-    return build_block(spec, dim)
+    like a spec table (:func:`nlframe.layer`)."""
+    from ..layers import layer
+
+    return layer(name, dim, **options)
