@@ -13,14 +13,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nlframe.interfaces import Memory, Objective, OptState, Params, UpdateRule
-from nlframe.layers import register_state_class
+from nlframe.layers import map_state, register_state_class
 from nlframe.spec import structure
-from nlframe.level import (Level, MemoryState, compilable, autocast_off, autocast_on, full_precision,
+from nlframe.level import (Level, compilable, autocast_off, autocast_on, full_precision,
                            tree_map, upcast)
 from nlframe.utils import bcast
 
 __all__ = ["make_level", "check_rule_options", "gate_linear", "l2norm", "split_heads", "merge_heads", "ShortConv", "HeadGate", "learned_init",
-           "check_input", "BoundaryState", "BoundaryLevel", "segments", "split_at", "map_state",
+           "check_input", "BoundaryState", "BoundaryLevel", "segments", "split_at",
            "spec_field"]
 
 
@@ -176,18 +176,6 @@ def split_at(x: Tensor, bounds: list[tuple[int, int]], dim: int = 2) -> tuple[Te
 
 
 # ------------------------------------------------------------------ boundary levels
-def map_state(fn: Callable[[Tensor], Tensor], tree: Any) -> Any:
-    """:func:`~nlframe.level.tree_map` that also maps inside :class:`MemoryState` and
-    :class:`BoundaryState` leaves (a block's whole carried state)."""
-    if isinstance(tree, (MemoryState, BoundaryState)):
-        return tree.map(fn)
-    if isinstance(tree, dict):
-        return {k: map_state(fn, v) for k, v in tree.items()}
-    if isinstance(tree, (list, tuple)):
-        return type(tree)(map_state(fn, v) for v in tree)
-    return tree_map(fn, tree)
-
-
 @register_state_class
 @compilable
 @attrs.define(eq=False)
