@@ -19,6 +19,7 @@ Tokens are bytes (``vocab_size = 256``); a batch is ``B`` windows of
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import json
 import math
@@ -180,8 +181,9 @@ class WindowCorpus(DataSource):
     name: str
     unit = "bytes"
 
+    @abc.abstractmethod
     def split(self, split: str) -> np.ndarray:
-        raise NotImplementedError
+        """The ids of ``split`` (``"train"`` or ``"validation"``) as a 1-D array."""
 
     def _windows(self, split: str, starts: torch.Tensor, seq_len: int) -> Batch:
         arr = self.split(split)
