@@ -46,7 +46,7 @@ from nlframe.interfaces import Params, ScanRequest
 from nlframe.level import MemoryState, tree_map
 
 from .reference import clip_rows
-from .tiles import TileGates, TilePlan, Tiles
+from .tiles import TileGates, TilePlan, Tiles, per_tile
 
 
 class LayerView:
@@ -147,43 +147,52 @@ def scan_chunk_writes(request: ScanRequest, *, tile: int) -> tuple[Tensor, Memor
     has_mom = "momentum" in request.hyper  # η ≡ 0 otherwise: c = 0, S never reaches W
     first = view.names[0]
     ys, norms = [], []
+    Ks, Qs, Vs, ths = per_tile(K, Q, V, th)
     for t in range(n):
         D = F.pad(gates.D[t], (1, 0), value=1.0)  # (B, H, m+1): D_{j−1}
         c = F.pad(gates.c[t], (1, 0))
         # the first layer's state part of every read in the tile, in one matmul per matrix:
         # rows [k; q; v] of chunk j → (B, H, m, R·C, Dout)
-        rows_all = torch.cat([K[t], Q[t]] + ([V[t]] if request.self_target else []), 3)
+        rows_all = torch.cat([Ks[t], Qs[t]] + ([Vs[t]] if request.self_target else []), 3)
+        Kc, Qc, Vc = Ks[t].unbind(2), Qs[t].unbind(2), Vs[t].unbind(2)  # chunks (B, H, C, D)
 
         def state_part(M: Tensor) -> Tensor:
             return (rows_all.flatten(2, 3) @ M.transpose(-1, -2)).unflatten(2, rows_all.shape[2:4])
 
-        pre_W = state_part(W[first])
-        pre_S = state_part(S[first]) if has_mom else None
-        A = F.pad(gates.A[t], (0, 0, 1, 0))  # row j holds A_{j−1, :}
-        X = {n_: [] for n_ in view.names}
-        E = {n_: [] for n_ in view.names}
-        coef: list[Tensor] = []  # per earlier chunk j': θ_i of its tokens (B, H, C)
+        pre_W = state_part(W[first]).unbind(2)  # per chunk (B, H, R·C, Dout)
+        pre_S = state_part(S[first]).unbind(2) if has_mom else None
+        # later layers are applied chunk by chunk: their weight gradients are summed over
+        # the tile in one matmul in the backward pass, not formed chunk by chunk
+        Wd = {nm: _TileWeight.wrap(W[nm]) for nm in view.names if nm != first}
+        Sd = {nm: _TileWeight.wrap(S[nm]) for nm in view.names if nm != first} if has_mom else {}
+        # kernel weights of every chunk against every token of the tile, in one op:
+        # w[j, i] = A_{j−1, c(i)} θ_i (row j of the padded A holds A_{j−1,:}; A is lower
+        # triangular, so the tokens of chunk j and later get weight 0)
+        A = F.pad(gates.A[t], (0, 0, 1, 0))  # (B, H, m+1, m)
+        w_all = (A[..., :, :, None] * ths[t][..., None, :, :]).flatten(-2)  # (B, H, m+1, m·C)
+        # layer inputs and errors of the tile's earlier tokens, (B, H, j·C, ·), grown by one
+        # concatenation per chunk (a constant number of ops per chunk, whatever its index)
+        X: dict[str, Tensor] = {}
+        E: dict[str, Tensor] = {}
         yt = []
         chunks = min(m, (T - t * L) // C)  # whole chunks in this tile (the padding is never read)
         for j in range(chunks):
-            Kj, Qj, Vj = K[t, :, :, j], Q[t, :, :, j], V[t, :, :, j]  # (B, H, C, D)
+            Kj, Qj, Vj = Kc[j], Qc[j], Vc[j]
             rows = [Kj, Qj] + ([Vj] if request.self_target else [])
             U = torch.cat(rows, 2)  # every read of chunk j at W⁽ʲ⁾
-            # per earlier token i: A_{j−1, c(i)} θ_i   (B, H, j·C)
-            w = torch.cat([A[..., j, jj, None] * coef[jj] for jj in range(j)], -1) if j else None
+            w = w_all[..., j, None, :j * C]  # (B, H, 1, j·C)
             out, acts = U, {}
             for name in view.names:
                 if name == first:
-                    base = D[..., j, None, None] * pre_W[:, :, j]
+                    base = D[..., j, None, None] * pre_W[j]
                     if has_mom:
-                        base = base + c[..., j, None, None] * pre_S[:, :, j]
+                        base = base + c[..., j, None, None] * pre_S[j]
                 else:
-                    base = D[..., j, None, None] * (out @ W[name].transpose(-1, -2))
+                    base = D[..., j, None, None] * Wd[name].times(out, transpose=True)
                     if has_mom:
-                        base = base + c[..., j, None, None] * (out @ S[name].transpose(-1, -2))
+                        base = base + c[..., j, None, None] * Sd[name].times(out, transpose=True)
                 if j:
-                    Xp, Ep = torch.cat(X[name], 2), torch.cat(E[name], 2)
-                    base = base - ((out @ Xp.transpose(-1, -2)) * w[..., None, :]) @ Ep
+                    base = base - ((out @ X[name].transpose(-1, -2)) * w) @ E[name]
                 acts[name] = (out, base)
                 out = view.memory.activation(base) if name == "W1" else base
             read = out + U if view.residual else out
@@ -197,36 +206,101 @@ def scan_chunk_writes(request: ScanRequest, *, tile: int) -> tuple[Tensor, Memor
             # errors per layer, backwards through the chunk-start forward
             for name in reversed(view.names):
                 inp, pre = acts[name]
-                X[name].append(inp[..., :nk, :])
-                E[name].append(e_out)
-                if name == "W2":  # e1 = (W2⁽ʲ⁾ᵀ e2) ∘ σ′(z1)
-                    back = D[..., j, None, None] * (e_out @ W[name])
+                if name == "W2":  # e1 = (W2⁽ʲ⁾ᵀ e2) ∘ σ′(z1), against earlier chunks only
+                    back = D[..., j, None, None] * Wd[name].times(e_out)
                     if has_mom:
-                        back = back + c[..., j, None, None] * (e_out @ S[name])
+                        back = back + c[..., j, None, None] * Sd[name].times(e_out)
                     if j:
-                        Xp, Ep = torch.cat(X[name][:-1], 2), torch.cat(E[name][:-1], 2)
-                        back = back - ((e_out @ Ep.transpose(-1, -2)) * w[..., None, :]) @ Xp
+                        back = back - ((e_out @ E[name].transpose(-1, -2)) * w) @ X[name]
+                X[name] = _grow(X.get(name), inp[..., :nk, :])
+                E[name] = _grow(E.get(name), e_out)
+                if name == "W2":
                     e_out = back * view.memory.activation_grad(acts["W1"][1][..., :nk, :])
-            coef.append(th[t, :, :, j])
         # end of tile: W_L = D W_b + c S_b − Σ_i A_{m−1,c(i)} θ_i e_i x_iᵀ, S_L likewise with Bθ
         jl = chunks - 1
-        a_row = torch.cat([gates.A[t][..., jl, jj, None] * coef[jj] for jj in range(chunks)], -1)
-        b_row = torch.cat([gates.Btheta[t][..., jl, jj, None] * coef[jj] for jj in range(chunks)], -1)
+        a_row = (gates.A[t][..., jl, :chunks, None] * ths[t][..., :chunks, :]).flatten(-2)
+        b_row = (gates.Btheta[t][..., jl, :chunks, None] * ths[t][..., :chunks, :]).flatten(-2)
         DL, cL, PL = (x[..., jl, None, None] for x in (gates.D[t], gates.c[t], gates.P[t]))
         newW, newS = {}, {}
         for name in view.names:
-            Xa, Ea = torch.cat(X[name], 2), torch.cat(E[name], 2)
-            EaT = Ea.transpose(-1, -2)
-            newW[name] = DL * W[name] - EaT @ (Xa * a_row[..., None])
+            EaT = E[name].transpose(-1, -2)
+            newW[name] = DL * W[name] - EaT @ (X[name] * a_row[..., None])
             if has_mom:
                 newW[name] = newW[name] + cL * S[name]
-            newS[name] = PL * S[name] - EaT @ (Xa * b_row[..., None])
+            newS[name] = PL * S[name] - EaT @ (X[name] * b_row[..., None])
         W, S = newW, newS
         ys.append(torch.cat(yt, 2))
     y = torch.cat(ys, 2)[:, :, :T] if request.outputs else q.new_zeros(B, H, 0, v.shape[-1])
     surprise = torch.cat(norms, 2)[:, :, :T].mean(-1)
     return y, MemoryState(params=W, opt_state={"momentum": S}, chunk_params=dict(W), position=0,
                           chunk_size=C, step=state.step + T, surprise=surprise)
+
+
+class _TileWeight:
+    """A weight matrix ``M`` used by many small products in one tile, whose gradient is
+    formed once: every product ``x Mᵀ`` or ``e M`` records its factor pair in the
+    backward pass (``g`` and ``x``: ``∂M += gᵀ x``; ``e`` and ``g``: ``∂M += eᵀ g``) and
+    ``M``'s own node sums them all as one ``Aᵀ B`` over the stacked rows, instead of one
+    parameter-sized outer product (and its accumulation) per chunk."""
+
+    def __init__(self, M: Tensor, pairs: list | None) -> None:
+        self.M, self.pairs = M, pairs
+
+    @classmethod
+    def wrap(cls, M: Tensor) -> "_TileWeight":
+        if not (torch.is_grad_enabled() and M.requires_grad):
+            return cls(M, None)
+        pairs: list = []
+        return cls(_GatherGrads.apply(M, pairs), pairs)
+
+    def times(self, x: Tensor, transpose: bool = False) -> Tensor:
+        """``x Mᵀ`` (``transpose``) or ``x M``."""
+        if self.pairs is None:
+            return x @ (self.M.transpose(-1, -2) if transpose else self.M)
+        return _DeferredProduct.apply(x, self.M, self.pairs, transpose)
+
+
+class _GatherGrads(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, M: Tensor, pairs: list) -> Tensor:  # type: ignore[override]
+        ctx.pairs = pairs
+        ctx.set_materialize_grads(False)
+        return M.view_as(M)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor | None):  # type: ignore[override]
+        pairs, ctx.pairs = ctx.pairs, None
+        if pairs:
+            a = torch.cat([p[0] for p in pairs], -2)
+            b = torch.cat([p[1] for p in pairs], -2)
+            total = a.transpose(-1, -2) @ b
+            grad = total if grad is None else grad + total
+        return grad, None
+
+
+class _DeferredProduct(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, M: Tensor, pairs: list, transpose: bool) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x, M)
+        ctx.pairs, ctx.transpose = pairs, transpose
+        return x @ (M.transpose(-1, -2) if transpose else M)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g: Tensor):  # type: ignore[override]
+        x, M = ctx.saved_tensors
+        if ctx.needs_input_grad[1]:
+            ctx.pairs.append((g, x) if ctx.transpose else (x, g))
+        gx = None
+        if ctx.needs_input_grad[0]:
+            gx = g @ M if ctx.transpose else g @ M.transpose(-1, -2)
+        return gx, None, None, None
+
+
+def _grow(rows: Tensor | None, x: Tensor) -> Tensor:
+    """``rows`` with ``x`` appended along dim 2 (``x`` itself when ``rows`` is ``None``)."""
+    return x if rows is None else torch.cat([rows, x], 2)
 
 
 def scan_within_chunk_tiles(request: ScanRequest, *, tile: int) -> tuple[Tensor, MemoryState]:
@@ -255,6 +329,7 @@ def scan_within_chunk_tiles(request: ScanRequest, *, tile: int) -> tuple[Tensor,
     pending = dict(state.pending) if (p and not token_write) else {}
     cut = request.truncate and state.step - p > 0  # the chunk open at the call's start
     ys, norms = [], []
+    qs, ks, vs, As, thetas = per_tile(tiles.q, tiles.k, tiles.v, g.A, tiles.theta)
     for t, opens in enumerate(plan.opens_chunk):
         # truncated: a chunk's write starts from its detached start state (not the stream's
         # first chunk); its reads still see the attached W_c
@@ -266,11 +341,11 @@ def scan_within_chunk_tiles(request: ScanRequest, *, tile: int) -> tuple[Tensor,
                 S = {n: m.detach() for n, m in S.items()} if S is not None else None
                 opt_state = tree_map(Tensor.detach, opt_state)
         Gw = {n: g.detach() for n, g in Gp.items()} if cut else Gp  # the write's gradient point
-        Q, K, V = tiles.q[t], tiles.k[t], tiles.v[t]  # (B, H, L, D)
+        Q, K, V = qs[t], ks[t], vs[t]  # (B, H, L, D)
         target = view.read(Gw, V) if request.self_target else V
         X, E, norm = view.forward_backward(Gw, K, target, objective, clip)
         norms.append(norm * plan.valid[t].to(norm.dtype))
-        A = g.A[t]  # (B, H, L, L)
+        A = As[t]  # (B, H, L, L)
         if token_write:
             if dgd:
                 E = _dgd_residuals(W, X, E, A, g.D[t])
@@ -283,7 +358,7 @@ def scan_within_chunk_tiles(request: ScanRequest, *, tile: int) -> tuple[Tensor,
             if y is None and request.outputs:
                 y = view.read(Gp, Q)
         else:
-            th = tiles.theta[t][..., None]  # (B, H, L, 1)
+            th = thetas[t][..., None]  # (B, H, L, 1)
             step = {n: E[n].transpose(-1, -2) @ (X[n] * th) for n in view.names}
             if dgd:
                 step = {n: s + (X[n] @ Gw[n].transpose(-1, -2)).transpose(-1, -2) @ (X[n] * th)

@@ -29,7 +29,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .tiles import Tiles, side_by_side
+from .tiles import Tiles, per_tile, side_by_side
 
 
 def _acc(out: Tensor, a: Tensor, b: Tensor, alpha: float = 1.0) -> Tensor:
@@ -51,14 +51,15 @@ def scan_within_chunks(tiles: Tiles, W: Tensor, S: Tensor, Wg: Tensor,
     M = tiles.gates.A * (tiles.q @ K.transpose(-1, -2))  # (n, B, H, L, L)
     KAB = side_by_side(K, -tiles.aL, -tiles.bL)  # (n, B, H, L, 2Dk)
     X = torch.cat([W, S], -1)  # joint state [W | S]: (B, H, Dv, 2Dk)
+    Ks, Vs, QDCs, Ms, KABs = per_tile(K, V, tiles.qdc, M, KAB)
     ys, norms = [], []
     for t, opens in enumerate(tiles.plan.opens_chunk):
         if opens:
             Wg = X[..., :Dk]
-        E = psi(K[t] @ Wg.transpose(-1, -2), V[t])  # (B, H, L, Dv)
+        E = psi(Ks[t] @ Wg.transpose(-1, -2), Vs[t])  # (B, H, L, Dv)
         norms.append(E.norm(dim=-1))
-        ys.append(_acc(tiles.qdc[t] @ X.transpose(-1, -2), M[t], E, alpha=-1.0))
-        X = tiles.advance_joint(t, X, E, KAB[t])
+        ys.append(_acc(QDCs[t] @ X.transpose(-1, -2), Ms[t], E, alpha=-1.0))
+        X = tiles.advance_joint(t, X, E, KABs[t])
     return (torch.stack(ys), X[..., :Dk].contiguous(), X[..., Dk:].contiguous(), Wg.contiguous(),
             torch.stack(norms))
 
@@ -115,6 +116,9 @@ def scan_aligned(tiles: Tiles, W: Tensor, S: Tensor, chunk: int, a: float, b: fl
     X = torch.cat([W, S], -1).reshape(BH, Dv, 2 * Dk)  # joint state [W | S]
     ys: list[Tensor] = []
     norms: list[Tensor] = []
+    EV, QDC, M, KAB = per_tile(EV, QDC, M, KAB)
+    if a != 0.0:
+        Tinv, KDC = per_tile(Tinv, KDC)
     for t in range(n):
         X_b = X
         Xt = X.transpose(-1, -2)  # (BH, 2Dk, Dv)

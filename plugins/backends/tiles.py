@@ -38,6 +38,13 @@ def segment_products(x: Tensor) -> Tensor:
     return m * (r[:, None] >= r[None, :]).to(x.dtype)
 
 
+def per_tile(*xs: Tensor) -> list[tuple[Tensor, ...]]:
+    """Each ``(n, …)`` tensor as its ``n`` per-tile views (``unbind``). A loop over tiles
+    indexes these instead of ``x[t]``: the backward of one ``unbind`` is one ``stack``,
+    where every ``x[t]`` would scatter into a fresh zero tensor of the full size."""
+    return [x.unbind(0) for x in xs]
+
+
 def side_by_side(x: Tensor, a: Tensor, b: Tensor) -> Tensor:
     """``[a∘x | b∘x]``: rows of ``x (..., L, D)`` scaled by ``a, b (..., L)``, side by
     side → ``(..., L, 2D)`` (one op, no concatenation copy)."""

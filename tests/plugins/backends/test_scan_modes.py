@@ -32,6 +32,7 @@ from torch import Tensor
 import nlframe
 from nlframe.scan import initial_state, make_memory, make_rule
 
+from .scan_cases import tile
 from .equations import PARAM_NAMES, gelu, gelu_prime, mem_grads, mem_read, oracle_scan
 
 DT = torch.float64
@@ -371,6 +372,10 @@ def _grad_cases() -> list[Case]:
         out += [Case("linear", "l2", chunk=1, **fam), Case("linear", "l2", chunk=3, **fam),
                 Case("mlp", "l2", chunk=3, **fam)]
     out += [Case("mlp", "dot", chunk=4, **FAMILIES["b"]), Case("linear", "dot", chunk=2, **FAMILIES["c"])]
+    # chunk writes of many chunks per tile (CMS levels of chunk 1 and 2): the tile's
+    # weight gradients summed once in the backward pass (chunked_levels._TileWeight)
+    out += [Case("mlp", "l2", chunk=1, **FAMILIES["c"]),
+            Case("residual-mlp", "l2", chunk=2, **FAMILIES["c"])]
     return out
 
 
@@ -444,6 +449,17 @@ def test_outer_grads_match_oracle(case, backend):
     through ``M_{W_c}(v)``: only the *inner* gradient holds them constant)."""
     inp = make_inputs(case)
     check_grads(scan_grads(backend, case, inp), oracle_grads(case, inp))
+
+
+@pytest.mark.parametrize("case", [Case("mlp", "l2", chunk=1, **FAMILIES["c"]),
+                                  Case("residual-mlp", "l2", chunk=2, **FAMILIES["c"])], ids=str)
+def test_chunk_writes_across_tiles_match_oracle(case):
+    """Many chunks per tile and several tiles (tile 4 over T = 11): the chunked form's
+    outputs, final state and outer gradients equal the float64 oracle."""
+    inp = make_inputs(case)
+    with tile(4):
+        got = scan_grads("chunked", case, inp)
+    check_grads(got, oracle_grads(case, inp))
 
 
 # -- 4. streaming --------------------------------------------------------------------------------
