@@ -230,7 +230,15 @@ class Backend(abc.ABC):
 
     def is_available(self) -> bool:
         """Whether this backend can run here (hardware, libraries)."""
-        return True
+        return self.unavailable_reason() is None
+
+    def unavailable_reason(self) -> str | None:
+        """Why this backend cannot run here (``None``: it can). Override this or
+        :meth:`is_available`; ``nlframe backends list`` and the errors of
+        ``backend=NAME`` print the reason."""
+        if type(self).is_available is not Backend.is_available and not self.is_available():
+            return f"{type(self).__name__}.is_available() returned False"
+        return None
 
     @abc.abstractmethod
     def supports(self, request: ScanRequest) -> str | None:

@@ -18,7 +18,7 @@ from .interfaces import Backend, Memory, ScanRequest
 from .level import MemoryState, autocast_on, full_precision
 from .registry import get_registry
 
-__all__ = ["memory_scan", "run_scan", "resolve_backend", "make_memory", "make_objective",
+__all__ = ["memory_scan", "run_scan", "make_request", "resolve_backend", "make_memory", "make_objective",
            "make_rule", "initial_state", "check_modes", "READ_MODES", "WRITE_MODES"]
 
 # Scan arguments that map onto update-rule hyperparameters of the same name.
@@ -223,7 +223,8 @@ def resolve_backend(name: str, request: ScanRequest) -> tuple[str, Backend]:
     if name != "auto":
         backend = reg.get("backend", name)()
         if not backend.is_available():
-            raise RuntimeError(f"backend {name!r} is not available on this machine")
+            why = backend.unavailable_reason() or "is_available() returned False"
+            raise RuntimeError(f"backend {name!r} is not available on this machine: {why}")
         reason = backend.supports(request)
         if reason is not None:
             raise ValueError(f"backend {name!r} does not support this scan "
@@ -234,7 +235,7 @@ def resolve_backend(name: str, request: ScanRequest) -> tuple[str, Backend]:
     candidates.sort(key=lambda nb: -nb[1].priority)
     for bname, backend in candidates:
         if not backend.is_available():
-            reasons.append(f"{bname}: not available")
+            reasons.append(f"{bname}: not available ({backend.unavailable_reason() or 'no reason given'})")
             continue
         reason = backend.supports(request)
         if reason is None:
@@ -355,6 +356,32 @@ def run_scan(q: Tensor, k: Tensor, v: Tensor, *, memory, objective, rule, names:
     detached start state while its reads keep the attached one, so the outer gradient
     reaches a chunk's inputs only through the chunk it writes into (``inner_grad =
     "truncated"`` of the blocks; needs ``read="chunk_start"``)."""
+    request = make_request(q, k, v, memory=memory, objective=objective, rule=rule, names=names,
+                           lr=lr, decay=decay, momentum=momentum, chunk_size=chunk_size,
+                           state=state, read=read, write=write, self_target=self_target,
+                           optimizer_kwargs=optimizer_kwargs, grad_clip=grad_clip,
+                           outputs=outputs, truncate=truncate)
+    state = request.state
+    if q.shape[2] == 0 or q.shape[0] == 0:
+        return q.new_zeros(*q.shape[:2], q.shape[2] if outputs else 0, v.shape[-1]), state
+    bname, impl = resolve_backend(backend, request)
+    y, new_state = impl.scan(request)
+    new_state.chunk_size = chunk_size
+    if check_finite:
+        _check_finite(y, new_state, state, request, bname, name)
+    return y, new_state
+
+
+def make_request(q: Tensor, k: Tensor, v: Tensor, *, memory, objective, rule,
+                 names: Mapping[str, str], lr: Any = 0.1, decay: Any = 0.0, momentum: Any = 0.0,
+                 chunk_size: int = 1, state: MemoryState | None = None,
+                 read: str = "after_write", write: str = "token", self_target: bool = False,
+                 optimizer_kwargs: Mapping[str, Any] | None = None,
+                 grad_clip: float | None = None, outputs: bool = True,
+                 truncate: bool = False) -> ScanRequest:
+    """The validated :class:`~nlframe.interfaces.ScanRequest` of a :func:`run_scan` call
+    (``ValueError`` / ``TypeError`` naming the argument otherwise); no backend is chosen
+    and nothing is computed. ``nlframe backends list`` probes backends with these."""
     _check_qkv(q, k, v)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
@@ -385,21 +412,13 @@ def run_scan(q: Tensor, k: Tensor, v: Tensor, *, memory, objective, rule, names:
         _check_state(state, memory, q, chunk_size, None if rule.structure == "dgd" else rule)
     if write == "chunk" and state.position:
         _check_tree("state.pending", state.pending, state.params)
-    if T == 0 or B == 0:
-        return q.new_zeros(B, H, T if outputs else 0, Dv), state
     structure = rule.scan_structure({**static, **{n: per_token[n] for n in per_token
                                                   if n not in ("lr", "decay")}})
-    request = ScanRequest(q=q, k=k, v=v, memory=memory, objective=objective, rule=rule,
-                          hyper=per_token, static_hyper=static, chunk_size=chunk_size, state=state,
-                          names=dict(names), read=read, write=write, self_target=self_target,
-                          grad_clip=None if grad_clip is None else float(grad_clip),
-                          rule_structure=structure, outputs=outputs, truncate=bool(truncate))
-    bname, impl = resolve_backend(backend, request)
-    y, new_state = impl.scan(request)
-    new_state.chunk_size = chunk_size
-    if check_finite:
-        _check_finite(y, new_state, state, request, bname, name)
-    return y, new_state
+    return ScanRequest(q=q, k=k, v=v, memory=memory, objective=objective, rule=rule,
+                       hyper=per_token, static_hyper=static, chunk_size=chunk_size, state=state,
+                       names=dict(names), read=read, write=write, self_target=self_target,
+                       grad_clip=None if grad_clip is None else float(grad_clip),
+                       rule_structure=structure, outputs=outputs, truncate=bool(truncate))
 
 
 def _check_finite(y: Tensor, new: MemoryState, old: MemoryState, request: ScanRequest,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 
-_MODULES = ("spec", "train", "bench")
+_MODULES = ("spec", "train", "bench", "backends")
 
 
 def register(main) -> None:
