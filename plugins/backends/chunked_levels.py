@@ -222,12 +222,12 @@ def scan_chunk_writes(request: ScanRequest, *, tile: int) -> tuple[Tensor, Memor
         b_row = (gates.Btheta[t][..., jl, :chunks, None] * ths[t][..., :chunks, :]).flatten(-2)
         DL, cL, PL = (x[..., jl, None, None] for x in (gates.D[t], gates.c[t], gates.P[t]))
         newW, newS = {}, {}
-        for name in view.names:
+        for name in view.names:  # one fresh parameter-sized buffer per result, updated in place
             EaT = E[name].transpose(-1, -2)
-            newW[name] = DL * W[name] - EaT @ (X[name] * a_row[..., None])
+            newW[name] = (EaT @ (X[name] * a_row.neg()[..., None])).addcmul_(DL, W[name])
             if has_mom:
-                newW[name] = newW[name] + cL * S[name]
-            newS[name] = PL * S[name] - EaT @ (X[name] * b_row[..., None])
+                newW[name].addcmul_(cL, S[name])
+            newS[name] = (EaT @ (X[name] * b_row.neg()[..., None])).addcmul_(PL, S[name])
         W, S = newW, newS
         ys.append(torch.cat(yt, 2))
     y = torch.cat(ys, 2)[:, :, :T] if request.outputs else q.new_zeros(B, H, 0, v.shape[-1])
