@@ -80,8 +80,8 @@ NOT_RUN = {
 }
 
 # nlframe sub-commands cheap enough to run here (anything with --help is, too).
-CHEAP = {("validate",), ("spec", "show"), ("plugins", "list"), ("tokenizer", "show"),
-         ("tokenizer", "train")}
+CHEAP = {("validate",), ("spec", "show"), ("plugins", "list"), ("backends", "list"),
+         ("tokenizer", "show"), ("tokenizer", "train")}
 
 # Numbers in sample output that stand for "whatever your data gives".
 PLACEHOLDERS = {"12,345,678": r"[\d,]+"}
