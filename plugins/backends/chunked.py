@@ -120,7 +120,9 @@ class ChunkedBackend(Backend):
     (TTT arXiv 2407.04620 mini-batch dual form). Every other mode of the contract
     (chunk-start reads, chunk writes, self targets, per-token clipping) and the
     ``dgd`` rule, for the same memories at every chunk size: chunked_levels.py.
-    Pure torch ops: autograd reaches q, k, v, the gates and the initial state.
+    Pure torch ops: autograd reaches q, k, v, the gates and the initial state (chunk
+    writes of MLP memories sum a tile's weight gradients in one step of their own, so
+    that path is differentiable once — the outer gradient — not twice).
     Any batched rule with ``write="chunk"`` (one ``update`` per chunk). Token writes
     of other rules and other memories are declared unsupported.
     """

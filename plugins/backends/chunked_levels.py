@@ -241,16 +241,20 @@ class _TileWeight:
     formed once: every product ``x Mᵀ`` or ``e M`` records its factor pair in the
     backward pass (``g`` and ``x``: ``∂M += gᵀ x``; ``e`` and ``g``: ``∂M += eᵀ g``) and
     ``M``'s own node sums them all as one ``Aᵀ B`` over the stacked rows, instead of one
-    parameter-sized outer product (and its accumulation) per chunk."""
+    parameter-sized outer product (and its accumulation) per chunk.
 
-    def __init__(self, M: Tensor, pairs: list | None) -> None:
+    Pairs are kept per backward pass (autograd's graph task id), so a retained graph run
+    again, or ``autograd.grad`` asked for other inputs first, never mixes passes. The
+    products are differentiable once (the outer gradient), not twice."""
+
+    def __init__(self, M: Tensor, pairs: dict | None) -> None:
         self.M, self.pairs = M, pairs
 
     @classmethod
     def wrap(cls, M: Tensor) -> "_TileWeight":
-        if not (torch.is_grad_enabled() and M.requires_grad):
+        if not (torch.is_grad_enabled() and M.requires_grad and _HAS_TASK_ID):
             return cls(M, None)
-        pairs: list = []
+        pairs: dict = {}
         return cls(_GatherGrads.apply(M, pairs), pairs)
 
     def times(self, x: Tensor, transpose: bool = False) -> Tensor:
@@ -260,9 +264,12 @@ class _TileWeight:
         return _DeferredProduct.apply(x, self.M, self.pairs, transpose)
 
 
+_HAS_TASK_ID = hasattr(torch._C, "_current_graph_task_id")
+
+
 class _GatherGrads(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, M: Tensor, pairs: list) -> Tensor:  # type: ignore[override]
+    def forward(ctx, M: Tensor, pairs: dict) -> Tensor:  # type: ignore[override]
         ctx.pairs = pairs
         ctx.set_materialize_grads(False)
         return M.view_as(M)
@@ -270,7 +277,7 @@ class _GatherGrads(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor | None):  # type: ignore[override]
-        pairs, ctx.pairs = ctx.pairs, None
+        pairs = ctx.pairs.pop(torch._C._current_graph_task_id(), None)
         if pairs:
             a = torch.cat([p[0] for p in pairs], -2)
             b = torch.cat([p[1] for p in pairs], -2)
@@ -281,7 +288,7 @@ class _GatherGrads(torch.autograd.Function):
 
 class _DeferredProduct(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, M: Tensor, pairs: list, transpose: bool) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, M: Tensor, pairs: dict, transpose: bool) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(x, M)
         ctx.pairs, ctx.transpose = pairs, transpose
         return x @ (M.transpose(-1, -2) if transpose else M)
@@ -291,7 +298,8 @@ class _DeferredProduct(torch.autograd.Function):
     def backward(ctx, g: Tensor):  # type: ignore[override]
         x, M = ctx.saved_tensors
         if ctx.needs_input_grad[1]:
-            ctx.pairs.append((g, x) if ctx.transpose else (x, g))
+            task = torch._C._current_graph_task_id()
+            ctx.pairs.setdefault(task, []).append((g, x) if ctx.transpose else (x, g))
         gx = None
         if ctx.needs_input_grad[0]:
             gx = g @ M if ctx.transpose else g @ M.transpose(-1, -2)

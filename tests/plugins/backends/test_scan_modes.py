@@ -462,6 +462,24 @@ def test_chunk_writes_across_tiles_match_oracle(case):
     check_grads(got, oracle_grads(case, inp))
 
 
+def test_chunk_writes_gradients_per_backward_pass():
+    """The tile-summed weight gradients (chunked_levels._TileWeight) are kept per backward
+    pass: a retained graph differentiated twice, and ``autograd.grad`` for q before W0,
+    give the reference's gradients every time."""
+    case = Case("mlp", "l2", chunk=1, **FAMILIES["c"])
+    inp = make_inputs(case)
+    expected = oracle_grads(case, inp)
+    leaves = _leaves(inp)
+    with tile(4):
+        y, state = scan_or_skip("chunked", case, _with_leaves(inp, leaves), modes=True)
+    total = _functional(y, state.params, state.momentum)
+    (g_q,) = torch.autograd.grad(total, [leaves["q"]], retain_graph=True)
+    close(g_q, expected["q"], "d/dq", GRAD_TOL)
+    for _ in range(2):
+        (g_w,) = torch.autograd.grad(total, [leaves["W0.W2"]], retain_graph=True)
+        close(g_w, expected["W0.W2"], "d/dW0.W2", GRAD_TOL)
+
+
 # -- 4. streaming --------------------------------------------------------------------------------
 STREAM_T = 17
 
