@@ -86,6 +86,7 @@ DIM, HEADS, LAYERS, CHUNK = 256, 4, 2, 8
 CMS_PERIODS, CMS_HIDDEN = (1, 4, 32, 128), 1024
 LR = 1e-3
 
+INNER_GRAD = "full"  # --inner-grad
 NLFRAME_HOPE_TOML = """
 description = "head-to-head HOPE: 2 blocks, dim 256, 4 heads, main memory chunk 8, CMS 1/4/32/128"
 
@@ -105,11 +106,13 @@ chunk_size = 8                                     # main memory: written every 
 proj_chunk_size = 8                                # M_k, M_v, M_eta, M_alpha: every 8 tokens
 memory = {{ type = "residual-mlp", hidden = 64 }}     # per head 64 -> 64 -> 64
 proj_memory = {{ type = "residual-mlp", hidden = 256 }}  # dim -> 256 -> dim, like the peer's
+inner_grad = "{inner_grad}"
 
 [model.blocks.cms]
 variant = "sequential"
 chunk_sizes = [1, 4, 32, 128]
 memory = {{ type = "mlp", hidden = 1024 }}
+inner_grad = "{inner_grad}"
 
 [train]
 lr = 1e-3
@@ -145,7 +148,7 @@ def build_nlframe_hope(vocab: int):
     import nlframe
     from nlframe.train import lm_loss
 
-    model = nlframe.build(NLFRAME_HOPE_TOML.format(vocab=vocab), seed=0)
+    model = nlframe.build(NLFRAME_HOPE_TOML.format(vocab=vocab, inner_grad=INNER_GRAD), seed=0)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=LR)
 
@@ -336,7 +339,7 @@ def measure_memory(side: str, args, T: int) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", side, "--seq-len", str(T),
            "--batch-size", str(args.batch_size), "--vocab", str(args.vocab),
            "--memory-steps", str(args.memory_steps), "--threads", str(torch.get_num_threads()),
-           "--memory-cap-mb", str(args.memory_cap_mb or 0)]
+           "--memory-cap-mb", str(args.memory_cap_mb or 0), "--inner-grad", args.inner_grad]
     if args.keep_denormals:
         cmd.append("--keep-denormals")
     try:
@@ -391,8 +394,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="address-space cap of each peak-RSS subprocess (default 60%% of RAM); "
                          "a side that fails under it is reported and not timed in-process. 0: none")
     ap.add_argument("--json", metavar="PATH", help="also write the rows as JSON to PATH")
+    ap.add_argument("--inner-grad", choices=("full", "truncated"), default="full",
+                    help="nlframe HOPE's inner_grad (titans and cms): the outer gradient through "
+                         "every write, or stopped at each chunk's write")
     ap.add_argument("--worker", choices=sorted(BUILDERS), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    global INNER_GRAD
+    INNER_GRAD = args.inner_grad
     if args.threads:
         torch.set_num_threads(args.threads)
     # Subnormal floats cost ~100x on CPUs; nested-learning's in-place writes produce them at
@@ -409,7 +417,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# head to head: torch {torch.__version__}, {torch.get_num_threads()} threads "
           f"({os.cpu_count()} CPUs), load average {load_average()}, python "
           f"{platform.python_version()} ({sys.executable})")
-    print(f"# nlframe {_version('nlframe')}, nested-learning {_version('nested-learning')}, "
+    print(f"# nlframe {_version('nlframe')} (inner_grad {INNER_GRAD}), nested-learning "
+          f"{_version('nested-learning')}, "
           f"titans-pytorch {_version('titans-pytorch')}; B={args.batch_size}, "
           f"T={' '.join(map(str, args.seq_len))}, median of ≤{args.repeats} interleaved rounds "
           f"after 1 warm-up each; denormals {'kept' if args.keep_denormals else 'flushed'}; "

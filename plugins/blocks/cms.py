@@ -105,6 +105,12 @@ class CMS(Block):
         grad_clip: float = attrs.field(default=0.0, validator=in_range(0.0, 1e6))
         """Per-token clip of each level's ``‖∂ℓ/∂pred_t‖`` (sequential / independent; 0: off)."""
         backend: str = attrs.field(default="auto", validator=plugin_name("backend", extra=("auto",)))
+        inner_grad: str = attrs.field(default="full", validator=one_of("full", "truncated"))
+        """``full``: the outer gradient flows through every in-context write (θ_ℓ,0, the key
+        and value projections and the norms learn through the whole sequence);
+        ``truncated``: it stops at each chunk's write — a chunk's keys and values learn
+        only through the next chunk's reads, and θ_ℓ,0 only through the first chunk
+        (sequential / independent)."""
 
         def check(self, dim: int) -> None:
             try:
@@ -120,11 +126,14 @@ class CMS(Block):
             if self.train_every is not None and len(self.train_every) != len(self.chunk_sizes):
                 raise ValueError(f"train_every: expected one entry per level "
                                  f"({len(self.chunk_sizes)}), got {len(self.train_every)}")
-            if self.variant == "nested" and (self.grad_clip or self.backend != "auto"):
-                field = "grad_clip" if self.grad_clip else "backend"
+            if self.variant == "nested" and (self.grad_clip or self.backend != "auto"
+                                             or self.inner_grad != "full"):
+                field = ("grad_clip" if self.grad_clip else
+                         "backend" if self.backend != "auto" else "inner_grad")
                 raise ValueError(f"{field}: the nested variant writes its levels at chunk "
                                  "boundaries itself (its meta step needs each chunk's gradient); "
-                                 "grad_clip and backend apply to sequential / independent")
+                                 "grad_clip, backend and inner_grad apply to sequential / "
+                                 "independent")
             if self.variant == "nested":
                 for s, (outer, inner) in enumerate(zip(self.chunk_sizes, self.chunk_sizes[1:])):
                     if outer % inner:
@@ -151,6 +160,7 @@ class CMS(Block):
                 level, self.lr = make_level(config.memory, config.objective, config.rule, dim, dim,
                                             chunk_size=c, read="chunk_start", write="chunk",
                                             grad_clip=config.grad_clip or None, backend=config.backend,
+                                            truncate=config.inner_grad == "truncated",
                                             name=f"cms.level{i}")
                 level.memory = self.memories[i]
                 self.scan_levels.append(level)

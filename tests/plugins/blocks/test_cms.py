@@ -150,3 +150,30 @@ def test_config_errors_name_the_field():
         load(chunk_sizes=[4, 0])
     with pytest.raises(SpecError, match=r"grad_clip: the nested variant"):
         load(variant="nested", chunk_sizes=[4, 2], grad_clip=1.0)
+
+
+@pytest.mark.parametrize("rule", [OptimizerRef("momentum", {"lr": 0.2}), OptimizerRef("sgd", {"lr": 0.2})])
+def test_truncated_inner_gradient_stops_at_each_write_and_matches_reference(rule):
+    """``inner_grad = "truncated"``: the same outputs as full; the outputs of chunk 2 get
+    no gradient from the inputs of chunk 0 (only from chunk 1, through its write) — and the
+    chunked backend's truncated gradients equal the reference loop's."""
+    C = 4
+    x = inputs(b=2, t=3 * C)
+    grads, outs = {}, {}
+    for mode, backend in (("full", "chunked"), ("truncated", "chunked"), ("truncated", "reference")):
+        block = make(chunk_sizes=(C,), rule=rule, inner_grad=mode, backend=backend)
+        xx = x.clone().requires_grad_(True)
+        y, _ = block(xx)
+        outs[mode, backend] = y.detach()
+        (grads[mode, backend],) = torch.autograd.grad(y[:, 2 * C:].sin().sum(), xx)
+    assert rel_err(outs["truncated", "chunked"], outs["full", "chunked"]) < 1e-14
+    for mode in ("full", "truncated"):
+        g = grads[mode, "chunked"]
+        assert g[:, C:2 * C].abs().sum() > 0
+        assert (g[:, :C].abs().sum() == 0) == (mode == "truncated"), mode
+    assert rel_err(grads["truncated", "chunked"], grads["truncated", "reference"]) < 1e-10
+
+
+def test_truncated_inner_gradient_is_refused_by_the_nested_variant():
+    with pytest.raises(ValueError, match="inner_grad"):
+        make(variant="nested", chunk_sizes=(4, 2), inner_grad="truncated")
