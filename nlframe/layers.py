@@ -26,7 +26,7 @@ import attrs
 import torch
 from torch import Tensor, nn
 
-from .level import MemoryState
+from .level import MemoryState, tree_map
 from .registry import UnknownPluginError, get_registry
 from .spec import BlockSpec, SpecError, check_block, structure
 
@@ -97,15 +97,8 @@ def init_state(layer: nn.Module, batch: int, *, device: Any = None,
 # ------------------------------------------------------------------------- state
 def map_state(fn: Callable[[Tensor], Tensor], state: Any) -> Any:
     """``state`` with ``fn`` applied to every tensor, inside state objects too."""
-    if isinstance(state, Tensor):
-        return fn(state)
-    if isinstance(state, dict):
-        return {k: map_state(fn, v) for k, v in state.items()}
-    if isinstance(state, (list, tuple)):
-        return type(state)(map_state(fn, v) for v in state)
-    if type(state) in _STATE_CLASSES.values():
-        return state.map(fn)
-    return state
+    classes = tuple(_STATE_CLASSES.values())
+    return tree_map(fn, state, leaf=lambda x: x.map(fn) if type(x) in classes else x)
 
 
 def detach_state(state: Any) -> Any:

@@ -43,15 +43,17 @@ def compilable(cls: type) -> type:
     return cls
 
 
-def tree_map(fn: Callable[[Tensor], Any], tree: Any) -> Any:
-    """Apply ``fn`` to every tensor of a nested dict/list/tuple; other leaves pass through."""
+def tree_map(fn: Callable[[Tensor], Any], tree: Any,
+             leaf: Callable[[Any], Any] | None = None) -> Any:
+    """Apply ``fn`` to every tensor of a nested dict/list/tuple; other leaves pass through,
+    or through ``leaf`` when given (e.g. to map inside state objects)."""
     if isinstance(tree, Tensor):
         return fn(tree)
     if isinstance(tree, dict):
-        return {k: tree_map(fn, v) for k, v in tree.items()}
+        return {k: tree_map(fn, v, leaf) for k, v in tree.items()}
     if isinstance(tree, (list, tuple)):
-        return type(tree)(tree_map(fn, v) for v in tree)
-    return tree
+        return type(tree)(tree_map(fn, v, leaf) for v in tree)
+    return tree if leaf is None else leaf(tree)
 
 
 # -- mixed precision ------------------------------------------------------------
