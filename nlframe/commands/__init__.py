@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 
-_MODULES = ("spec", "train", "bench", "backends")
+_MODULES = ("spec", "train", "bench", "backends", "experiments")
 
 
 def register(main) -> None:
