@@ -1,4 +1,4 @@
-"""``niah``: single-needle passkey retrieval over a haystack up to millions of bytes long.
+"""``niah``: passkey retrieval over a haystack up to millions of bytes long.
 
 Byte-level (vocab 256, so a model trained on ``stdlib`` can be tested). A
 sequence of length ``T`` is ::
@@ -11,6 +11,11 @@ boundary at or before it). ``key`` is a string of ``digits`` random decimal
 digits per row; ``depth`` is an option (``None``: uniform per row). Fillers:
 ``pattern`` (a few plain sentences repeated) or ``stdlib`` (the stdlib
 corpus's bytes of the same split, from a random offset per row, wrapping).
+
+With ``needles = n > 1`` (a BABILong-style stress test: the latest of several
+facts), ``n − 1`` distractor needles with other keys (all ``n`` distinct) lie
+uniformly before the answered one, which is still at ``depth``; the answer is
+the key of the last needle. ``n = 1`` is the plain single-needle task.
 
 Nothing of length ``T`` is ever built for evaluation: :meth:`NIAH.pieces`
 yields the sequence ``chunk`` tokens at a time, each byte computed from its
@@ -49,9 +54,13 @@ class NIAH(DataSource):
     eval_defaults = {"seq_len": 1024, "batch_size": 4, "batches": 4, "stream_chunk": 256}
 
     def __init__(self, arg: Any = None, *, digits: int = 5, depth: float | None = None,
-                 filler: str = "pattern") -> None:
+                 filler: str = "pattern", needles: int = 1) -> None:
         check_no_arg("niah", arg)
         self.digits = check_int("niah", "digits", digits)
+        self.needles = check_int("niah", "needles", needles)
+        if self.needles > 10 ** self.digits:
+            raise ValueError(f"niah: needles={needles} distinct keys need more than "
+                             f"digits={digits}")
         if depth is not None and not 0.0 <= float(depth) <= 1.0:
             raise ValueError(f"niah: depth must be in [0, 1] or None (random), got {depth!r}")
         self.depth = None if depth is None else float(depth)
@@ -59,7 +68,7 @@ class NIAH(DataSource):
             raise ValueError(f"niah: filler must be 'pattern' or 'stdlib', got {filler!r}")
         self.filler = filler
         self.needle_len = len(NEEDLE.replace(b"{key}", b"0" * self.digits))
-        self.overhead = self.needle_len + len(QUERY) + self.digits
+        self.overhead = self.needles * self.needle_len + len(QUERY) + self.digits
         self._pattern = np.frombuffer(FILLER, dtype=np.uint8)
         self._corpus = None
 
@@ -74,39 +83,57 @@ class NIAH(DataSource):
 
     def layout(self, split: str, index: int, *, batch_size: int, seq_len: int,
                seed: int = 0) -> dict[str, Any]:
-        """Per row: ``keys`` (digit strings), needle position ``p``, filler offset; and ``H``."""
+        """Per row: answer ``keys`` (digit strings), its needle's position ``pos``, all
+        ``needles`` as ``(position, key)`` in order, filler ``offset``; and ``H``."""
         check_split("niah", split)
         check_int("niah", "batch_size", batch_size, 0)
         H = seq_len - self.overhead
         if H < 0:
             raise ValueError(f"niah: seq_len={seq_len} is shorter than needle + query + answer "
-                             f"({self.overhead} bytes with digits={self.digits})")
+                             f"({self.overhead} bytes with digits={self.digits}, "
+                             f"needles={self.needles})")
         g = generator("niah", seed, split, index)
         keys = torch.randint(0, 10, (batch_size, self.digits), generator=g)
         depth = (torch.rand(batch_size, generator=g, dtype=torch.float64) if self.depth is None
                  else torch.full((batch_size,), self.depth, dtype=torch.float64))
-        pos = (depth * H).floor().long().clamp(max=H)
-        if self.filler == "pattern":  # insert at a sentence boundary of the repeated filler
-            bounds = np.flatnonzero(self._pattern == ord(".")) + 2  # after ". "
-            period = len(self._pattern)
-            starts = np.concatenate([[0], bounds[bounds < period]])
-            p = pos.numpy()
-            snapped = (p // period) * period + starts[np.searchsorted(starts, p % period,
-                                                                      "right") - 1]
-            pos = torch.from_numpy(np.minimum(snapped, H))
+        pos = self._snap((depth * H).floor().long().clamp(max=H), H)
         n_fill = len(self._filler_bytes(split))
         offset = torch.randint(0, n_fill, (batch_size,), generator=g) if self.filler == "stdlib" \
             else torch.zeros(batch_size, dtype=torch.int64)
-        return {"keys": ["".join(map(str, k)) for k in keys.tolist()], "pos": pos.tolist(),
+        answers = ["".join(map(str, k)) for k in keys.tolist()]
+        needles = [(self._distractors(g, p, k, H) if self.needles > 1 else []) + [(p, k)]
+                   for p, k in zip(pos.tolist(), answers)]
+        return {"keys": answers, "pos": pos.tolist(), "needles": needles,
                 "offset": offset.tolist(), "H": H, "T": seq_len}
+
+    def _snap(self, pos: torch.Tensor, H: int) -> torch.Tensor:
+        """For the ``pattern`` filler: ``pos`` moved back to a sentence boundary."""
+        if self.filler != "pattern":
+            return pos
+        bounds = np.flatnonzero(self._pattern == ord(".")) + 2  # after ". "
+        period = len(self._pattern)
+        starts = np.concatenate([[0], bounds[bounds < period]])
+        p = pos.numpy()
+        snapped = (p // period) * period + starts[np.searchsorted(starts, p % period, "right") - 1]
+        return torch.from_numpy(np.minimum(snapped, H))
+
+    def _distractors(self, g: torch.Generator, p: int, key: str,
+                     H: int) -> list[tuple[int, str]]:
+        """``needles − 1`` ``(position ≤ p, key ≠ key)`` pairs in order, keys distinct."""
+        keys: list[str] = []
+        while len(keys) < self.needles - 1:
+            k = "".join(map(str, torch.randint(0, 10, (self.digits,), generator=g).tolist()))
+            if k != key and k not in keys:
+                keys.append(k)
+        at = (torch.rand(self.needles - 1, generator=g, dtype=torch.float64) * p).floor().long()
+        return list(zip(sorted(self._snap(at, H).tolist()), keys))
 
     def _row(self, split: str, lay: dict[str, Any], r: int, a: int, b: int) -> np.ndarray:
         """Bytes ``[a, b)`` of row ``r`` (``0 ≤ a ≤ b ≤ T``), computed segment by segment."""
-        H, p, key = lay["H"], lay["pos"][r], lay["keys"][r].encode()
+        H, key = lay["H"], lay["keys"][r].encode()
         fill = self._filler_bytes(split)
-        needle = np.frombuffer(NEEDLE.replace(b"{key}", key), dtype=np.uint8)
         tail = np.frombuffer(QUERY + key, dtype=np.uint8)
-        ln = len(needle)
+        ln = self.needle_len
         out = np.empty(b - a, dtype=np.uint8)
 
         def put(seg_start: int, seg_end: int, values) -> None:  # values(i0, i1): segment-local
@@ -117,10 +144,15 @@ class NIAH(DataSource):
         def filler(f0: int, f1: int) -> np.ndarray:
             return fill[(lay["offset"][r] + np.arange(f0, f1)) % len(fill)]
 
-        put(0, p, filler)
-        put(p, p + ln, lambda i, j: needle[i:j])
-        put(p + ln, H + ln, lambda i, j: filler(p + i, p + j))
-        put(H + ln, lay["T"], lambda i, j: tail[i:j])
+        f, s = 0, 0  # filler bytes and sequence bytes placed so far
+        for p, k in lay["needles"][r]:
+            needle = np.frombuffer(NEEDLE.replace(b"{key}", k.encode()), dtype=np.uint8)
+            put(s, s + p - f, lambda i, j, f=f: filler(f + i, f + j))
+            s += p - f
+            put(s, s + ln, lambda i, j, needle=needle: needle[i:j])
+            f, s = p, s + ln
+        put(s, s + H - f, lambda i, j, f=f: filler(f + i, f + j))
+        put(s + H - f, lay["T"], lambda i, j: tail[i:j])
         return out
 
     def answer_start(self, seq_len: int) -> int:

@@ -149,3 +149,36 @@ def test_errors_and_registration():
     with pytest.raises(ValueError, match="filler must be"):
         NIAH(filler="lorem")
     assert nlframe.get_registry().get("data", "niah") is NIAH
+
+
+def test_one_needle_is_the_default_task():
+    one, default = NIAH(needles=1, depth=0.4), NIAH(depth=0.4)
+    a = one.batch("validation", 3, batch_size=2, seq_len=900, seed=1)
+    b = default.batch("validation", 3, batch_size=2, seq_len=900, seed=1)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("filler", ["pattern", "stdlib"])
+def test_several_needles_answer_the_last(filler, small_stdlib):
+    task = NIAH(needles=4, depth=0.7, filler=filler)
+    task._corpus = small_stdlib
+    T = 3000
+    b = task.batch("train", 1, batch_size=3, seq_len=T, seed=5)
+    lay = task.layout("train", 1, batch_size=3, seq_len=T, seed=5)
+    for r in range(3):
+        row = bytes(b["tokens"][r].tolist())
+        keys = [k for _, k in lay["needles"][r]]
+        assert len(set(keys)) == 4 and keys[-1] == lay["keys"][r]
+        found = [row.index(NEEDLE.replace(b"{key}", k.encode())) for k in keys]
+        assert found == sorted(found) and row.endswith(QUERY + keys[-1].encode())
+        assert found[-1] == lay["pos"][r] + 3 * task.needle_len  # the answer's needle at depth
+        assert bytes(b["targets"][r][b["mask"][r]].tolist()) == keys[-1].encode()
+    ps = list(task.pieces("train", 1, batch_size=3, seq_len=T, seed=5, chunk=257))
+    assert torch.equal(torch.cat([p["tokens"] for p in ps], 1), b["tokens"])
+
+
+def test_several_needles_errors():
+    with pytest.raises(ValueError, match="needles=11 distinct keys"):
+        NIAH(needles=11, digits=1)
+    with pytest.raises(ValueError, match="needles=3"):
+        NIAH(needles=3).batch("train", 0, batch_size=1, seq_len=300)
