@@ -75,6 +75,8 @@ NOT_RUN = {
         "a full training run (300 steps)",
     ("docs/interop.md", 'nlframe generate runs/tok --prompt "Once upon a time"'):
         "needs the trained run of the command before",
+    ("docs/results.md", "nlframe experiments run all --out docs/results"):
+        "every experiment at full size (the page's own run time)",
     ("docs/plugins.md", "pytest --nlframe-conformance=optimizer:lion --nlframe-conformance=objective:cosine"):
         "a pytest session; the same suites run in tests/test_conformance.py",
 }

@@ -16,7 +16,9 @@ HEADER = """# Results
 Small-scale versions of the experiments of the Nested Learning, Titans and
 related papers, run by nlframe itself. Regenerate this page with
 
-    nlframe experiments run all --out docs/results
+```bash
+nlframe experiments run all --out docs/results
+```
 
 (one experiment: `nlframe experiments run reading --out docs/results`; the
 configurations are in `specs/experiments/`). Every number is the mean ±

@@ -23,7 +23,7 @@ def _pyplot():
 
 def plot_lines(path: Path, series: Mapping[str, tuple[Sequence[float], Sequence[Sequence[float]]]],
                *, xlabel: str, ylabel: str, title: str, logx: bool = False, logy: bool = False,
-               hline: float | None = None) -> Path:
+               hline: float | None = None, vline: float | None = None) -> Path:
     """One line per label: ``series[label] = (x, per_seed)`` with ``per_seed[s][i]`` the
     value of seed ``s`` at ``x[i]``; the line is the mean over seeds, the band ± one std."""
     plt = _pyplot()
@@ -38,6 +38,8 @@ def plot_lines(path: Path, series: Mapping[str, tuple[Sequence[float], Sequence[
                             color=line.get_color(), alpha=0.2, linewidth=0)
     if hline is not None:
         ax.axhline(hline, color="grey", linestyle=":", linewidth=1)
+    if vline is not None:
+        ax.axvline(vline, color="grey", linestyle=":", linewidth=1)
     ax.set_xscale("log" if logx else "linear")
     ax.set_yscale("log" if logy else "linear")
     ax.set_xlabel(xlabel)
