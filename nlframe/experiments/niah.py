@@ -91,6 +91,7 @@ def run(ws: Workspace, cfg: Config) -> Section:
     train = {k: cfg.typed(f"train.{k}", t, min=m) for k, t, m in
              [("steps", int, 1), ("batch_size", int, 1), ("seq_len", int, 1), ("lr", float, 0),
               ("warmup_steps", int, 0), ("needles", int, 1)]}
+    train["loss"] = cfg.typed("train.loss", str)
     lengths, rows = _lengths(cfg, "eval")
     batch = cfg.typed("eval.batch_size", int, min=1)
     s_needles = cfg.typed("stress.needles", int, min=2)
@@ -110,7 +111,8 @@ def run(ws: Workspace, cfg: Config) -> Section:
         for s in seeds:
             tr = ws.train(label, cfg.directory / m["spec"], seed=s,
                           overrides={**overrides, **m["overrides"]}, data="niah",
-                          data_options={"digits": digits, "needles": train["needles"]})
+                          data_options={"digits": digits, "needles": train["needles"],
+                                        "train_loss": train["loss"]})
             params[label] = tr.parameters
             res = [_evaluate(ws, tr, label, s, length=L, rows=r, needles=1, digits=digits,
                              batch=batch, chunk=chunk) for L, r in zip(lengths, rows)]
@@ -165,7 +167,9 @@ def _section(ws: Workspace, acc, params, *, seeds, train, lengths, rows, s_needl
     setup = (f"Models: {', '.join(f'{m} ({params[m]:,} parameters)' for m in acc)}. Each is "
              f"trained for {train['steps']} steps of batch {train['batch_size']} × "
              f"{train['seq_len']} bytes (lr {train['lr']}) on haystacks with {train['needles']} "
-             f"needle(s), then evaluated at lengths "
+             f"needle(s), the loss counted "
+             + ("on every next byte" if train["loss"] == "all" else "on the answer digits only")
+             + f", then evaluated at lengths "
              f"{', '.join(f'{_k(L)} ({r} row(s))' for L, r in zip(lengths, rows))} per seed, "
              f"streamed in pieces of {chunk} tokens (batch ≤ {batch}) with the state carried; "
              f"{digits}-digit passkeys at uniform depth. Peak memory: the rise of the process's "

@@ -25,6 +25,8 @@ Metric (teacher forcing over the answer span): after ``QUERY`` and the true
 key digits before it, the greedy prediction ``argmax p(· | prefix)`` of each
 key digit; ``exact_match`` is the fraction of rows with every digit right,
 ``accuracy`` the fraction of digits right, ``loss`` their cross-entropy.
+Training batches count the same answer positions, or with ``train_loss =
+"all"`` every next byte of the sequence (the evaluation is unchanged).
 """
 
 from __future__ import annotations
@@ -54,8 +56,11 @@ class NIAH(DataSource):
     eval_defaults = {"seq_len": 1024, "batch_size": 4, "batches": 4, "stream_chunk": 256}
 
     def __init__(self, arg: Any = None, *, digits: int = 5, depth: float | None = None,
-                 filler: str = "pattern", needles: int = 1) -> None:
+                 filler: str = "pattern", needles: int = 1, train_loss: str = "answer") -> None:
         check_no_arg("niah", arg)
+        if train_loss not in ("answer", "all"):
+            raise ValueError(f"niah: train_loss must be 'answer' or 'all', got {train_loss!r}")
+        self.train_loss = train_loss
         self.digits = check_int("niah", "digits", digits)
         self.needles = check_int("niah", "needles", needles)
         if self.needles > 10 ** self.digits:
@@ -185,7 +190,12 @@ class NIAH(DataSource):
 
     def batch(self, split: str, index: int, *, batch_size: int, seq_len: int,
               seed: int = 0) -> Batch:
+        """One piece of the whole sequence; with ``train_loss="all"`` a ``train`` batch counts
+        every next byte (language modelling of the haystack, the key digits included)."""
         (out,) = self.pieces(split, index, batch_size=batch_size, seq_len=seq_len, seed=seed)
+        if split == "train" and self.train_loss == "all":
+            out["mask"] = torch.ones_like(out["mask"])
+            out["mask"][:, -1] = False  # its target lies past the end
         return out
 
     def evaluate(self, model: Any, *, device: torch.device | str = "cpu", batch_size: int,

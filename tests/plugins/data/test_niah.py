@@ -182,3 +182,19 @@ def test_several_needles_errors():
         NIAH(needles=11, digits=1)
     with pytest.raises(ValueError, match="needles=3"):
         NIAH(needles=3).batch("train", 0, batch_size=1, seq_len=300)
+
+
+def test_train_loss_all_counts_every_train_position_and_leaves_evaluation_alone():
+    from nlframe_plugins.data.niah import NIAH
+
+    plain, full = NIAH(), NIAH(train_loss="all")
+    a = plain.batch("train", 3, batch_size=2, seq_len=200, seed=1)
+    b = full.batch("train", 3, batch_size=2, seq_len=200, seed=1)
+    assert torch.equal(a["tokens"], b["tokens"]) and torch.equal(a["targets"], b["targets"])
+    assert int(a["mask"].sum()) == 2 * plain.digits
+    assert bool(b["mask"][:, :-1].all()) and not bool(b["mask"][:, -1].any())
+    v1 = plain.batch("validation", 0, batch_size=2, seq_len=200)
+    v2 = full.batch("validation", 0, batch_size=2, seq_len=200)
+    assert torch.equal(v1["mask"], v2["mask"])
+    with pytest.raises(ValueError, match="train_loss must be 'answer' or 'all'"):
+        NIAH(train_loss="everything")
