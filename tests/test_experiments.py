@@ -159,13 +159,15 @@ def quick_results(tmp_path_factory):
     runner = CliRunner()
     first = runner.invoke(main, ["experiments", "run", "all", "--quick", "--out", str(out),
                                  "--no-progress"])
+    recorded = {n: (out / n / "results.json").read_text() for n in EXPERIMENTS
+                if (out / n / "results.json").is_file()}
     second = runner.invoke(main, ["experiments", "run", "all", "--quick", "--out", str(out),
                                   "--no-progress"])
-    return out, first, second
+    return out, first, second, recorded
 
 
 def test_quick_run_writes_every_section(quick_results):
-    out, first, _ = quick_results
+    out, first, _, _ = quick_results
     assert first.exit_code == 0, first.output
     page = out.with_suffix(".md").read_text()
     for name in EXPERIMENTS:
@@ -181,10 +183,15 @@ def test_quick_run_writes_every_section(quick_results):
 
 
 def test_quick_rerun_reuses_every_run_and_unit(quick_results):
-    _, first, second = quick_results
+    out, first, second, recorded = quick_results
     assert "  train " in first.output
     assert second.exit_code == 0, second.output
     assert "  train " not in second.output  # everything came from the cache
+    for name, text in recorded.items():  # ... and the first run's record is kept
+        before, after = json.loads(text), json.loads((out / name / "results.json").read_text())
+        assert after["seconds"] == before["seconds"] > 0
+        assert after["machine"] == before["machine"] and after["machine"]["torch"]
+        assert after["tables"] == before["tables"]
 
 
 def test_cli_lists_and_refuses_unknown_names(tmp_path):

@@ -65,21 +65,52 @@ def run_experiments(names: Sequence[str], out: str | Path, *, quick: bool = Fals
         module = get_experiment(name)
         cfg = Config.load(name, quick=quick, directory=Path(config_dir) if config_dir else None)
         echo(f"{name}: {module.TITLE}")
-        t0 = time.perf_counter()
+        t0, computed = time.perf_counter(), ws.computed
         section: Section = module.run(ws, cfg)
         cfg.check_all_read()
         section.seconds = time.perf_counter() - t0
-        save_section(out, section, quick=quick)
-        echo(f"{name}: done in {section.seconds:.0f} s")
+        previous = _previous(out, name, quick)
+        if ws.computed == computed and previous:  # all from the cache: keep the run's record
+            section.seconds = previous["seconds"]
+            machine = previous.get("machine") or machine_info()
+        else:
+            machine = machine_info()
+        save_section(out, section, quick=quick, machine=machine)
+        echo(f"{name}: done in {time.perf_counter() - t0:.0f} s")
     return write_page(out, Path(page) if page else out.with_suffix(".md"))
 
 
-def save_section(out: Path, section: Section, *, quick: bool) -> Path:
+def machine_info() -> dict[str, str]:
+    """Where and when the numbers were measured."""
+    import datetime
+    import platform
+
+    import torch
+
+    from ..train import _version
+
+    device = (torch.cuda.get_device_name() if torch.cuda.is_available() else
+              f"{platform.machine()} CPU, {torch.get_num_threads()} threads")
+    return {"device": device, "torch": torch.__version__, "nlframe": _version(),
+            "date": datetime.date.today().isoformat()}
+
+
+def _previous(out: Path, name: str, quick: bool) -> dict | None:
+    """The saved ``results.json`` of ``name`` when it is of the same mode."""
+    try:
+        body = json.loads((out / name / "results.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return body if body.get("quick") == quick else None
+
+
+def save_section(out: Path, section: Section, *, quick: bool, machine: dict[str, str]) -> Path:
+    """``out/<name>/results.json``: the section, its mode and where it was measured."""
     import attrs
 
     path = out / section.name / "results.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    body = {"quick": quick, **attrs.asdict(section)}
+    body = {"quick": quick, "machine": machine, **attrs.asdict(section)}
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(body, indent=1, default=float))
     tmp.replace(path)

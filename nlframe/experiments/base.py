@@ -179,6 +179,8 @@ class Workspace:
         self.out = Path(out)
         self.work = Path(work) if work else self.out / ".work"
         self.quick, self.device, self.progress, self.echo = quick, device, progress, echo
+        self.computed = 0
+        """Trainings and units computed (not taken from the cache) so far."""
         self.work.mkdir(parents=True, exist_ok=True)
         ignore = self.work / ".gitignore"
         if not ignore.exists():
@@ -194,6 +196,7 @@ class Workspace:
             except (ValueError, KeyError):
                 pass  # a torn write: compute again
         result = compute()
+        self.computed += 1
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"kind": kind, "key": key, "result": result}, indent=1))
@@ -219,6 +222,7 @@ class Workspace:
         if not finished:
             resume = (path / "checkpoint").exists()  # a run that stopped mid-way continues
             self.echo(f"  train {label} (seed {seed}){', resuming' if resume else ''}")
+            self.computed += 1
             trainer = Trainer(spec, path, seed=seed, overrides=args, data=data,
                               data_options=data_options, device=self.device, resume=resume,
                               overwrite=not resume and path.exists(), progress=self.progress,

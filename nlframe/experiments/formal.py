@@ -7,16 +7,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .base import (
-    Config,
-    ExperimentError,
-    Figure,
-    Section,
-    Table,
-    Workspace,
-    fmt,
-    mean_std,
-)
+from .base import Config, ExperimentError, Figure, Section, Table, Workspace, fmt, mean_std
 from .mqar import baseline_of, models_of, number_list, pp, train_overrides
 from .plots import plot_lines
 

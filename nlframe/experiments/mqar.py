@@ -13,16 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .base import (
-    Config,
-    ExperimentError,
-    Figure,
-    Section,
-    Table,
-    Workspace,
-    fmt,
-    mean_std,
-)
+from .base import Config, ExperimentError, Figure, Section, Table, Workspace, fmt, mean_std
 from .plots import plot_lines
 
 if sys.version_info >= (3, 11):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 from pathlib import Path
 
 from .base import ExperimentError
@@ -26,7 +25,9 @@ standard deviation over the seeds named in its section — all seeds that were
 run, none left out — and the per-seed values are in each section's
 `results.json`. These are models of about a million parameters trained for
 minutes on a CPU; where they agree or disagree with the papers' findings at
-scale, the section says so.
+scale, the section says so. A section's run time counts the work it did
+itself: experiment 2's trainings are done (and timed) by experiment 1, which
+reads with the same models.
 """
 
 
@@ -71,10 +72,10 @@ def render(out: Path, page: Path) -> str:
     if not sections:
         raise ExperimentError(f"no experiment results in {out}")
     total = sum(s["seconds"] for s in sections) / 60
-    import torch
-
-    machine = (f"*Machine: {platform.machine()} CPU, {torch.get_num_threads()} threads, "
-               f"torch {torch.__version__}; total run time {total:.0f} min.*")
+    seen = {json.dumps(s.get("machine"), sort_keys=True) for s in sections if s.get("machine")}
+    where = "; ".join(f"{m['device']}, torch {m['torch']}, nlframe {m['nlframe']}, {m['date']}"
+                      for m in map(json.loads, sorted(seen)))
+    machine = f"*Measured on {where or 'an unrecorded machine'}; total run time {total:.0f} min.*"
     toc = ["| | experiment |", "|---|---|"] + [
         f"| {i + 1} | [{s['title']}](#{_anchor(s['title'])}) |" for i, s in enumerate(sections)]
     return "\n".join([HEADER, machine, "", *toc, ""] + [_section(s, rel) for s in sections])

@@ -43,15 +43,7 @@ def plot_lines(path: Path, series: Mapping[str, tuple[Sequence[float], Sequence[
     ax.set_xscale("log" if logx else "linear")
     ax.set_yscale("log" if logy else "linear")
     ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _finish(plt, fig, ax, path, ylabel=ylabel, title=title, grid_axis="both")
 
 
 def plot_bars(path: Path, groups: Sequence[str], bars: Mapping[str, Sequence[Sequence[float]]],
@@ -68,9 +60,14 @@ def plot_bars(path: Path, groups: Sequence[str], bars: Mapping[str, Sequence[Seq
         ax.bar(xs, [s[0] for s in stats], width, yerr=[s[1] for s in stats], capsize=2,
                label=label)
     ax.set_xticks(range(len(groups)), groups, fontsize=8)
+    return _finish(plt, fig, ax, path, ylabel=ylabel, title=title, grid_axis="y")
+
+
+def _finish(plt, fig, ax, path: Path, *, ylabel: str, title: str, grid_axis: str) -> Path:
+    """Label, grid and legend ``ax``; write ``fig`` to ``path`` and close it."""
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
-    ax.grid(True, axis="y", alpha=0.3)
+    ax.grid(True, axis=grid_axis, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
