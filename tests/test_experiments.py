@@ -19,7 +19,7 @@ from nlframe.experiments import EXPERIMENTS, ExperimentError, get_experiment, re
 from nlframe.experiments.base import Config, Workspace, fmt, mean_std, toml_value
 from nlframe.experiments.page import _anchor
 from nlframe.experiments.reading import (bucket_edges, bucketed_bpb, held_out_documents,
-                                         position_nll)
+                                         position_nll, windowed_nll)
 
 
 # -- configuration ------------------------------------------------------------------
@@ -134,6 +134,25 @@ def test_position_nll_streamed_equals_one_pass():
     edges = [0, 16, 96]
     bpb = bucketed_bpb(total, 2, edges)
     assert bpb[1] == pytest.approx(float(want[16:].mean()) / 2 / math.log(2), rel=1e-4)
+
+
+def test_windowed_nll_reads_every_window_from_a_fresh_state():
+    import nlframe
+    from nlframe.spec import load_spec
+
+    model = nlframe.build(load_spec("specs/deltanet-tiny.toml"), seed=0).eval()
+    docs = torch.randint(0, 256, (2, 97), generator=torch.Generator().manual_seed(1))
+    got = windowed_nll(model, docs, window=32, batch=3)
+    want = np.zeros(96)
+    with torch.no_grad():
+        for a in range(0, 96, 32):  # each window alone, from no state
+            logits, _ = model(docs[:, a:a + 32])
+            want[a:a + 32] = F.cross_entropy(logits.transpose(1, 2), docs[:, a + 1:a + 33],
+                                             reduction="none").sum(0).double().numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got[:32], position_nll(model, docs, 16)[:32], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ExperimentError, match="not a multiple"):
+        windowed_nll(model, docs, window=40)
 
 
 def test_held_out_documents_are_validation_files():
