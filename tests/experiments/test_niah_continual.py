@@ -35,12 +35,23 @@ def _fake(em_first, em_last, mb_first, mb_last):
 
 def test_niah_findings_from_fake_numbers():
     acc = {"HOPE": _fake(1.0, 0.97, 10, 12), "Transformer": _fake(1.0, 0.0, 10, 500)}
-    text = " ".join(niah.findings(acc, [1024, 1 << 20], [1024], 4))
+    text = " ".join(niah.findings(acc, [1024, 1 << 20], [1024], 4, chunk=1024))
     assert "At 1M tokens HOPE is best (97%" in text and "agrees with the papers" in text
     assert "Transformer: exact match falls from 100% at 1K to 0% at 1M" in text
     assert "HOPE: exact match holds" in text
     assert "grows from 1K to 1M tokens for Transformer (10 → 500 MiB)" in text
     assert "HOPE with 4 needles: 50% exact match vs 100% with one" in text
+
+
+def test_niah_findings_say_when_nothing_was_learnt():
+    acc = {m: _fake(0.0, 0.0, 0.0, 1.0) for m in ("HOPE", "Transformer")}
+    for a in acc.values():
+        a["accuracy"] = [[0.12, 0.1]] * 2
+        a["peak_mb"] = [[0.0, 128.0, 129.0]] * 2  # the first, short haystack uses a smaller piece
+    text = " ".join(niah.findings(acc, [1024, 4096, 1 << 20], [1024], 4, chunk=4096))
+    assert "No model learnt to retrieve" in text and "12–12% (chance 10%)" in text
+    assert "is best" not in text
+    assert "stays flat from 4K to 1M tokens" in text
 
 
 def test_memory_finding_flat():
