@@ -83,10 +83,16 @@ def findings(acc: Acc, base: Mapping[str, Mapping[int, float]], baseline: str) -
                       f"length) by {', '.join(ok)}." if ok else
                       "No model is 10 pp above the majority class even at the training "
                       "length: not learnt at this budget."))
-    drops = {m: sum(drop(acc[lang][m]) for lang in acc) / len(acc) for m in models}
-    out.append(f"Averaged over the languages, accuracy changes from length {short} to {long} "
-               "by " + ", ".join(f"{m} {'−' if d > 0 else '+'}{pp(abs(d))}"
-                                 for m, d in drops.items()) + ".")
+    known = [lang for lang in acc if learnt(acc[lang], base[lang][short], short)]
+    if not known:
+        out.append("No language was learnt at the training length, so how accuracy holds on "
+                   "longer strings cannot be compared with the papers here.")
+        return out
+    drops = {m: sum(drop(acc[lang][m]) for lang in known) / len(known) for m in models}
+    out.append(f"Over the languages learnt at the training length ({', '.join(known)}), "
+               f"accuracy changes from length {short} to {long} by "
+               + ", ".join(f"{m} {'−' if d > 0 else '+'}{pp(abs(d))}" for m, d in drops.items())
+               + ".")
     recurrent = [d for m, d in drops.items() if m != baseline]
     if baseline in drops and recurrent:
         agree = drops[baseline] > sum(recurrent) / len(recurrent)
