@@ -141,7 +141,7 @@ def findings(after: dict[str, list[list[list[float]]]], chance: float) -> list[s
         elif full and total:
             out.append("Every model learns each mapping almost fully and then overwrites it "
                        "with the next: catastrophic forgetting in all of them, HOPE included. "
-                       "The paper's claim that HOPE forgets less does not reproduce here; its "
+                       "The paper's claim that HOPE forgets less does not reproduce here, likely because its "
                        "slower CMS levels are still trained by the same outer optimizer, which "
                        "rewrites them on every phase.")
         else:
