@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from nlframe.cli import main
 from nlframe.experiments import EXPERIMENTS, ExperimentError, get_experiment, resolve
 from nlframe.experiments.base import Config, Workspace, fmt, mean_std, toml_value
-from nlframe.experiments.page import _anchor
+from nlframe.experiments.page import anchor
 from nlframe.experiments.reading import (bucket_edges, bucketed_bpb, held_out_documents,
                                          position_nll, windowed_nll)
 
@@ -107,8 +107,8 @@ def test_unit_is_computed_once_per_key(tmp_path):
 
 
 def test_anchor_matches_the_toc_extension():
-    assert _anchor("Ablations of HOPE") == "ablations-of-hope"
-    assert _anchor("Learning while reading: loss, far") == "learning-while-reading-loss-far"
+    assert anchor("Ablations of HOPE") == "ablations-of-hope"
+    assert anchor("Learning while reading: loss, far") == "learning-while-reading-loss-far"
 
 
 # -- the reading experiment's measurements -----------------------------------------------

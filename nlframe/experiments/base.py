@@ -35,7 +35,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 __all__ = ["ExperimentError", "Config", "Workspace", "Section", "Table", "Figure", "mean_std",
-           "fmt", "config_dir", "toml_value"]
+           "fmt", "config_dir", "toml_value", "override_args", "spec_files"]
 
 
 class ExperimentError(ValueError):
@@ -142,6 +142,26 @@ def _leaf_keys(d: dict, prefix: str = "") -> Iterable[str]:
             yield key
 
 
+def spec_files(cfg: Config, key: str = "models") -> dict[str, Path]:
+    """The table ``key`` of label = spec file (relative to the configuration directory),
+    as label → path; every file must exist."""
+    table = cfg[key]
+    if not isinstance(table, dict) or not table:
+        raise ExperimentError(f"{cfg.source}: {key}: expected a table of label = spec file")
+    out = {}
+    for label, rel in table.items():
+        path = cfg.directory / str(rel)
+        if not path.is_file():
+            raise ExperimentError(f"{cfg.source}: {key}.{label}: no spec file {path}")
+        out[label] = path
+    return out
+
+
+def override_args(overrides: dict[str, Any]) -> list[str]:
+    """``KEY.PATH=VALUE`` spec overrides (values as TOML literals), in key order."""
+    return [f"{k}={toml_value(v)}" for k, v in sorted(overrides.items())]
+
+
 def toml_value(value: Any) -> str:
     """``value`` as a TOML literal, for a ``KEY.PATH=VALUE`` spec override."""
     import tomli_w
@@ -204,19 +224,25 @@ class Workspace:
         return result
 
     # -- training --------------------------------------------------------------
+    def run_path(self, label: str, key: Any) -> Path:
+        """The run directory of a training keyed by ``key`` (a JSON value)."""
+        return self.work / "runs" / f"{label}-{_digest(key)}"
+
     def train(self, label: str, spec: str | Path, *, seed: int, overrides: dict[str, Any] | None = None,
               data: str | None = None, data_options: dict[str, Any] | None = None,
               keep_model: bool = True) -> TrainedRun:
         """Train ``spec`` with ``overrides`` (dotted spec keys → values) at ``seed``, or
-        reuse / resume the run of the same configuration."""
+        reuse / resume the run of the same configuration. Without ``keep_model`` the
+        trained model is not loaded (``model`` is ``None``)."""
+        from ..checkpoint import META_FILE, find_checkpoint
         from ..train import Trainer, load_run
 
         spec = Path(spec)
         overrides = dict(overrides or {})
         key = {"spec": spec.read_text(), "overrides": overrides, "seed": seed, "data": data,
                "data_options": data_options or {}, "device": self.device}
-        path = self.work / "runs" / f"{label}-{_digest(key)}"
-        args = [f"{k}={toml_value(v)}" for k, v in sorted(overrides.items())]
+        path = self.run_path(label, key)
+        args = override_args(overrides)
         finished = (path / "done.json").is_file() and (path / "checkpoint").exists()
         t0 = time.perf_counter()
         if not finished:
@@ -233,12 +259,16 @@ class Workspace:
                 raise KeyboardInterrupt
             (path / "done.json").write_text(json.dumps(
                 {"seconds": time.perf_counter() - t0, "step": trainer.step}))
-        model, _, ckpt = load_run(path, device=self.device)
-        model.eval()
+        if keep_model:
+            model, _, ckpt = load_run(path, device=self.device)
+            model.eval()
+            meta = ckpt["meta"]
+        else:
+            model = None
+            meta = json.loads((find_checkpoint(path, trainer=False) / META_FILE).read_text())
         seconds = json.loads((path / "done.json").read_text())["seconds"]
-        return TrainedRun(path=path, model=model if keep_model else None,
-                          history=_history(path), parameters=int(ckpt["meta"]["parameters"]),
-                          seconds=float(seconds))
+        return TrainedRun(path=path, model=model, history=_history(path),
+                          parameters=int(meta["parameters"]), seconds=float(seconds))
 
     def figure_path(self, experiment: str, name: str) -> Path:
         p = self.out / experiment / name

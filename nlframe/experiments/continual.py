@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Config, Figure, Section, Table, Workspace, _digest, fmt, mean_std, toml_value
+from .base import Config, Figure, Section, Table, Workspace, fmt, mean_std, override_args
 from .niah import model_table
 
 NAME = "continual"
@@ -31,8 +31,8 @@ def _train_through_phases(ws: Workspace, label: str, spec, seed: int, overrides:
     from ..train import Trainer
 
     phases, steps = data_options["num_phases"], data_options["phase_steps"]
-    args = [f"{k}={toml_value(v)}" for k, v in sorted(overrides.items())]
-    out = ws.work / "runs" / f"{NAME}-{label}-{seed}-{_digest([spec.read_text(), args])}"
+    args = override_args(overrides)
+    out = ws.run_path(f"{NAME}-{label}-{seed}", [spec.read_text(), args])
     ws.echo(f"  train {label} (seed {seed}) through {phases} phases")
     trainer = Trainer(spec, out, seed=seed, overrides=args, data="continual",
                       data_options=data_options, device=ws.device, overwrite=out.exists(),

@@ -7,8 +7,9 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .base import Config, ExperimentError, Figure, Section, Table, Workspace, fmt, mean_std
-from .mqar import baseline_of, models_of, number_list, pp, train_overrides
+from .base import (Config, ExperimentError, Figure, Section, Table, Workspace, fmt, mean_std,
+                   spec_files)
+from .mqar import baseline_of, number_list, pp, train_overrides
 from .plots import plot_lines
 
 NAME = "formal"
@@ -21,7 +22,7 @@ Acc = Mapping[str, Mapping[str, Mapping[int, Sequence[float]]]]
 
 
 def _settings(cfg: Config) -> dict[str, Any]:
-    models = models_of(cfg)
+    models = spec_files(cfg)
     languages = cfg["languages"]
     if (not isinstance(languages, list) or not languages
             or any(lang not in LANGUAGES for lang in languages)):

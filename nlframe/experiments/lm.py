@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Config, Figure, Section, Table, TrainedRun, Workspace, fmt, mean_std
+from .base import (Config, Figure, Section, Table, TrainedRun, Workspace, fmt, mean_std,
+                   spec_files)
 from .plots import plot_lines
 
 NAME = "lm"
@@ -22,23 +23,8 @@ TRAIN_KEYS = {"steps": int, "batch_size": int, "seq_len": int, "lr": float,
 
 def settings(cfg: Config) -> dict[str, Any]:
     """The models (label → spec path), the shared training overrides and the seeds."""
-    models = cfg["models"]
-    if not isinstance(models, dict) or not models:
-        raise_bad(cfg, "models", "expected a table of label = spec file")
-    paths = {}
-    for label, rel in models.items():
-        path = cfg.directory / str(rel)
-        if not path.is_file():
-            raise_bad(cfg, f"models.{label}", f"no spec file {path}")
-        paths[label] = path
     train = {f"train.{k}": cfg.typed(f"train.{k}", t, min=0) for k, t in TRAIN_KEYS.items()}
-    return {"models": paths, "train": train, "seeds": cfg.seeds}
-
-
-def raise_bad(cfg: Config, key: str, message: str):
-    from .base import ExperimentError
-
-    raise ExperimentError(f"{cfg.source}: {key}: {message}")
+    return {"models": spec_files(cfg), "train": train, "seeds": cfg.seeds}
 
 
 def train_all(ws: Workspace, s: dict[str, Any]) -> dict[str, list[TrainedRun]]:

@@ -13,7 +13,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .base import Config, ExperimentError, Figure, Section, Table, Workspace, fmt, mean_std
+from .base import (Config, ExperimentError, Figure, Section, Table, Workspace, fmt, mean_std,
+                   spec_files)
 from .plots import plot_lines
 
 if sys.version_info >= (3, 11):
@@ -29,20 +30,6 @@ PerX = Mapping[Any, Sequence[float]]
 
 
 # -- configuration -------------------------------------------------------------------
-def models_of(cfg: Config) -> dict[str, Path]:
-    """``[models]``: display name → spec path (relative to the configuration directory)."""
-    table = cfg["models"]
-    if not isinstance(table, dict) or not table:
-        raise ExperimentError(f"{cfg.source}: models: expected a table of name = spec file")
-    out = {}
-    for name, rel in table.items():
-        path = cfg.directory / str(rel)
-        if not path.is_file():
-            raise ExperimentError(f"{cfg.source}: models.{name}: no spec file {path}")
-        out[name] = path
-    return out
-
-
 def baseline_of(cfg: Config, models: Mapping[str, Path]) -> str:
     """``baseline``: the attention model the recurrent ones are compared with."""
     name = cfg.typed("baseline", str)
@@ -81,7 +68,7 @@ def train_overrides(cfg: Config, seq_len: int | None = None) -> dict[str, Any]:
 
 
 def _settings(cfg: Config) -> dict[str, Any]:
-    models = models_of(cfg)
+    models = spec_files(cfg)
     return {"models": models, "baseline": baseline_of(cfg, models), "seeds": cfg.seeds,
             "train": train_overrides(cfg), "vocab": cfg.typed("data.vocab_size", int, min=5),
             "lrs": number_list(cfg, "lr.values", float),

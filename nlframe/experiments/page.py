@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .base import ExperimentError
 
-__all__ = ["write_page", "render"]
+__all__ = ["write_page", "render", "anchor"]
 
 HEADER = """# Results
 
@@ -77,11 +77,11 @@ def render(out: Path, page: Path) -> str:
                       for m in map(json.loads, sorted(seen)))
     machine = f"*Measured on {where or 'an unrecorded machine'}; total run time {total:.0f} min.*"
     toc = ["| | experiment |", "|---|---|"] + [
-        f"| {i + 1} | [{s['title']}](#{_anchor(s['title'])}) |" for i, s in enumerate(sections)]
+        f"| {i + 1} | [{s['title']}](#{anchor(s['title'])}) |" for i, s in enumerate(sections)]
     return "\n".join([HEADER, machine, "", *toc, ""] + [_section(s, rel) for s in sections])
 
 
-def _anchor(title: str) -> str:
+def anchor(title: str) -> str:
     """The anchor MkDocs' toc extension gives a heading."""
     import re
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from . import lm
 from .base import Config, ExperimentError, Figure, Section, Table, Workspace, fmt, mean_std
+from .page import anchor
 from .plots import plot_lines
 
 NAME = "reading"
@@ -154,7 +155,7 @@ def run(ws: Workspace, cfg: Config) -> Section:
                   "§8): a model whose levels keep learning in context should predict the later "
                   "parts of a long document better for having read the earlier ones, while "
                   "attention restricted to a window cannot use what it has stopped seeing."),
-        setup=(f"The models of [experiment 2](#{_anchor(lm.TITLE)}) (seeds "
+        setup=(f"The models of [experiment 2](#{anchor(lm.TITLE)}) (seeds "
                f"{', '.join(map(str, s['seeds']))}), trained on {train_len}-byte windows, read "
                f"the {docs_n} longest held-out (validation) files of the stdlib corpus, the first "
                f"{length:,} bytes of each ({length // train_len}× the training length), streamed "
@@ -176,12 +177,6 @@ def run(ws: Workspace, cfg: Config) -> Section:
                  Figure(f"{NAME}/{fig2.name}", "Bits/byte the stream saves over fresh "
                                                f"{train_len}-byte windows, by position.")],
         raw=raw)
-
-
-def _anchor(title: str) -> str:
-    from .page import _anchor as anchor
-
-    return anchor(title)
 
 
 def _bucket_of(edges: list[int], position: int) -> int:
