@@ -1,9 +1,12 @@
-"""Built-in scan backends: ``reference`` (the token loop) and ``chunked`` (chunk-parallel)."""
+"""Built-in scan backends: ``reference`` (the token loop), ``chunked`` (chunk-parallel)
+and ``compiled`` (the chunked forms through ``torch.compile``)."""
 
 from nlframe import hookimpl
 
 from .chunked import ChunkedBackend
+from .compiled import CompiledBackend
 from .reference import ReferenceBackend
+from .triton_backend import TritonBackend
 
 
 @hookimpl
@@ -11,3 +14,5 @@ def nlframe_register_backend(register):
     """Register the built-in backend plugins."""
     register("reference", ReferenceBackend)
     register("chunked", ChunkedBackend)
+    register("compiled", CompiledBackend)
+    register("triton", TritonBackend)

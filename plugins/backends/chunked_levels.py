@@ -245,14 +245,17 @@ class _TileWeight:
 
     Pairs are kept per backward pass (autograd's graph task id), so a retained graph run
     again, or ``autograd.grad`` asked for other inputs first, never mixes passes. The
-    products are differentiable once (the outer gradient), not twice."""
+    products are differentiable once (the outer gradient), not twice. Under
+    ``torch.compile`` (the ``compiled`` backend) the products are plain matmuls: the
+    compiler's own backward graph replaces the deferral, which it cannot trace."""
 
     def __init__(self, M: Tensor, pairs: dict | None) -> None:
         self.M, self.pairs = M, pairs
 
     @classmethod
     def wrap(cls, M: Tensor) -> "_TileWeight":
-        if not (torch.is_grad_enabled() and M.requires_grad and _HAS_TASK_ID):
+        if not (torch.is_grad_enabled() and M.requires_grad and _HAS_TASK_ID) \
+                or torch.compiler.is_compiling():
             return cls(M, None)
         pairs: dict = {}
         return cls(_GatherGrads.apply(M, pairs), pairs)
@@ -325,8 +328,7 @@ def scan_within_chunk_tiles(request: ScanRequest, *, tile: int) -> tuple[Tensor,
     plan = TilePlan.within_chunks(T, C, p, tile, q.device)
     tiles = Tiles.gather(plan, q, k, v, theta, alpha, eta)
     g = tiles.gates
-    ends = plan.index.gather(1, plan.last[:, None]).squeeze(1)  # last token of each tile
-    closes = [bool((p + int(e) + 1) % C == 0) for e in ends.tolist()]
+    closes = [(p + e + 1) % C == 0 for e in plan.end_tokens]
 
     # write="chunk" only: a rule without a known structure, or with static options
     generic = request.rule_structure not in ("momentum", "dgd") or bool(request.static_hyper)
@@ -375,17 +377,17 @@ def scan_within_chunk_tiles(request: ScanRequest, *, tile: int) -> tuple[Tensor,
             y = view.read(Gp, Q) if request.outputs else None
             if closes[t]:
                 if generic:  # one update(G_c, state, W) with the last token's hyperparameters
-                    end = int(ends[t])
+                    end = plan.end_tokens[t]
                     hyper = {**request.static_hyper,
                              **{n: h[:, :, end] for n, h in request.hyper.items()}}
                     if "lr" in request.rule.hyperparams:
                         hyper["lr"] = 1.0
                     W, opt_state = request.rule.update(pending, opt_state, W, **hyper)
                 else:
-                    W, S = _apply_chunk(W, S, pending, tiles, t, plan.last[t], dgd)
+                    W, S = _apply_chunk(W, S, pending, tiles, t, plan.last_slots[t], dgd)
                 pending = {}
                 if after and request.outputs:
-                    j = int(plan.last[t])
+                    j = plan.last_slots[t]
                     y = y.clone()
                     y[..., j:j + 1, :] = view.read(W, Q[..., j:j + 1, :])
         if request.outputs:
@@ -434,10 +436,9 @@ def _read_after(view: LayerView, W: Params, S: Params | None, E: dict, X: dict, 
     return u + Q if view.residual else u
 
 
-def _apply_chunk(W: Params, S: Params | None, G: Params, tiles: Tiles, t: int, last: Tensor,
+def _apply_chunk(W: Params, S: Params | None, G: Params, tiles: Tiles, t: int, j: int,
                  dgd: bool) -> tuple[Params, Params | None]:
-    """The one step of a chunk write at its last token, with that token's α and η."""
-    j = int(last)
+    """The one step of a chunk write at its last token (slot ``j``), with that token's α and η."""
     keep = 1.0 - tiles.alpha[t][..., j, None, None]  # (B, H, 1, 1)
     if dgd:
         return {n: keep * W[n] - G[n] for n in W}, None

@@ -133,7 +133,7 @@ def scan_aligned(tiles: Tiles, W: Tensor, S: Tensor, chunk: int, a: float, b: fl
     W_b, S_b = (X_b[..., i:i + Dk].reshape(B, H, Dv, Dk) for i in (0, Dk))
     E = E.reshape(B, H, L, Dv)
     # parameters at the start of the last chunk: W_s for s = its first slot − 1
-    last = int(tiles.plan.last[-1])
+    last = tiles.plan.last_slots[-1]
     start = chunk * (last // chunk) - 1
     if start < 0:
         W_cs = W_b.contiguous()

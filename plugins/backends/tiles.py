@@ -96,7 +96,10 @@ class TilePlan:
     appended zero token), ``valid: (n, L)``, ``last: (n,)`` the slot of each tile's
     last token, ``opens_chunk[t]``: the gradient point of tile ``t`` is the state at
     its start (a chunk starts there). ``regular``: tiles are consecutive and full
-    but the last, so gathering is a reshape."""
+    but the last, so gathering is a reshape. ``last_slots`` and ``end_tokens`` (each
+    tile's last slot and last token) are ``last`` as Python ints, so that loops over
+    tiles branch on them without reading a tensor (no graph break under
+    ``torch.compile``)."""
 
     index: Tensor
     valid: Tensor
@@ -104,6 +107,8 @@ class TilePlan:
     opens_chunk: list[bool]
     tokens: int
     regular: bool
+    last_slots: list[int]
+    end_tokens: list[int]
 
     @property
     def size(self) -> int:
@@ -123,7 +128,8 @@ class TilePlan:
         regular = all(r[0] == i * L and (r[1] == L or i == len(runs) - 1)
                       for i, r in enumerate(runs))
         return cls(index=index.to(device), valid=valid.to(device), last=(length - 1).to(device),
-                   opens_chunk=[r[2] for r in runs], tokens=T, regular=regular)
+                   opens_chunk=[r[2] for r in runs], tokens=T, regular=regular,
+                   last_slots=[r[1] - 1 for r in runs], end_tokens=[r[0] + r[1] - 1 for r in runs])
 
     @classmethod
     def within_chunks(cls, T: int, chunk: int, position: int, max_tile: int, device) -> "TilePlan":
