@@ -56,3 +56,24 @@ def test_failure_statuses():
     st = status_of_exception(ValueError("first line\nsecond line"))
     assert st == "error: ValueError: first line"
     assert shown_status({"status": "OOM", "failed_phase": "train"}) == "OOM (in train)"
+
+
+def test_bench_model_rows_per_backend_name_the_backends_that_ran():
+    """``--backends``: a row per backend; ``levels`` counts which backend ran each scan."""
+    titans = str(ROOT / "specs" / "titans-tiny.toml")
+    r = CliRunner().invoke(main, ["bench", "model", titans, "--quick", "--batch-size", "1",
+                                  "--threads", "1", "--mode", "forward", "--backends",
+                                  "reference", "chunked", "--json"])
+    assert r.exit_code == 0, r.output
+    out = r.stdout
+    records = json.loads(out[out.index("[\n"):])
+    assert [rec["backend"] for rec in records] == ["reference", "chunked"]
+    for rec in records:
+        assert rec["status"] == "ok", rec
+        assert set(rec["levels"]) == {rec["backend"]} and rec["levels"][rec["backend"]] > 0
+
+
+def test_bench_model_unknown_backend_lists_the_registered_ones():
+    r = CliRunner().invoke(main, ["bench", "model", TINY, "--quick", "--backends", "nope"])
+    assert r.exit_code == 2
+    assert "unknown backend 'nope'; registered:" in r.output and "chunked" in r.output

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -141,13 +143,29 @@ def test_non_finite_read_names_the_token(qkv):
 
 
 def test_scan_benchmark_smoke(capsys):
-    """``nlframe bench scan`` runs end to end on a tiny shape and prints its table."""
-    from nlframe.bench.scan import chunked_matmul_flops, main
+    """``nlframe bench scan`` times every backend asked for, side by side, and prints its
+    table; ``--json`` gives one record per backend and mode with its ratios."""
+    from nlframe.bench.scan import main, useful_flops
 
-    assert main(["--batch", "1", "--seq", "40", "--dim", "8", "--repeats", "1"]) == 0
+    assert main(["--quick", "--backends", "chunked", "reference"]) == 0
     out = capsys.readouterr().out
-    assert "| chunked tok/s | reference tok/s | chunked/reference |" in out
-    assert "| 1 | 4 | 40 | 8 |" in out
-    # FLOP count: the aligned path does more work with the UT solve than without
-    assert chunked_matmul_flops(64, 4, 8, 8, 1, 32) > chunked_matmul_flops(64, 4, 8, 8, 1, 32,
-                                                                            solve=False) > 0
+    assert "| backend | mode | B | H | T | D | tok/s | × reference | × chunked |" in out
+    assert "| chunked | forward | 1 | 4 | 64 | 16 |" in out
+    assert "| reference | train | 1 | 4 | 64 | 16 |" in out
+    assert main(["--quick", "--backends", "chunked", "reference", "--mode", "forward",
+                 "--json"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert {(r["backend"], r["mode"]) for r in records} == {("chunked", "forward"),
+                                                            ("reference", "forward")}
+    ref = next(r for r in records if r["backend"] == "reference")
+    assert ref["vs_reference"] == 1.0 and ref["counted_gflop"] > 0
+    assert ref["useful_gflop"] == useful_flops("linear", 16, 16, 0) * 4 * 64 / 1e9
+    assert useful_flops("mlp", 4, 4, 8) == 4 * 2 * (4 * 8 + 8 * 4)
+
+
+def test_scan_benchmark_names_unknown_backends(capsys):
+    from nlframe.bench.scan import main
+
+    with pytest.raises(SystemExit):
+        main(["--quick", "--backends", "nope"])
+    assert "registered:" in capsys.readouterr().err

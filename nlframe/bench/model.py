@@ -9,7 +9,14 @@ random tokens of shape ``(batch_size, seq_len)``:
   backward + a ``torch.optim.AdamW`` step at the spec's ``train.lr`` (the same
   outer optimizer for every spec, so specs compare at equal optimizer cost).
 
-One warm-up step each, then the median of ``--steps`` timed steps. Memory: on
+One warm-up step each, then the median of ``--steps`` timed steps.
+
+Backends (``--backends``, default ``auto``; ``all`` = every registered backend
+available here): a row per spec, length and backend. A named backend is
+*preferred* in its worker — it runs every level it supports, and the others run on
+``auto``'s choice — and the row's ``levels`` column counts the scan calls of one
+forward pass per backend that ran them (e.g. ``compiled 4, chunked 2``), so a row
+never claims a backend that did not run. Memory: on
 CPU the worker's peak RSS (a process per row, so peaks never mix between
 lengths; ``VmHWM`` on Linux, where ``getrusage(RUSAGE_SELF).ru_maxrss`` of an
 exec'd child would start at its parent's peak, ``ru_maxrss`` elsewhere) and its
@@ -45,8 +52,8 @@ except ImportError:  # pragma: no cover - not on Windows
 
 DEFAULT_SPECS = ("transformer-tiny", "titans-tiny", "hope-tiny")
 _RESULT = "NLFRAME_BENCH_RESULT "
-FIELDS = ("spec", "params", "batch_size", "seq_len", "forward_tok_s", "train_tok_s",
-          "peak_rss_mb", "peak_rss_delta_mb", "status")
+FIELDS = ("spec", "backend", "params", "batch_size", "seq_len", "forward_tok_s", "train_tok_s",
+          "peak_rss_mb", "peak_rss_delta_mb", "levels", "status")
 
 
 # -- helpers shared by parent and worker ----------------------------------------
@@ -153,9 +160,29 @@ def timed_median(step: Callable[[], object], steps: int, device: torch.device) -
     return statistics.median(times)
 
 
+def prefer_backend(name: str) -> dict[str, int]:
+    """Make ``name`` the first choice of ``backend="auto"`` in this process (the worker's),
+    and count which backend runs each scan call: the returned dict fills as scans run."""
+    from .. import scan as scan_module
+
+    used: dict[str, int] = {}
+    if name != "auto":
+        cls = scan_module.get_registry().get("backend", name)
+        cls.priority = max(e.obj.priority for e in scan_module.get_registry().entries("backend")) + 1
+    resolve = scan_module.resolve_backend
+
+    def counting(bname: str, request):
+        chosen, impl = resolve(bname, request)
+        used[chosen] = used.get(chosen, 0) + 1
+        return chosen, impl
+
+    scan_module.resolve_backend = counting
+    return used
+
+
 def measure(spec_source: Any, *, seq_len: int, batch_size: int, steps: int, mode: str,
             device: str = "cpu", threads: int | None = None, label: str | None = None,
-            memory_limit_mb: float | None = None) -> dict:
+            memory_limit_mb: float | None = None, backend: str = "auto") -> dict:
     """One record, measured in this process (the worker's body; call it in a fresh process
     for a meaningful peak RSS). Never raises for failures of the model: they go to ``status``."""
     from ..build import build
@@ -165,7 +192,9 @@ def measure(spec_source: Any, *, seq_len: int, batch_size: int, steps: int, mode
     if threads:
         torch.set_num_threads(threads)
     dev = torch.device(device)
-    rec: dict[str, Any] = dict(spec=label or str(spec_source), params=None, batch_size=batch_size,
+    used = prefer_backend(backend)
+    rec: dict[str, Any] = dict(spec=label or str(spec_source), backend=backend, levels=None,
+                               params=None, batch_size=batch_size,
                                seq_len=seq_len, forward_tok_s=None, train_tok_s=None,
                                peak_rss_mb=None, peak_rss_delta_mb=None, status="ok",
                                device=str(dev), threads=torch.get_num_threads(), mode=mode,
@@ -194,6 +223,8 @@ def measure(spec_source: Any, *, seq_len: int, batch_size: int, steps: int, mode
                 with torch.no_grad():
                     model(batch["tokens"])
 
+            fwd()  # one pass counts the levels' backends
+            rec["levels"] = dict(used)
             rec["forward_tok_s"] = n / timed_median(fwd, steps, dev)
             rec["forward_peak_rss_mb"] = peak_rss_mb()
         if mode in ("train", "both"):
@@ -207,6 +238,12 @@ def measure(spec_source: Any, *, seq_len: int, batch_size: int, steps: int, mode
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+
+            if rec["levels"] is None:
+                used.clear()
+                with torch.no_grad():
+                    model(batch["tokens"])
+                rec["levels"] = dict(used)
 
             rec["train_tok_s"] = n / timed_median(train_step, steps, dev)
     except BaseException as exc:  # every failure becomes the row's status
@@ -255,7 +292,8 @@ def run_worker(job: dict, timeout: float | None) -> dict:
     """``measure(**job)`` in a fresh ``python -m nlframe.bench.model --worker`` process."""
     cmd = [sys.executable, "-m", "nlframe.bench.model", "--worker", json.dumps(job)]
     base = {k: job.get(k) for k in ("batch_size", "seq_len")}
-    base.update(spec=job.get("label") or job["spec"], params=None, forward_tok_s=None,
+    base.update(spec=job.get("label") or job["spec"], backend=job.get("backend", "auto"),
+                levels=None, params=None, forward_tok_s=None,
                 train_tok_s=None, peak_rss_mb=None, peak_rss_delta_mb=None)
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
@@ -265,6 +303,26 @@ def run_worker(job: dict, timeout: float | None) -> dict:
         if line.startswith(_RESULT):
             return json.loads(line[len(_RESULT):])
     return {**base, "status": status_of_returncode(proc.returncode, proc.stderr)}
+
+
+def resolve_backends(names: list[str]) -> list[str]:
+    """``--backends`` as backend names: ``auto``, registered names, or ``all`` (every
+    registered backend available here, highest priority first)."""
+    from ..registry import get_registry
+
+    reg = get_registry()
+    known = reg.names("backend")
+    out: list[str] = []
+    for name in names:
+        if name == "all":
+            ranked = sorted(known, key=lambda n: -reg.get("backend", n).priority)
+            out += [n for n in ranked if reg.get("backend", n)().unavailable_reason() is None]
+        elif name == "auto" or name in known:
+            out.append(name)
+        else:
+            raise ValueError(f"unknown backend {name!r}; registered: {', '.join(known)} "
+                             "(or auto, all)")
+    return list(dict.fromkeys(out))
 
 
 def _fmt(x: Any, spec: str = ",.0f") -> str:
@@ -280,15 +338,18 @@ def shown_status(r: dict) -> str:
 def format_table(records: list[dict], device: str) -> str:
     cuda = device.startswith("cuda")
     mem = "peak CUDA MB" if cuda else "peak RSS MB"
-    lines = [(f"| spec | params | B | T | forward tok/s | train tok/s | {mem} | "
-              "Δ RSS over built model MB | status |"), "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines = [(f"| spec | backend | params | B | T | forward tok/s | train tok/s | {mem} | "
+              "Δ RSS over built model MB | levels | status |"),
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for r in records:
         peak = r.get("peak_cuda_mb") if cuda else r.get("peak_rss_mb")
         at_least = "" if r["status"] == "ok" or peak is None else "≥"  # stopped early
-        lines.append(f"| {r['spec']} | {_fmt(r.get('params'))} | {r['batch_size']} | "
+        levels = ", ".join(f"{b} {n}" for b, n in (r.get("levels") or {}).items()) or "—"
+        lines.append(f"| {r['spec']} | {r.get('backend', 'auto')} | {_fmt(r.get('params'))} | "
+                     f"{r['batch_size']} | "
                      f"{r['seq_len']} | {_fmt(r.get('forward_tok_s'))} | "
                      f"{_fmt(r.get('train_tok_s'))} | {at_least}{_fmt(peak, ',.1f')} | "
-                     f"{_fmt(r.get('peak_rss_delta_mb'), ',.1f')} | {shown_status(r)} |")
+                     f"{_fmt(r.get('peak_rss_delta_mb'), ',.1f')} | {levels} | {shown_status(r)} |")
     return "\n".join(lines)
 
 
@@ -313,6 +374,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--memory-limit-mb", type=float, default=None,
                     help="cap each worker's address space at its size after building + this "
                          "(CPU, Linux): larger lengths report OOM instead of swapping")
+    ap.add_argument("--backends", nargs="+", default=["auto"], metavar="NAME",
+                    help="scan backends to prefer, a row each: auto (default), backend names, "
+                         "or all (every registered backend available here)")
     ap.add_argument("--json", action="store_true", help="print one JSON list of records")
     ap.add_argument("--quick", action="store_true", help="T=16, 1 timed step (smoke test)")
     ap.add_argument("--worker", metavar="JOB", help=argparse.SUPPRESS)
@@ -335,6 +399,11 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         print(f"error: --seq-len, --batch-size and --steps must be positive (got {bad[0]})",
               file=sys.stderr)
+        return 2
+    try:
+        backends = resolve_backends(args.backends)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     specs = []
     for name in args.specs or list(DEFAULT_SPECS):
@@ -360,19 +429,20 @@ def main(argv: list[str] | None = None) -> int:
         desc = getattr(spec, "description", None)
         first = True
         for T in args.seq_len:
-            job = dict(spec=path, label=label, seq_len=T, batch_size=args.batch_size,
-                       steps=args.steps, mode=args.mode, device=device, threads=threads,
-                       memory_limit_mb=args.memory_limit_mb)
-            rec = run_worker(job, args.timeout)
-            if first and rec.get("params") is not None:
-                print(f"## {label}: {rec['params']:,} parameters"
-                      + (f" — {desc}" if desc else ""), file=log, flush=True)
-                first = False
-            print(f"{label} T={T}: forward {_fmt(rec.get('forward_tok_s'))} tok/s, train "
-                  f"{_fmt(rec.get('train_tok_s'))} tok/s, peak RSS "
-                  f"{_fmt(rec.get('peak_rss_mb'), ',.1f')} MB, {shown_status(rec)}", file=log,
-                  flush=True)
-            records.append(rec)
+            for backend in backends:
+                job = dict(spec=path, label=label, seq_len=T, batch_size=args.batch_size,
+                           steps=args.steps, mode=args.mode, device=device, threads=threads,
+                           memory_limit_mb=args.memory_limit_mb, backend=backend)
+                rec = run_worker(job, args.timeout)
+                if first and rec.get("params") is not None:
+                    print(f"## {label}: {rec['params']:,} parameters"
+                          + (f" — {desc}" if desc else ""), file=log, flush=True)
+                    first = False
+                print(f"{label} T={T} backend {backend}: forward {_fmt(rec.get('forward_tok_s'))} "
+                      f"tok/s, train {_fmt(rec.get('train_tok_s'))} tok/s, peak RSS "
+                      f"{_fmt(rec.get('peak_rss_mb'), ',.1f')} MB, {shown_status(rec)}", file=log,
+                      flush=True)
+                records.append(rec)
     if args.json:
         print(json.dumps(records, indent=2))
     else:

@@ -1,52 +1,57 @@
-"""Throughput of the scan backends: ``chunked`` vs ``reference`` and vs matmul peak.
+"""Throughput of every scan backend side by side, against ``reference``, ``chunked`` and
+the machine's matmul peak.
 
-Workload: the delta rule with momentum — ``memory="linear"``, ``objective="l2"``,
-``chunk_size=1`` by default, per-token θ ∈ [0, 0.5], α ∈ [0, 0.01], η ∈ [0, 0.9],
-unit-norm keys, float32, forward only (``torch.no_grad``). For every shape it
-reports the chunked backend's tokens/s (``B·T`` per second, all heads), the
-matmul FLOPs the chunked algorithm actually performs per second, beside the
-GFLOP/s of a plain batched ``(T×D)·(D×D)`` matmul per head timed in the same
-run, and — for ``T ≤ --reference-max-T`` — the reference token loop's tokens/s
-and the ratio chunked / reference at equal shapes (nothing is extrapolated).
-Both backends run under identical conditions: the same thread count, one
-warm-up call each, their timed calls interleaved (chunked, reference, chunked,
-…) so that load from other processes hits both alike; times are the median of
-the timed calls. The output states the thread count, the load average and the
-exact tensor shapes; a line per shape, then a markdown table.
+Workload (``--memory``): the Titans level — per-token θ ∈ [0, 0.5], α ∈ [0, 0.01],
+η ∈ [0, 0.9] with momentum, unit-norm keys, read after write, float32 — on a
+``linear`` memory (the delta rule with momentum at ``--chunk-size 1``) or an ``mlp``
+memory of hidden width ``--hidden``. For every shape and every backend that is
+available here and supports the request (``--backends``, default all registered):
+
+* **forward**: ``memory_scan`` under ``torch.no_grad()``;
+* **train**: forward with every input and the initial state requiring gradients,
+  then backward of ``(y·w).sum()`` (fixed random ``w``).
+
+Tokens/s is ``B·T`` per second (all heads). Times are the median of ``--repeats``
+calls per backend, timed in turn (A, B, C, A, B, C, …) after one warm-up call each,
+so load from other processes hits all alike (a ``compiled`` warm-up compiles). The
+``reference`` token loop runs only for ``T ≤ --reference-max-T``; nothing is
+extrapolated.
+
+FLOPs: ``counted`` is what the backend executed (``torch.utils.flop_counter``, one
+untimed call; a ``compiled`` call cannot be counted from outside its graph, so it is
+given its eager twin ``chunked``'s count, the same graph; ``-`` where no count is
+possible, e.g. fused kernels). ``useful`` is the minimal matmul count of the
+recurrence itself, per token and head: linear ``3 · 2DkDv`` (read ``W_c k``, the
+rank-1 gradient, read ``W q``), MLP ``4 · 2(DkDh + DhDv)`` (the memory's forward and
+backward at ``k``, the read at ``q``); training ×3. ``useful GFLOP/s`` is that count
+per second and is what the peak column compares: the matmul peak is the best
+GFLOP/s of square ``N×N`` float32 matmuls (N = 512, 1024, 2048) on the same device,
+timed in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
-from ..scan import memory_scan
+from ..registry import get_registry
+from ..scan import make_memory, make_objective, make_request, make_rule, memory_scan
+
+MODES = ("forward", "train")
 
 
-def chunked_matmul_flops(T: int, heads: int, dk: int, dv: int, chunk: int, tile: int,
-                         affine: bool = True, solve: bool = True) -> float:
-    """Matmul FLOPs of the chunked linear scan (``plugins/backends/chunked_linear.py``)
-    for ``heads = B·H`` sequences of ``T`` tokens: gate kernel (``A = Dm·Bθ``,
-    ``c = Dm·P``), per-tile products and the loop over tiles. Elementwise work is
-    not counted; the triangular inverse is counted as ``L³/3``."""
-    if affine and 2 * chunk <= tile:  # chunk-aligned tiles with the UT solve
-        L = chunk * (tile // chunk)
-        pre = 2 * L**3 + 2 * L**2 + 2 * L**2 * dk  # A, c, Q Kᵀ
-        loop = 2 * L**2 * dv + 4 * L * dk * dv + 4 * L * dk * dv  # Y, end state
-        if solve:
-            pre += 2 * L**2 * dk + L**3 / 3 + 2 * L**2 * dv  # K Kᵀ, (I+N)⁻¹, (I+N)⁻¹ V
-            loop += 4 * L * dk * dv + 2 * L**2 * dv  # E = E_V + (I+N)⁻¹ ([aD̃∘K | ac̃∘K] Xᵀ)
-    else:  # tiles inside chunks, gradients at the chunk start
-        L = -(-chunk // -(-chunk // tile))
-        pre = 2 * L**3 + 2 * L**2 + 2 * L**2 * dk
-        loop = 2 * L * dk * dv + 4 * L * dk * dv + 2 * L**2 * dv + 4 * L * dk * dv
-    tiles = -(-T // L)
-    return float(heads * tiles * (pre + loop))
+def load_average() -> str:
+    """The 1-minute load average, e.g. ``3.10`` (``n/a`` where the OS has none)."""
+    try:
+        return f"{os.getloadavg()[0]:.2f}"
+    except (OSError, AttributeError):  # not available on this platform
+        return "n/a"
 
 
 def best_time(fn: Callable[[], object], repeats: int) -> float:
@@ -77,109 +82,230 @@ def interleaved_times(fns: dict[str, Callable[[], object]], repeats: dict[str, i
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def load_average() -> str:
-    """The 1-minute load average, e.g. ``3.10`` (``n/a`` where the OS has none)."""
-    try:
-        return f"{os.getloadavg()[0]:.2f}"
-    except (OSError, AttributeError):  # not available on this platform
-        return "n/a"
+def matmul_peak_gflops(device: torch.device, dtype: torch.dtype = torch.float32,
+                       sizes: tuple[int, ...] = (512, 1024, 2048), repeats: int = 3) -> float:
+    """Best GFLOP/s of square ``N×N`` matmuls over ``sizes`` on ``device``."""
+    best = 0.0
+    for n in sizes:
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+
+        def mm() -> None:
+            a @ b
+            _sync(device)
+
+        best = max(best, 2.0 * n**3 / best_time(mm, repeats) / 1e9)
+    return best
 
 
-def inputs(B: int, H: int, T: int, D: int, seed: int = 0):
-    gen = torch.Generator().manual_seed(seed)
-    q, k, v = (torch.randn(B, H, T, D, generator=gen) for _ in range(3))
-    k = k / k.norm(dim=-1, keepdim=True)
-    gates = dict(lr=0.5 * torch.rand(B, H, T, generator=gen),
-                 decay=0.01 * torch.rand(B, H, T, generator=gen),
-                 momentum=0.9 * torch.rand(B, H, T, generator=gen))
-    return q, k, v, gates
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
-def matmul_gflops(B: int, H: int, T: int, D: int, repeats: int) -> float:
-    """GFLOP/s of ``(B·H, T, D) @ (B·H, D, D)`` — the scan's per-token work as one matmul."""
-    a, w = torch.randn(B * H, T, D), torch.randn(B * H, D, D)
-    return 2.0 * B * H * T * D * D / best_time(lambda: torch.bmm(a, w), max(repeats, 5)) / 1e9
+def useful_flops(memory: str, Dk: int, Dv: int, hidden: int) -> float:
+    """Minimal forward matmul FLOPs per token and head (module docstring)."""
+    if memory == "linear":
+        return 3 * 2.0 * Dk * Dv
+    return 4 * 2.0 * (Dk * hidden + hidden * Dv)
+
+
+class Workload:
+    """Inputs of one shape, and a call of ``memory_scan`` on any backend."""
+
+    def __init__(self, args: argparse.Namespace, B: int, T: int, D: int, device: torch.device):
+        H, self.args, self.device = args.heads, args, device
+        gen = torch.Generator().manual_seed(0)
+        q, k, v = (torch.randn(B, H, T, D, generator=gen) for _ in range(3))
+        k = k / k.norm(dim=-1, keepdim=True)
+        self.tensors = dict(q=q, k=k, v=v, lr=0.5 * torch.rand(B, H, T, generator=gen),
+                            decay=0.01 * torch.rand(B, H, T, generator=gen),
+                            momentum=0.9 * torch.rand(B, H, T, generator=gen))
+        self.tensors = {n: x.to(device) for n, x in self.tensors.items()}
+        self.memory_kwargs = {"hidden": args.hidden} if args.memory == "mlp" else {}
+        mem = make_memory(args.memory, D, D, **self.memory_kwargs)
+        self.init = {n: p.to(device) for n, p in mem.init_params(generator=gen).items()}
+        self.weight = torch.randn(B, H, T, D, generator=gen).to(device)
+        self.B, self.H, self.T, self.D = B, H, T, D
+
+    def request(self):
+        """The request a call makes, for ``Backend.supports``."""
+        t = self.tensors
+        return make_request(t["q"], t["k"], t["v"],
+                            memory=make_memory(self.args.memory, self.D, self.D, **self.memory_kwargs),
+                            objective=make_objective(self.args.objective), rule=make_rule("momentum"),
+                            names={"memory": self.args.memory, "objective": self.args.objective,
+                                   "optimizer": "momentum"},
+                            lr=t["lr"], decay=t["decay"], momentum=t["momentum"],
+                            chunk_size=self.args.chunk_size)
+
+    def call(self, backend: str, mode: str) -> Callable[[], None]:
+        from ..scan import initial_state
+
+        def run() -> None:
+            train = mode == "train"
+            t = {n: x.detach().requires_grad_(train) for n, x in self.tensors.items()}
+            init = {n: p.detach().requires_grad_(train) for n, p in self.init.items()}
+            mem = make_memory(self.args.memory, self.D, self.D, **self.memory_kwargs)
+            state = initial_state(mem, make_rule("momentum"), batch=self.B, heads=self.H,
+                                  params=init, chunk_size=self.args.chunk_size)
+            with torch.set_grad_enabled(train):
+                y, _ = memory_scan(t["q"], t["k"], t["v"], memory=self.args.memory,
+                                   objective=self.args.objective, lr=t["lr"], decay=t["decay"],
+                                   momentum=t["momentum"], chunk_size=self.args.chunk_size,
+                                   backend=backend, state=state, memory_kwargs=self.memory_kwargs,
+                                   check_finite=False)
+                if train:
+                    (y * self.weight).sum().backward()
+            _sync(self.device)
+
+        return run
+
+
+def counted_flops(run: Callable[[], None]) -> float:
+    """FLOPs executed by one call of ``run`` (``torch.utils.flop_counter``)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        run()
+    return float(counter.get_total_flops())
+
+
+def backends_for(work: Workload, names: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Backends of ``names`` that run ``work`` here, and why each other one does not."""
+    registry = get_registry()
+    ok, skipped = [], {}
+    request = work.request()
+    for name in names:
+        impl = registry.get("backend", name)()
+        reason = impl.unavailable_reason() or impl.supports(request)
+        if reason:
+            skipped[name] = reason
+        else:
+            ok.append(name)
+    return ok, skipped
+
+
+def measure(args: argparse.Namespace, B: int, T: int, D: int, device: torch.device,
+            peak: float) -> list[dict[str, Any]]:
+    """Records of every backend and mode at one shape."""
+    work = Workload(args, B, T, D, device)
+    names, skipped = backends_for(work, args.backends)
+    for name, why in skipped.items():
+        print(f"# B={B} T={T} D={D}: {name} skipped: {why}", flush=True)
+    if T > args.reference_max_T and "reference" in names:
+        names.remove("reference")
+        print(f"# B={B} T={T} D={D}: reference not timed (T > --reference-max-T "
+              f"{args.reference_max_T})", flush=True)
+    per_token = useful_flops(args.memory, D, D, args.hidden) * args.heads
+    records = []
+    for mode in args.modes:
+        fns = {n: work.call(n, mode) for n in names}
+        reps = {n: 1 if n == "reference" else max(args.repeats, 1) for n in names}
+        times = interleaved_times(fns, reps)
+        counts: dict[str, float | None] = {}
+        for n in names:
+            twin = "chunked" if n == "compiled" else n  # the same graph, countable eagerly
+            if twin not in counts:
+                counts[twin] = (counted_flops(work.call(twin, mode))
+                                if twin in ("reference", "chunked") else None)
+            counts[n] = counts[twin]  # None: kernels outside torch's dispatcher
+        useful = per_token * B * T * (3 if mode == "train" else 1)
+        for n in names:
+            tok_s = B * T / times[n]
+            records.append(dict(
+                backend=n, mode=mode, memory=args.memory, objective=args.objective,
+                chunk_size=args.chunk_size, B=B, H=args.heads, T=T, D=D,
+                hidden=args.hidden if args.memory == "mlp" else None,
+                seconds=times[n], tok_s=tok_s,
+                counted_gflop=None if counts[n] is None else counts[n] / 1e9,
+                useful_gflop=useful / 1e9, useful_gflop_s=useful / times[n] / 1e9,
+                peak_gflop_s=peak, pct_of_peak=100 * useful / times[n] / 1e9 / peak,
+                threads=torch.get_num_threads(), load=load_average(), device=str(device)))
+        by = {r["backend"]: r["tok_s"] for r in records if r["mode"] == mode}
+        for r in records:
+            if r["mode"] == mode:
+                r["vs_reference"] = r["tok_s"] / by["reference"] if "reference" in by else None
+                r["vs_chunked"] = r["tok_s"] / by["chunked"] if "chunked" in by else None
+        if not args.json:
+            shown = ", ".join(f"{n} {by[n]:,.0f}" for n in names)
+            print(f"B={B} H={args.heads} T={T} D={D} {mode}: tok/s {shown}; load {load_average()}",
+                  flush=True)
+    return records
+
+
+def _ratio(x: float | None) -> str:
+    return "—" if x is None else f"{x:.2f}×" if x < 10 else f"{x:.0f}×"
+
+
+def format_table(records: list[dict[str, Any]]) -> str:
+    lines = ["| backend | mode | B | H | T | D | tok/s | × reference | × chunked | counted GFLOP | "
+             "useful GFLOP/s | % of matmul peak |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        counted = "—" if r["counted_gflop"] is None else f"{r['counted_gflop']:.3g}"
+        lines.append(f"| {r['backend']} | {r['mode']} | {r['B']} | {r['H']} | {r['T']} | {r['D']} "
+                     f"| {r['tok_s']:,.0f} | {_ratio(r['vs_reference'])} | "
+                     f"{_ratio(r['vs_chunked'])} | {counted} | {r['useful_gflop_s']:.1f} | "
+                     f"{r['pct_of_peak']:.1f}% |")
+    return "\n".join(lines)
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="nlframe bench scan", description=__doc__.splitlines()[0])
+    ap.add_argument("--backends", nargs="+", default=None, metavar="NAME",
+                    help="backends to time (default: every registered one)")
+    ap.add_argument("--memory", choices=("linear", "mlp"), default="linear")
+    ap.add_argument("--hidden", type=int, default=256, help="MLP memory hidden width")
+    ap.add_argument("--objective", default="l2", choices=["l2", "dot"])
+    ap.add_argument("--chunk-size", type=int, default=1)
+    ap.add_argument("--batch", type=int, nargs="+", default=[2])
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--seq", type=int, nargs="+", default=[512, 2048])
+    ap.add_argument("--dim", type=int, nargs="+", default=[64])
+    ap.add_argument("--mode", choices=("forward", "train", "both"), default="both")
+    ap.add_argument("--reference-max-T", type=int, default=512,
+                    help="time the reference loop only for T up to this")
+    ap.add_argument("--repeats", type=int, default=3, help="timed calls per backend and shape")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    ap.add_argument("--json", action="store_true", help="print one JSON list of records")
+    ap.add_argument("--quick", action="store_true", help="B=1, T=64, D=16, one repeat")
+    return ap
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="nlframe bench scan", description=__doc__.splitlines()[0])
-    ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
-    ap.add_argument("--heads", type=int, default=4)
-    ap.add_argument("--seq", type=int, nargs="+", default=[1024, 4096, 8192])
-    ap.add_argument("--dim", type=int, nargs="+", default=[64, 128])
-    ap.add_argument("--chunk-size", type=int, default=1)
-    ap.add_argument("--objective", default="l2", choices=["l2", "dot"])
-    ap.add_argument("--reference-max-T", type=int, default=4096,
-                    help="time the reference loop only for T up to this")
-    ap.add_argument("--repeats", type=int, default=3, help="timed chunked calls per shape")
-    ap.add_argument("--reference-repeats", type=int, default=1,
-                    help="timed reference calls per shape (interleaved with the chunked ones)")
-    ap.add_argument("--threads", type=int, nargs="+", default=None,
-                    help="torch intra-op thread counts to run every shape with (default: torch's)")
-    ap.add_argument("--quick", action="store_true",
-                    help="one small shape (B=1, T=1024, D=64), three chunked repeats")
+    ap = parser()
     args = ap.parse_args(argv)
     if args.quick:
-        args.batch, args.seq, args.dim, args.repeats = [1], [1024], [64], 3
-    from nlframe_plugins.backends.chunked import ChunkedBackend
-
-    tile, H = ChunkedBackend.tile, args.heads
-    threads = args.threads or [torch.get_num_threads()]
-    print(f"# scan benchmark: linear/{args.objective}/momentum, chunk_size={args.chunk_size}, "
-          f"H={H}, float32, forward (no_grad), tile={tile}, threads={threads}, "
-          f"load average {load_average()} on {os.cpu_count()} CPUs, torch {torch.__version__}")
-    print(f"# shapes: q, k, v (B, {H}, T, D); lr, decay, momentum (B, {H}, T); timings: median of "
-          f"{args.repeats} chunked / {args.reference_repeats} reference call(s), interleaved, "
-          "after one warm-up each (reference: on the first 64 tokens)")
-    rows = []
-    for n_threads in threads:
-        torch.set_num_threads(n_threads)
-        for D in args.dim:
-            for B in args.batch:
-                for T in args.seq:
-                    rows.append(_measure(args, B, T, D, tile))
-    print()
-    print("| B | H | T | D | chunked tok/s | reference tok/s | chunked/reference | "
-          "chunked GFLOP/s | matmul GFLOP/s | % of matmul | threads | load |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        ref = f"{r['ref']:.0f}" if r["ref"] else "—"
-        ratio = f"{r['chunked'] / r['ref']:.0f}×" if r["ref"] else "—"
-        print(f"| {r['B']} | {H} | {r['T']} | {r['D']} | {r['chunked']:.0f} | {ref} | "
-              f"{ratio} | {r['gflops']:.1f} | {r['peak']:.1f} | "
-              f"{100 * r['gflops'] / r['peak']:.0f}% | {r['threads']} | {r['load']} |")
+        args.batch, args.seq, args.dim, args.repeats, args.hidden = [1], [64], [16], 1, 32
+    registry = get_registry()
+    known = registry.names("backend")
+    args.backends = args.backends or sorted(known, key=lambda n: -registry.get("backend", n).priority)
+    unknown = [n for n in args.backends if n not in known]
+    if unknown:
+        ap.error(f"unknown backend(s) {', '.join(unknown)}; registered: {', '.join(known)}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: CUDA is not available here")
+    args.modes = MODES if args.mode == "both" else (args.mode,)
+    peak = matmul_peak_gflops(device)
+    if not args.json:
+        print(f"# scan benchmark: {args.memory}/{args.objective}/momentum, chunk_size="
+              f"{args.chunk_size}, H={args.heads}, float32 on {device}, backends "
+              f"{', '.join(args.backends)}; {torch.get_num_threads()} threads, load average "
+              f"{load_average()} on {os.cpu_count()} CPUs, torch {torch.__version__}; matmul "
+              f"peak {peak:.1f} GFLOP/s")
+    records = []
+    for D in args.dim:
+        for B in args.batch:
+            for T in args.seq:
+                records += measure(args, B, T, D, device, peak)
+    if args.json:
+        print(json.dumps(records, indent=1))
+    else:
+        print()
+        print(format_table(records))
     return 0
-
-
-def _measure(args, B: int, T: int, D: int, tile: int) -> dict:
-    """One table row: chunked and (for ``T ≤ --reference-max-T``) reference tokens/s at
-    ``(B, H, T, D)``, timed interleaved, and the matmul peak timed right after."""
-    H = args.heads
-    q, k, v, gates = inputs(B, H, T, D)
-    kw = dict(memory="linear", objective=args.objective, chunk_size=args.chunk_size,
-              check_finite=False, **gates)
-
-    def run(backend: str, upto: int = T) -> None:
-        with torch.no_grad():
-            memory_scan(q[:, :, :upto], k[:, :, :upto], v[:, :, :upto], backend=backend,
-                        **{n: x[:, :, :upto] if torch.is_tensor(x) else x for n, x in kw.items()})
-
-    fns = {"chunked": lambda: run("chunked")}
-    reps = {"chunked": max(args.repeats, 1)}
-    warm = {}
-    if T <= args.reference_max_T:
-        fns["reference"] = lambda: run("reference")
-        reps["reference"] = max(args.reference_repeats, 1)
-        warm["reference"] = lambda: run("reference", min(T, 64))  # its cost is per token
-    t = interleaved_times(fns, reps, warm)
-    peak = matmul_gflops(B, H, T, D, args.repeats)
-    flops = chunked_matmul_flops(T, B * H, D, D, args.chunk_size, tile,
-                                 solve=args.objective == "l2")
-    row = dict(B=B, T=T, D=D, chunked=B * T / t["chunked"], gflops=flops / t["chunked"] / 1e9,
-               peak=peak, ref=B * T / t["reference"] if "reference" in t else None,
-               threads=torch.get_num_threads(), load=load_average())
-    ref = f"{row['ref']:.0f}" if row["ref"] else "-"
-    print(f"B={B} H={H} T={T} D={D} threads={row['threads']}: chunked {row['chunked']:.0f} tok/s, "
-          f"{row['gflops']:.1f} GFLOP/s (matmul {peak:.1f}); reference {ref} tok/s; "
-          f"load {row['load']}", flush=True)
-    return row
