@@ -1,5 +1,6 @@
-"""Built-in scan backends: ``reference`` (the token loop), ``chunked`` (chunk-parallel)
-and ``compiled`` (the chunked forms through ``torch.compile``)."""
+"""Built-in scan backends: ``reference`` (the token loop), ``chunked`` (chunk-parallel),
+``compiled`` (the chunked forms through ``torch.compile``) and ``triton`` (fused Triton
+kernels; extra ``nlframe[triton]``)."""
 
 from nlframe import hookimpl
 
