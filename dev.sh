@@ -31,7 +31,7 @@ setup() {
       [ -n "${NLFRAME_TORCH_INDEX:-}" ] && index=(--index-url "$NLFRAME_TORCH_INDEX")
       "$PY" -m pip install -q "${index[@]}" "${NLFRAME_TORCH:-torch==2.13.0}"
     fi
-    "$PY" -m pip install -q -e ".[dev,plot,hf,docs]"
+    "$PY" -m pip install -q -e ".[dev,plot,hf,docs,triton]"
     if [ -d examples/nlframe-lion ]; then
       # The example third-party plugin, installed like any other distribution.
       "$PY" -m pip install -q ./examples/nlframe-lion

@@ -27,6 +27,7 @@ from __future__ import annotations
 import doctest
 import io
 import json
+import importlib
 import re
 import shlex
 import sys
@@ -75,6 +76,10 @@ NOT_RUN = {
         "a full training run (300 steps)",
     ("docs/interop.md", 'nlframe generate runs/tok --prompt "Once upon a time"'):
         "needs the trained run of the command before",
+    ("docs/concepts.md", "nlframe bench scan --backends chunked compiled --memory mlp --chunk-size 16"):
+        "a benchmark (minutes: the compiled rows compile first)",
+    ("docs/concepts.md", "nlframe bench model titans-tiny --seq-len 256 --backends chunked compiled"):
+        "a benchmark (minutes: the compiled rows compile first)",
     ("docs/results.md", "nlframe experiments run all --out docs/results"):
         "every experiment at full size (the page's own run time)",
     ("docs/plugins.md", "pytest --nlframe-conformance=optimizer:lion --nlframe-conformance=objective:cosine"):
@@ -187,6 +192,13 @@ def parse_nlframe(args: list[str]) -> tuple[str, ...]:
     rest = args[i:]
     if "--help" in rest or "-h" in rest:
         return tuple(path)
+    if tuple(path) == ("bench",) and rest and not rest[0].startswith("-"):
+        bench = importlib.import_module(f"nlframe.bench.{rest[0]}")  # its own argparse parser
+        try:
+            bench.parser().parse_args(rest[1:])
+        except SystemExit:
+            raise AssertionError(f"nlframe {' '.join(args)}: the benchmark's parser refuses it") from None
+        return (*path, rest[0])
     assert not isinstance(cmd, click.Group) or "--version" in rest or "-V" in rest, (
         f"nlframe {' '.join(path)} needs a command")
     try:

@@ -169,3 +169,11 @@ def test_scan_benchmark_names_unknown_backends(capsys):
     with pytest.raises(SystemExit):
         main(["--quick", "--backends", "nope"])
     assert "registered:" in capsys.readouterr().err
+
+def test_scan_benchmark_says_when_no_backend_runs_the_workload(capsys):
+    from nlframe.bench.scan import main
+
+    assert main(["--quick", "--backends", "chunked", "--memory", "mlp", "--chunk-size", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "chunked skipped: an MLP memory read after momentum writes with chunk_size=1" in out
+    assert "no backend asked for runs this workload" in out

@@ -197,6 +197,9 @@ def measure(args: argparse.Namespace, B: int, T: int, D: int, device: torch.devi
         names.remove("reference")
         print(f"# B={B} T={T} D={D}: reference not timed (T > --reference-max-T "
               f"{args.reference_max_T})", flush=True)
+    if not names:
+        print(f"# B={B} T={T} D={D}: no backend asked for runs this workload", flush=True)
+        return []
     per_token = useful_flops(args.memory, D, D, args.hidden) * args.heads
     records = []
     for mode in args.modes:
