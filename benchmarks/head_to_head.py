@@ -47,6 +47,10 @@ Pairs (B=2 by default; ``--seq-len`` lists the T's):
     Both sides share one vocabulary (``--vocab``, default 15000: both ≈10M
     parameters, printed) and see the same random tokens.
 
+``titans-default``
+    the same at titans-pytorch's default memory size for dim 256: 4 heads of 256, a
+    2-layer MLP memory 256 → 1024 → 256 per head, chunk size 16, momentum and decay.
+
 ``titans``
     nlframe's ``titans`` block, standalone layout (the memory alone), vs
     ``titans_pytorch.NeuralMemory``: dim 256, 4 heads of 64, chunk size 8, a
@@ -87,6 +91,7 @@ CMS_PERIODS, CMS_HIDDEN = (1, 4, 32, 128), 1024
 LR = 1e-3
 
 INNER_GRAD = "full"  # --inner-grad
+BACKEND = "auto"  # --backend: the scan backend of nlframe's sides
 NLFRAME_HOPE_TOML = """
 description = "head-to-head HOPE: 2 blocks, dim 256, 4 heads, main memory chunk 8, CMS 1/4/32/128"
 
@@ -107,12 +112,14 @@ proj_chunk_size = 8                                # M_k, M_v, M_eta, M_alpha: e
 memory = {{ type = "residual-mlp", hidden = 64 }}     # per head 64 -> 64 -> 64
 proj_memory = {{ type = "residual-mlp", hidden = 256 }}  # dim -> 256 -> dim, like the peer's
 inner_grad = "{inner_grad}"
+backend = "{backend}"
 
 [model.blocks.cms]
 variant = "sequential"
 chunk_sizes = [1, 4, 32, 128]
 memory = {{ type = "mlp", hidden = 1024 }}
 inner_grad = "{inner_grad}"
+backend = "{backend}"
 
 [train]
 lr = 1e-3
@@ -131,12 +138,34 @@ heads = 4
 chunk_size = 8
 memory = { type = "mlp", hidden = 256 }
 momentum = true
+backend = "{backend}"
+"""
+
+NLFRAME_TITANS_DEFAULT_TOML = """
+[model]
+type = "lm"
+vocab_size = 256
+dim = 256
+
+[[model.blocks]]
+type = "titans"
+layout = "standalone"
+heads = 4
+head_dim = 256
+chunk_size = 16
+memory = { type = "mlp", hidden = 1024 }
+momentum = true
+backend = "{backend}"
 """
 
 PAIRS = {"hope": ("nlframe HOPE", "nested-learning HOPE"),
-         "titans": ("nlframe titans memory", "titans-pytorch NeuralMemory")}
-PEER_MODULE = {"hope": "nested_learning", "titans": "titans_pytorch"}
-PEER_DIST = {"hope": "nested-learning", "titans": "titans-pytorch"}
+         "titans": ("nlframe titans memory", "titans-pytorch NeuralMemory"),
+         "titans-default": ("nlframe titans memory, default size",
+                            "titans-pytorch NeuralMemory, default size")}
+PEER_MODULE = {"hope": "nested_learning", "titans": "titans_pytorch",
+               "titans-default": "titans_pytorch"}
+PEER_DIST = {"hope": "nested-learning", "titans": "titans-pytorch",
+             "titans-default": "titans-pytorch"}
 
 
 # -- sides: build(args) -> (module, step(data), make_data(B, T)) ---------------------------
@@ -148,7 +177,8 @@ def build_nlframe_hope(vocab: int):
     import nlframe
     from nlframe.train import lm_loss
 
-    model = nlframe.build(NLFRAME_HOPE_TOML.format(vocab=vocab, inner_grad=INNER_GRAD), seed=0)
+    model = nlframe.build(NLFRAME_HOPE_TOML.format(vocab=vocab, inner_grad=INNER_GRAD,
+                                                   backend=BACKEND), seed=0)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=LR)
 
@@ -223,22 +253,22 @@ def _memory_data(B: int, T: int):
     return x, torch.randn(B, T, DIM, generator=g)
 
 
-def build_nlframe_titans(vocab: int):
+def build_nlframe_titans(vocab: int, toml: str = NLFRAME_TITANS_TOML):
     import nlframe
     from nlframe.build import build_block
 
-    spec = nlframe.load_spec(NLFRAME_TITANS_TOML)
+    spec = nlframe.load_spec(toml.replace("{backend}", BACKEND))
     torch.manual_seed(0)
     block = build_block(spec.model.config.blocks[0], DIM)
     opt = torch.optim.AdamW(block.parameters(), lr=LR)
     return block, _memory_step(block, opt, lambda out: out[0]), _memory_data
 
 
-def build_peer_titans(vocab: int):
+def build_peer_titans(vocab: int, chunk: int = CHUNK, dim_head: int = DIM // HEADS):
     from titans_pytorch import NeuralMemory
 
     torch.manual_seed(0)
-    mem = NeuralMemory(dim=DIM, chunk_size=CHUNK, heads=HEADS, dim_head=DIM // HEADS,
+    mem = NeuralMemory(dim=DIM, chunk_size=chunk, heads=HEADS, dim_head=dim_head,
                        momentum=True, default_model_kwargs={"depth": 2, "expansion_factor": 4.0})
     # titans-pytorch 0.5.5 stores the per-head initial memory weights as stride-0 broadcasts
     # of one tensor, which torch.optim's in-place updates on CPU refuse ("more than one element
@@ -254,7 +284,11 @@ def build_peer_titans(vocab: int):
 
 BUILDERS = {"nlframe HOPE": build_nlframe_hope, "nested-learning HOPE": build_peer_hope,
             "nlframe titans memory": build_nlframe_titans,
-            "titans-pytorch NeuralMemory": build_peer_titans}
+            "titans-pytorch NeuralMemory": build_peer_titans,
+            "nlframe titans memory, default size":
+                lambda vocab: build_nlframe_titans(vocab, NLFRAME_TITANS_DEFAULT_TOML),
+            "titans-pytorch NeuralMemory, default size":
+                lambda vocab: build_peer_titans(vocab, chunk=16, dim_head=DIM)}
 
 
 # -- measurement ------------------------------------------------------------------------
@@ -339,7 +373,8 @@ def measure_memory(side: str, args, T: int) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", side, "--seq-len", str(T),
            "--batch-size", str(args.batch_size), "--vocab", str(args.vocab),
            "--memory-steps", str(args.memory_steps), "--threads", str(torch.get_num_threads()),
-           "--memory-cap-mb", str(args.memory_cap_mb or 0), "--inner-grad", args.inner_grad]
+           "--memory-cap-mb", str(args.memory_cap_mb or 0), "--inner-grad", args.inner_grad,
+           "--backend", args.backend]
     if args.keep_denormals:
         cmd.append("--keep-denormals")
     try:
@@ -397,10 +432,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--inner-grad", choices=("full", "truncated"), default="full",
                     help="nlframe HOPE's inner_grad (titans and cms): the outer gradient through "
                          "every write, or stopped at each chunk's write")
+    ap.add_argument("--backend", default="auto",
+                    help="scan backend of nlframe's sides (auto, chunked, compiled, ...)")
     ap.add_argument("--worker", choices=sorted(BUILDERS), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    global INNER_GRAD
-    INNER_GRAD = args.inner_grad
+    global INNER_GRAD, BACKEND
+    INNER_GRAD, BACKEND = args.inner_grad, args.backend
     if args.threads:
         torch.set_num_threads(args.threads)
     # Subnormal floats cost ~100x on CPUs; nested-learning's in-place writes produce them at
@@ -417,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# head to head: torch {torch.__version__}, {torch.get_num_threads()} threads "
           f"({os.cpu_count()} CPUs), load average {load_average()}, python "
           f"{platform.python_version()} ({sys.executable})")
-    print(f"# nlframe {_version('nlframe')} (inner_grad {INNER_GRAD}), nested-learning "
+    print(f"# nlframe {_version('nlframe')} (inner_grad {INNER_GRAD}, backend {BACKEND}), nested-learning "
           f"{_version('nested-learning')}, "
           f"titans-pytorch {_version('titans-pytorch')}; B={args.batch_size}, "
           f"T={' '.join(map(str, args.seq_len))}, median of ≤{args.repeats} interleaved rounds "
