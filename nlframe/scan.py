@@ -414,6 +414,14 @@ def make_request(q: Tensor, k: Tensor, v: Tensor, *, memory, objective, rule,
         _check_tree("state.pending", state.pending, state.params)
     structure = rule.scan_structure({**static, **{n: per_token[n] for n in per_token
                                                   if n not in ("lr", "decay")}})
+    if structure == "momentum":
+        # decay / momentum left at the scan's default keep the rule's own default: give it
+        # to the backends as a gate, as they read α and η from ``hyper`` (0: left out)
+        for n in ("decay", "momentum"):
+            d = rule.defaults.get(n, 0.0)
+            if (n not in per_token and n in rule.hyperparams and isinstance(d, Real)
+                    and float(d) != 0.0):
+                per_token[n] = torch.full_like(per_token["lr"], float(d))
     return ScanRequest(q=q, k=k, v=v, memory=memory, objective=objective, rule=rule,
                        hyper=per_token, static_hyper=static, chunk_size=chunk_size, state=state,
                        names=dict(names), read=read, write=write, self_target=self_target,

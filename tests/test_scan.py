@@ -82,7 +82,7 @@ def test_hyperparameter_ranges(qkv, kw, pattern):
 
 @pytest.mark.parametrize("kind,name,listed", [
     ("memory", "lineer", "linear, mlp, module, residual-mlp"), ("objective", "l3", "dot, huber, l2, lp"),
-    ("optimizer", "momentun", "momentum"), ("backend", "fast", "chunked, reference")])
+    ("optimizer", "momentun", "momentum"), ("backend", "fast", "chunked, compiled, reference, triton")])
 def test_unknown_plugin_names(qkv, kind, name, listed):
     with pytest.raises(ValueError, match=f"unknown {kind} '{name}'.*{listed}"):
         nlframe.memory_scan(*qkv, **{kind: name})
