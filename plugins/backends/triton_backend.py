@@ -1,4 +1,5 @@
-"""The ``triton`` backend: fused Triton kernels of the classic linear-memory level."""
+"""The ``triton`` backend: fused Triton kernels of the classic linear-memory level and of
+the CMS level (MLP memories written per chunk)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,28 @@ def interpret_requested() -> bool:
     return os.environ.get("TRITON_INTERPRET", "").strip().lower() in ("1", "true", "on", "yes")
 
 
+def _family(request: ScanRequest) -> str:
+    """Which kernels a request goes to: ``dgd`` (any memory), ``cms`` (MLP memories
+    written per chunk) or ``linear`` (everything else: declined there with a reason)."""
+    if request.rule_structure == "dgd":
+        return "dgd"
+    if request.memory.structure in ("mlp", "residual-mlp"):
+        return "cms"
+    return "linear"
+
+
+def _kernels(family: str):
+    """``(unsupported_reason, scan)`` of the kernels of ``family`` (imported on demand:
+    they need triton)."""
+    if family == "dgd":
+        from .triton_ops.dgd_self_target import dgd_self_unsupported_reason, scan_dgd_self
+
+        return dgd_self_unsupported_reason, scan_dgd_self
+    from .triton_ops.chunk_writes_mlp import cms_unsupported_reason, scan_cms
+
+    return cms_unsupported_reason, scan_cms
+
+
 class TritonBackend(Backend):
     """Titans' level on a ``linear`` memory as one fused forward and one fused backward
     Triton kernel (plugins/backends/triton_ops/linear_recurrent.py). Per (b, h), token t
@@ -37,6 +60,15 @@ class TritonBackend(Backend):
     bfloat16 inputs are computed in float32). CUDA tensors, or CPU tensors through
     Triton's interpreter when ``TRITON_INTERPRET=1`` (slow: for tests). Every other
     memory, rule and mode is declared unsupported.
+
+    Two more families of kernels, chosen by the request's rule and write mode (each
+    family's ``*_unsupported_reason`` says what it declines):
+
+    * ``dgd`` (self-modifying Titans, NL eqs. 88–93: chunk-start reads, token writes,
+      self targets, per-token clipping, truncation) on ``linear``, ``mlp`` and
+      ``residual-mlp`` memories — triton_ops/dgd_self_target.py;
+    * ``momentum`` with ``write="chunk"`` (CMS levels, NL eq. 71) on ``mlp`` /
+      ``residual-mlp`` memories — triton_ops/chunk_writes_mlp.py.
     """
 
     priority = 20
@@ -52,10 +84,19 @@ class TritonBackend(Backend):
         return None
 
     def supports(self, request: ScanRequest) -> str | None:
+        family = _family(request)
+        if family != "linear":
+            if self.unavailable_reason():
+                return self.unavailable_reason()
+            return _kernels(family)[0](request)
+        return self._linear_reason(request)
+
+    def _linear_reason(self, request: ScanRequest) -> str | None:
         memory, names = request.memory, request.names
         if not (memory.structure == "linear" and set(memory.param_shapes()) == {"W"}):
             return (f"memory {names.get('memory')!r} has structure {memory.structure!r}; the "
-                    "triton kernels compute a 'linear' memory (one param W)")
+                    "triton kernels compute 'linear' memories (one param W) and 'mlp' / "
+                    "'residual-mlp' ones (W1, W2)")
         if request.objective.affine_grad is None:
             return (f"objective {names.get('objective')!r} declares no affine gradient "
                     "(∂ℓ/∂pred = a·pred + b·target; l2 and dot do)")
@@ -89,6 +130,9 @@ class TritonBackend(Backend):
         return None
 
     def scan(self, request: ScanRequest) -> tuple[Tensor, MemoryState]:
+        family = _family(request)
+        if family != "linear":
+            return _kernels(family)[1](request)
         from .triton_ops.linear_recurrent import linear_recurrent
 
         state, C, p = request.state, request.chunk_size, request.state.position

@@ -178,9 +178,9 @@ def _request(*, memory="linear", objective="l2", optimizer="momentum", read="aft
 
 
 @pytest.mark.parametrize("case, words", [
-    ({"memory": "mlp"}, "structure 'mlp'"),
+    ({"memory": "mlp"}, "the CMS kernels compute read='chunk_start', write='chunk'"),
     ({"read": "chunk_start"}, "read='chunk_start'"),
-    ({"optimizer": "dgd"}, "structure 'dgd'"),
+    ({"optimizer": "dgd"}, "read='after_write' (the kernels read at the chunk start)"),
     ({"objective": "huber"}, "no affine gradient"),
     ({"dtype": F64}, "dtype torch.float64"),
 ])
