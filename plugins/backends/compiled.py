@@ -66,8 +66,9 @@ def _cpu_compiler() -> str | None:
 
 
 class CompiledBackend(Backend):
-    """``chunked``'s chunk forms compiled by ``torch.compile`` (module docstring):
-    the same combinations, the same results within float tolerance."""
+    """``chunked``'s chunk forms compiled by ``torch.compile`` (module docstring): per tile
+    ``W_j = D_j W_b + c_j S_b − Σ_{i≤j} A_{ji} g_i`` (docs/concepts.md chunk form), the
+    same combinations and the same results as ``chunked`` within float tolerance."""
 
     priority = 5
     tile: int = TILE
