@@ -14,7 +14,6 @@ from nlframe.level import MemoryState
 
 from .chunked import is_classic
 
-DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 INSTALL = "pip install 'nlframe[triton]'"
 
 
@@ -120,14 +119,11 @@ class TritonBackend(Backend):
             return f"static hyperparameters {sorted(request.static_hyper)} are not supported"
         if not set(request.hyper) <= {"lr", "decay", "momentum"}:
             return f"per-token hyperparameters {sorted(request.hyper)} are not supported"
-        if request.q.dtype not in DTYPES:
-            return f"dtype {request.q.dtype} is not supported (float32, float16 or bfloat16)"
-        device = request.q.device
-        if device.type == "cpu" and not interpret_requested():
-            return "CPU tensors run only through Triton's interpreter (TRITON_INTERPRET=1)"
-        if device.type not in ("cpu", "cuda"):
-            return f"device {device.type!r} is not supported (CUDA, or CPU with TRITON_INTERPRET=1)"
-        return None
+        if self.unavailable_reason():
+            return self.unavailable_reason()
+        from .triton_ops.common import dtype_device_reason
+
+        return dtype_device_reason(request)
 
     def scan(self, request: ScanRequest) -> tuple[Tensor, MemoryState]:
         family = _family(request)

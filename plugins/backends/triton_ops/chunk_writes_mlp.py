@@ -65,7 +65,6 @@ namespace), so the flag in force at launch picks compiled or interpreted kernels
 from __future__ import annotations
 
 import math
-import types
 from numbers import Real
 from typing import Any
 
@@ -78,7 +77,8 @@ from triton.language.standard import _sum_combine as _add
 from nlframe.interfaces import ScanRequest
 from nlframe.level import MemoryState
 
-from ..triton_backend import interpret_requested
+from .common import ACTIVATIONS, act, copy_flat, dtype_device_reason, interpreting, \
+    jit_in_namespace
 
 __all__ = ["ACTIVATIONS", "CMSScan", "block_sizes", "checkpoint_interval", "cms_scan",
            "cms_unsupported_reason", "scan_cms"]
@@ -86,84 +86,15 @@ __all__ = ["ACTIVATIONS", "CMSScan", "block_sizes", "checkpoint_interval", "cms_
 # Sums are ``tl.reduce(x, axis, _add)`` with ``tl.sum``'s combine function: the
 # interpreter sums these with numpy, and no jit function of Triton's own is called.
 
-ACTIVATIONS = {"gelu": 0, "silu": 1, "relu": 2, "sigmoid": 3, "tanh": 4, "identity": 5}
-"""Activation name → the kernels' ``ACT`` code (σ, σ′, σ″ below)."""
-
 MAX_DIM = 128
 """Largest ``Dk`` / ``Dv``: at 128 the backward needs about 113 KiB of shared memory on
 sm_90 (ptxas), at 256 about 224 KiB, more than most GPUs have."""
-
-DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 _IEEE: tl.constexpr = tl.constexpr("ieee")
 
 
 # -- activations: σ, σ′, σ″ ---------------------------------------------------------------
-def _sigmoid(z):
-    """``1 / (1 + e^{−z})`` without overflow (``e^{−|z|}``)."""
-    e = tl.exp(-tl.abs(z))
-    r = 1.0 / (1.0 + e)
-    return tl.where(z >= 0.0, r, e * r)
-
-
-def _tanh(z):
-    """``tanh z = sign(z) (1 − e^{−2|z|}) / (1 + e^{−2|z|})``."""
-    e = tl.exp(-2.0 * tl.abs(z))
-    t = (1.0 - e) / (1.0 + e)
-    return tl.where(z >= 0.0, t, -t)
-
-
-def _act_dd(z, ACT: tl.constexpr, ORDER: tl.constexpr):
-    """``(σ(z), σ′(z), σ″(z))``; the derivatives above ``ORDER`` are left at 0 (not
-    computed)."""
-    zero = z * 0.0
-    d, dd = zero, zero
-    if ACT == 0:  # exact gelu z Φ(z): σ′ = Φ + zφ, σ″ = φ (2 − z²)
-        cdf = 0.5 * (1.0 + tl.erf(z * 0.7071067811865476))
-        s = z * cdf
-        if ORDER >= 1:
-            pdf = tl.exp(-0.5 * z * z) * 0.3989422804014327
-            d = cdf + z * pdf
-            if ORDER >= 2:
-                dd = pdf * (2.0 - z * z)
-    elif ACT == 1:  # silu z s(z): σ′ = s (1 + z (1 − s)), σ″ = s (1 − s)(2 + z (1 − 2s))
-        sg = _sigmoid(z)
-        s = z * sg
-        if ORDER >= 1:
-            d = sg * (1.0 + z * (1.0 - sg))
-            if ORDER >= 2:
-                dd = sg * (1.0 - sg) * (2.0 + z * (1.0 - 2.0 * sg))
-    elif ACT == 2:  # relu: σ′ = [z > 0], σ″ = 0
-        s = tl.maximum(z, 0.0)
-        if ORDER >= 1:
-            d = tl.where(z > 0.0, 1.0, 0.0)
-    elif ACT == 3:  # sigmoid: σ′ = s (1 − s), σ″ = σ′ (1 − 2s)
-        s = _sigmoid(z)
-        if ORDER >= 1:
-            d = s * (1.0 - s)
-            if ORDER >= 2:
-                dd = d * (1.0 - 2.0 * s)
-    elif ACT == 4:  # tanh: σ′ = 1 − t², σ″ = −2t σ′
-        s = _tanh(z)
-        if ORDER >= 1:
-            d = 1.0 - s * s
-            if ORDER >= 2:
-                dd = -2.0 * s * d
-    else:  # identity
-        s = z
-        if ORDER >= 1:
-            d = zero + 1.0
-    return s, d, dd
-
-
 # -- flat parameter vectors -----------------------------------------------------------------
-def _copy(dst, src, n, BLK: tl.constexpr):
-    """``dst[:n] = src[:n]``."""
-    for off in range(0, n, BLK):
-        r = off + tl.arange(0, BLK)
-        tl.store(dst + r, tl.load(src + r, mask=r < n, other=0.0), mask=r < n)
-
-
 def _fill0(dst, n, BLK: tl.constexpr):
     for off in range(0, n, BLK):
         r = off + tl.arange(0, BLK)
@@ -224,10 +155,10 @@ def _chunk_forward(pt, gb, q, k, v, lr, y, sq, bh, T, Dk, Dv, Dh, cs, ce, a, b,
             W2 = tl.load(pt + Dh * Dk + rv[:, None] * Dh + rh[None, :],
                          mask=mv[:, None] & mh[None, :], other=0.0)
             Z = tl.dot(K, tl.trans(W1), input_precision=_IEEE)
-            pred += tl.dot(_act_dd(Z, ACT, 0)[0], tl.trans(W2), input_precision=_IEEE)
+            pred += tl.dot(act(Z, ACT, 0)[0], tl.trans(W2), input_precision=_IEEE)
             if READ:
                 Zq = tl.dot(Q, tl.trans(W1), input_precision=_IEEE)
-                yq += tl.dot(_act_dd(Zq, ACT, 0)[0], tl.trans(W2), input_precision=_IEEE)
+                yq += tl.dot(act(Zq, ACT, 0)[0], tl.trans(W2), input_precision=_IEEE)
         if RES:
             pred += K
         delta = tl.where(mtv, a * pred + b * V, 0.0)
@@ -248,7 +179,7 @@ def _chunk_forward(pt, gb, q, k, v, lr, y, sq, bh, T, Dk, Dv, Dh, cs, ce, a, b,
             W1 = tl.load(pt + o1, mask=m1, other=0.0)
             W2 = tl.load(pt + o2, mask=m2, other=0.0)
             Z = tl.dot(K, tl.trans(W1), input_precision=_IEEE)
-            h, hd, _ = _act_dd(Z, ACT, 1)
+            h, hd, _ = act(Z, ACT, 1)
             E = tl.dot(tdelta, W2, input_precision=_IEEE) * hd  # θ e
             g1 = tl.load(gb + o1, mask=m1, other=0.0)
             g2 = tl.load(gb + o2, mask=m2, other=0.0)
@@ -276,8 +207,8 @@ def _forward_kernel(q, k, v, lr, decay, mom, work, S, G, y, sq, ckpt,
         if SAVE:  # noqa: SIM102 - a constexpr test, then a runtime one
             if c % CK == 0:
                 cb = ckpt + (bh * NCK + c // CK) * 2 * P
-                _copy(cb, wb, P, BLK)
-                _copy(cb + P, sb, P, BLK)
+                copy_flat(cb, wb, P, BLK)
+                copy_flat(cb + P, sb, P, BLK)
         head = (c == 0) & (pos0 > 0)  # an open first chunk reads at the state's W_c
         pt = wb + tl.where(head, P, 0)
         _chunk_forward(pt, gb, q, k, v, lr, y, sq, bh, T, Dk, Dv, Dh, cs, ce, a, b,
@@ -323,7 +254,7 @@ def _chunk_backward(pt, dgb, dpb, q, k, v, lr, dy, dq, dk, dv, dlr, bh, T, Dk, D
             W2 = tl.load(pt + Dh * Dk + rv[:, None] * Dh + rh[None, :],
                          mask=mv[:, None] & mh[None, :], other=0.0)
             Z = tl.dot(K, tl.trans(W1), input_precision=_IEEE)
-            pred += tl.dot(_act_dd(Z, ACT, 0)[0], tl.trans(W2), input_precision=_IEEE)
+            pred += tl.dot(act(Z, ACT, 0)[0], tl.trans(W2), input_precision=_IEEE)
         if RES:
             pred += K
         delta = tl.where(mtv, a * pred + b * V, 0.0)
@@ -342,7 +273,7 @@ def _chunk_backward(pt, dgb, dpb, q, k, v, lr, dy, dq, dk, dv, dlr, bh, T, Dk, D
             dG1 = tl.load(dgb + o1, mask=m1, other=0.0)
             dG2 = tl.load(dgb + o2, mask=m2, other=0.0)
             Z = tl.dot(K, tl.trans(W1), input_precision=_IEEE)
-            h, hd, _ = _act_dd(Z, ACT, 1)
+            h, hd, _ = act(Z, ACT, 1)
             U = tl.dot(delta, W2, input_precision=_IEEE)  # (BT, BH): W2ᵀ δ
             gk = tl.dot(K, tl.trans(dG1), input_precision=_IEEE)  # rows dG1 k_t
             gh = tl.dot(h, tl.trans(dG2), input_precision=_IEEE)  # rows dG2 h_t
@@ -367,7 +298,7 @@ def _chunk_backward(pt, dgb, dpb, q, k, v, lr, dy, dq, dk, dv, dlr, bh, T, Dk, D
             dG1 = tl.load(dgb + o1, mask=m1, other=0.0)
             dG2 = tl.load(dgb + o2, mask=m2, other=0.0)
             Z = tl.dot(K, tl.trans(W1), input_precision=_IEEE)
-            h, hd, hdd = _act_dd(Z, ACT, 2)
+            h, hd, hdd = act(Z, ACT, 2)
             U = tl.dot(delta, W2, input_precision=_IEEE)
             de = th * tl.dot(K, tl.trans(dG1), input_precision=_IEEE)  # θ dG1 k_t
             du = de * hd
@@ -381,7 +312,7 @@ def _chunk_backward(pt, dgb, dpb, q, k, v, lr, dy, dq, dk, dv, dlr, bh, T, Dk, D
                    + tl.dot(tl.trans(dpred), h, input_precision=_IEEE))
             if READ:
                 Zq = tl.dot(Q, tl.trans(W1), input_precision=_IEEE)
-                hq, hqd, _ = _act_dd(Zq, ACT, 1)
+                hq, hqd, _ = act(Zq, ACT, 1)
                 dZq = tl.dot(dY, W2, input_precision=_IEEE) * hqd
                 dQ += tl.dot(dZq, W1, input_precision=_IEEE)
                 dP1 += tl.dot(tl.trans(dZq), Q, input_precision=_IEEE)
@@ -421,7 +352,7 @@ def _backward_kernel(q, k, v, lr, decay, mom, dy, g0, ckpt, scratch, gs, dW, dS,
         seg = NCK - 1 - si
         c0 = seg * CK
         nc = tl.minimum(c0 + CK, NC) - c0
-        _copy(scr + P, ckpt + (bh * NCK + seg) * 2 * P, 2 * P, BLK)
+        copy_flat(scr + P, ckpt + (bh * NCK + seg) * 2 * P, 2 * P, BLK)
         tl.debug_barrier()
         for i in range(nc - 1):  # recompute the start states of the segment's chunks
             c = c0 + i
@@ -429,7 +360,7 @@ def _backward_kernel(q, k, v, lr, decay, mom, dy, g0, ckpt, scratch, gs, dW, dS,
             ce = (c + 1) * C - pos0  # closes: it is not the call's last chunk
             head = (c == 0) & (pos0 > 0)
             if head:
-                _copy(gsb, g0 + bh * P, P, BLK)
+                copy_flat(gsb, g0 + bh * P, P, BLK)
             else:
                 _fill0(gsb, P, BLK)
             tl.debug_barrier()
@@ -474,14 +405,9 @@ def _backward_kernel(q, k, v, lr, decay, mom, dy, g0, ckpt, scratch, gs, dW, dS,
             tl.debug_barrier()
 
 
-_HELPERS = ("_sigmoid", "_tanh", "_act_dd", "_copy", "_fill0", "_add_into", "_update",
+_HELPERS = ("act", "copy_flat", "_fill0", "_add_into", "_update",
             "_chunk_forward", "_chunk_backward")
 _JIT: dict[bool, tuple] = {}
-
-
-def interpreting() -> bool:
-    """Whether Triton runs kernels through its CPU interpreter (``TRITON_INTERPRET=1``)."""
-    return bool(triton.knobs.runtime.interpret)
 
 
 def kernels():
@@ -489,17 +415,7 @@ def kernels():
     flag; the kernels and helpers of each mode resolve each other in their own namespace."""
     mode = interpreting()
     if mode not in _JIT:
-        ns = dict(globals())
-
-        def jit(fn):
-            copy = types.FunctionType(fn.__code__, ns, fn.__name__, fn.__defaults__)
-            copy.__annotations__ = dict(fn.__annotations__)  # the tl.constexpr parameters
-            copy.__doc__ = fn.__doc__
-            return triton.jit(copy)
-
-        for name in _HELPERS:
-            ns[name] = jit(globals()[name])
-        _JIT[mode] = (jit(_forward_kernel), jit(_backward_kernel))
+        _JIT[mode] = jit_in_namespace(globals(), _HELPERS, (_forward_kernel, _backward_kernel))
     return _JIT[mode]
 
 
@@ -693,17 +609,10 @@ def cms_unsupported_reason(request: ScanRequest) -> str | None:
     for name in ("decay", "momentum"):
         if name not in request.hyper and not isinstance(_gate_default(request, name), Real):
             return f"the rule's default {name} is not a number"
-    q = request.q
-    if q.dtype not in DTYPES:
-        return f"dtype {q.dtype} is not supported (float32, float16 or bfloat16)"
-    Dk, Dv = q.shape[-1], request.v.shape[-1]
+    Dk, Dv = request.q.shape[-1], request.v.shape[-1]
     if max(Dk, Dv) > MAX_DIM:
         return f"Dk = {Dk}, Dv = {Dv}: the CMS kernels take widths up to {MAX_DIM}"
-    if q.device.type == "cpu" and not interpret_requested():
-        return "CPU tensors run only through Triton's interpreter (TRITON_INTERPRET=1)"
-    if q.device.type not in ("cpu", "cuda"):
-        return f"device {q.device.type!r} is not supported (CUDA, or CPU with TRITON_INTERPRET=1)"
-    return None
+    return dtype_device_reason(request)
 
 
 def scan_cms(request: ScanRequest, **options: Any) -> tuple[Tensor, MemoryState]:

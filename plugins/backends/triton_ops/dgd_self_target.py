@@ -81,7 +81,6 @@ of a clipped linear scan at D = 128), none has run on a GPU.
 from __future__ import annotations
 
 import contextlib
-import types
 
 import torch
 import triton
@@ -92,8 +91,9 @@ from triton.language.standard import _sum_combine as _add
 from nlframe.interfaces import ScanRequest
 from nlframe.level import MemoryState
 
-from ..triton_backend import interpret_requested
-from .linear_recurrent import block_sizes, checkpoint_interval, interpreting
+from .common import ACTIVATIONS, DTYPES, act, copy_flat, dtype_device_reason, interpreting, \
+    jit_in_namespace
+from .linear_recurrent import block_sizes, checkpoint_interval
 
 __all__ = [
     "ACTIVATIONS",
@@ -108,7 +108,6 @@ __all__ = [
     "scan_dgd_self",
 ]
 
-DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_CLIP_BLOCK = 128 * 128
 """Most elements of the one ``BK × BK`` block a clipped scan keeps per program (D ≤ 128)."""
 
@@ -258,64 +257,8 @@ def _backward_kernel(q, k, v, lr, decay, dy, dW_T, dWc_T, ckpt, scratch,
 
 
 # -- two-layer MLP memories ----------------------------------------------------------------
-ACTIVATIONS = {"gelu": 0, "silu": 1, "relu": 2, "sigmoid": 3, "tanh": 4, "identity": 5}
-"""Activation name of the mlp memories → its code in the kernels (``ACT``)."""
-
 MAX_MLP_DIM = 256
 """Largest head dim ``D`` of an mlp memory (register tiles ``BJ × BD`` and ``BD × BJ``)."""
-
-
-def _act(z, ACT: tl.constexpr, ORDER: tl.constexpr):
-    """``(σ(z), σ′(z), σ″(z))``; derivatives above ``ORDER`` are returned as 0."""
-    zero = z * 0.0
-    d1, d2 = zero, zero
-    if ACT == 0:  # exact gelu z Φ(z): σ′ = Φ + zφ, σ″ = φ (2 − z²)
-        cdf = 0.5 * (1.0 + tl.erf(z * 0.7071067811865476))
-        s = z * cdf
-        if ORDER >= 1:
-            pdf = 0.3989422804014327 * tl.exp(-0.5 * z * z)
-            d1 = cdf + z * pdf
-            if ORDER >= 2:
-                d2 = pdf * (2.0 - z * z)
-    elif ACT == 1:  # silu z σ_s(z): σ′ = σ_s (1 + z (1 − σ_s)), σ″ = σ_s (1 − σ_s)(2 + z (1 − 2σ_s))
-        ez = tl.exp(-tl.abs(z))
-        sg = tl.where(z >= 0.0, 1.0 / (1.0 + ez), ez / (1.0 + ez))
-        s = z * sg
-        if ORDER >= 1:
-            d1 = sg * (1.0 + z * (1.0 - sg))
-            if ORDER >= 2:
-                d2 = sg * (1.0 - sg) * (2.0 + z * (1.0 - 2.0 * sg))
-    elif ACT == 2:  # relu: σ′ = [z > 0], σ″ = 0
-        s = tl.maximum(z, 0.0)
-        if ORDER >= 1:
-            d1 = tl.where(z > 0.0, 1.0, 0.0)
-    elif ACT == 3:  # sigmoid: σ′ = s (1 − s), σ″ = σ′ (1 − 2s)
-        ez = tl.exp(-tl.abs(z))
-        s = tl.where(z >= 0.0, 1.0 / (1.0 + ez), ez / (1.0 + ez))
-        if ORDER >= 1:
-            d1 = s * (1.0 - s)
-            if ORDER >= 2:
-                d2 = d1 * (1.0 - 2.0 * s)
-    elif ACT == 4:  # tanh: σ′ = 1 − s², σ″ = −2s σ′
-        e2z = tl.exp(-2.0 * tl.abs(z))
-        th = (1.0 - e2z) / (1.0 + e2z)
-        s = tl.where(z >= 0.0, th, -th)
-        if ORDER >= 1:
-            d1 = 1.0 - s * s
-            if ORDER >= 2:
-                d2 = -2.0 * s * d1
-    else:  # identity
-        s = z
-        if ORDER >= 1:
-            d1 = zero + 1.0
-    return s, d1, d2
-
-
-def _copy(dst, src, n, BLK: tl.constexpr):
-    """``dst[:n] = src[:n]``."""
-    for off in range(0, n, BLK):
-        r = off + tl.arange(0, BLK)
-        tl.store(dst + r, tl.load(src + r, mask=r < n, other=0.0), mask=r < n)
 
 
 def _fold(dW, dWc, n, keep, BLK: tl.constexpr):
@@ -350,9 +293,9 @@ def _mlp_token_forward(Wp, Wn, Wc, vec, VS, kt, qt, vt, theta, alpha, D, Dh, a, 
         w1c = tl.load(Wc + o1, mask=m1, other=0.0)
         zk = tl.reduce(w1c * kt[None, :], 1, _add)
         tl.store(vec + rj, zk, mask=mj)
-        hk, _, _ = _act(zk, ACT, 0)
-        hv, _, _ = _act(tl.reduce(w1c * vt[None, :], 1, _add), ACT, 0)
-        hq, _, _ = _act(tl.reduce(w1c * qt[None, :], 1, _add), ACT, 0)
+        hk, _, _ = act(zk, ACT, 0)
+        hv, _, _ = act(tl.reduce(w1c * vt[None, :], 1, _add), ACT, 0)
+        hq, _, _ = act(tl.reduce(w1c * qt[None, :], 1, _add), ACT, 0)
         w2c = tl.load(Wc + o2, mask=m2, other=0.0)
         pred += tl.reduce(w2c * hk[None, :], 1, _add)
         targ += tl.reduce(w2c * hv[None, :], 1, _add)
@@ -375,7 +318,7 @@ def _mlp_token_forward(Wp, Wn, Wc, vec, VS, kt, qt, vt, theta, alpha, D, Dh, a, 
         m1 = mj[:, None] & md[None, :]
         o2 = W2o + rd[:, None] * Dh + rj[None, :]
         m2 = md[:, None] & mj[None, :]
-        hk, s1, _ = _act(tl.load(vec + rj, mask=mj, other=0.0), ACT, 1)
+        hk, s1, _ = act(tl.load(vec + rj, mask=mj, other=0.0), ACT, 1)
         e1 = tl.reduce(tl.load(Wc + o2, mask=m2, other=0.0) * delta[:, None], 0, _add) * s1
         w1 = tl.load(Wp + o1, mask=m1, other=0.0)
         m1v = tl.reduce(w1 * kt[None, :], 1, _add) + e1
@@ -412,8 +355,8 @@ def _mlp_token_backward(Wp, Wc, dW, dWc, vec, VS, kt, qt, vt, dyt, theta, alpha,
         tl.store(vec + rj, zk, mask=mj)
         tl.store(vec + VS + rj, zv, mask=mj)
         tl.store(vec + 2 * VS + rj, tl.reduce(w1c * qt[None, :], 1, _add), mask=mj)
-        hk, _, _ = _act(zk, ACT, 0)
-        hv, _, _ = _act(zv, ACT, 0)
+        hk, _, _ = act(zk, ACT, 0)
+        hv, _, _ = act(zv, ACT, 0)
         w2c = tl.load(Wc + o2, mask=m2, other=0.0)
         pred += tl.reduce(w2c * hk[None, :], 1, _add)
         targ += tl.reduce(w2c * hv[None, :], 1, _add)
@@ -441,7 +384,7 @@ def _mlp_token_backward(Wp, Wc, dW, dWc, vec, VS, kt, qt, vt, dyt, theta, alpha,
         m1 = mj[:, None] & md[None, :]
         o2 = W2o + rd[:, None] * Dh + rj[None, :]
         m2 = md[:, None] & mj[None, :]
-        hk, s1, s2 = _act(tl.load(vec + rj, mask=mj, other=0.0), ACT, 2)
+        hk, s1, s2 = act(tl.load(vec + rj, mask=mj, other=0.0), ACT, 2)
         g = tl.reduce(tl.load(Wc + o2, mask=m2, other=0.0) * e2[:, None], 0, _add)
         w1p = tl.load(Wp + o1, mask=m1, other=0.0)
         m1v = tl.reduce(w1p * kt[None, :], 1, _add) + g * s1
@@ -468,7 +411,7 @@ def _mlp_token_backward(Wp, Wc, dW, dWc, vec, VS, kt, qt, vt, dyt, theta, alpha,
         mj = rj < Dh
         o2 = W2o + rd[:, None] * Dh + rj[None, :]
         m2 = md[:, None] & mj[None, :]
-        hk, _, _ = _act(tl.load(vec + rj, mask=mj, other=0.0), ACT, 0)
+        hk, _, _ = act(tl.load(vec + rj, mask=mj, other=0.0), ACT, 0)
         p2 = tl.load(dW + o2, mask=m2, other=0.0)
         w2p = tl.load(Wp + o2, mask=m2, other=0.0)
         dhb = (tl.reduce(w2p * dm2[:, None], 0, _add)
@@ -497,9 +440,9 @@ def _mlp_token_backward(Wp, Wc, dW, dWc, vec, VS, kt, qt, vt, dyt, theta, alpha,
         m1 = mj[:, None] & md[None, :]
         o2 = W2o + rd[:, None] * Dh + rj[None, :]
         m2 = md[:, None] & mj[None, :]
-        hk, sk, _ = _act(tl.load(vec + rj, mask=mj, other=0.0), ACT, 1)
-        hv, sv, _ = _act(tl.load(vec + VS + rj, mask=mj, other=0.0), ACT, 1)
-        hq, sq_, _ = _act(tl.load(vec + 2 * VS + rj, mask=mj, other=0.0), ACT, 1)
+        hk, sk, _ = act(tl.load(vec + rj, mask=mj, other=0.0), ACT, 1)
+        hv, sv, _ = act(tl.load(vec + VS + rj, mask=mj, other=0.0), ACT, 1)
+        hq, sq_, _ = act(tl.load(vec + 2 * VS + rj, mask=mj, other=0.0), ACT, 1)
         dg = tl.load(vec + 3 * VS + rj, mask=mj, other=0.0)
         w2c = tl.load(Wc + o2, mask=m2, other=0.0)
         dhk = tl.load(vec + 5 * VS + rj, mask=mj, other=0.0) + tl.reduce(w2c * dpred[:, None], 0, _add)
@@ -540,13 +483,13 @@ def _mlp_forward_kernel(q, k, v, lr, decay, W, Wc, y, sq, ckpt, vec,
     for seg in range(NS):
         t0 = seg * CK
         if SAVE:
-            _copy(ckpt + (bh * NS + seg) * 2 * P, Wb, P, BLK)
-            _copy(ckpt + (bh * NS + seg) * 2 * P + P, Wcb, P, BLK)
+            copy_flat(ckpt + (bh * NS + seg) * 2 * P, Wb, P, BLK)
+            copy_flat(ckpt + (bh * NS + seg) * 2 * P + P, Wcb, P, BLK)
         for t in range(t0, tl.minimum(t0 + CK, T)):
             row = bh * T + t
             if (pos0 + t) % C == 0:
                 tl.debug_barrier()
-                _copy(Wcb, Wb, P, BLK)
+                copy_flat(Wcb, Wb, P, BLK)
                 tl.debug_barrier()
             kt = tl.load(k + row * D + rd, mask=md, other=0.0)
             qt = tl.load(q + row * D + rd, mask=md, other=0.0)
@@ -581,8 +524,8 @@ def _mlp_backward_kernel(q, k, v, lr, decay, dy, ckpt, hist, vec, dW, dWc,
         t0 = seg * CK
         n = tl.minimum(t0 + CK, T) - t0
         tl.debug_barrier()
-        _copy(hb, ckpt + (bh * NS + seg) * 2 * P, P, BLK)
-        _copy(hb + (CK + 1) * P, ckpt + (bh * NS + seg) * 2 * P + P, P, BLK)
+        copy_flat(hb, ckpt + (bh * NS + seg) * 2 * P, P, BLK)
+        copy_flat(hb + (CK + 1) * P, ckpt + (bh * NS + seg) * 2 * P + P, P, BLK)
         tl.debug_barrier()
         for j in range(n):  # recompute the segment
             t = t0 + j
@@ -623,7 +566,7 @@ def _mlp_backward_kernel(q, k, v, lr, decay, dy, ckpt, hist, vec, dW, dWc,
                 tl.debug_barrier()
 
 
-_MLP_HELPERS = ("_act", "_copy", "_fold", "_mlp_token_forward", "_mlp_token_backward")
+_MLP_HELPERS = ("act", "copy_flat", "_fold", "_mlp_token_forward", "_mlp_token_backward")
 _MLP_JIT: dict[bool, tuple] = {}
 
 
@@ -633,17 +576,8 @@ def mlp_kernels():
     namespace (a copy of this module's globals)."""
     mode = interpreting()
     if mode not in _MLP_JIT:
-        ns = dict(globals())
-
-        def jit(fn):
-            copy = types.FunctionType(fn.__code__, ns, fn.__name__, fn.__defaults__)
-            copy.__annotations__ = dict(fn.__annotations__)
-            copy.__doc__ = fn.__doc__
-            return triton.jit(copy)
-
-        for name in _MLP_HELPERS:
-            ns[name] = jit(globals()[name])
-        _MLP_JIT[mode] = (jit(_mlp_forward_kernel), jit(_mlp_backward_kernel))
+        _MLP_JIT[mode] = jit_in_namespace(globals(), _MLP_HELPERS,
+                                          (_mlp_forward_kernel, _mlp_backward_kernel))
     return _MLP_JIT[mode]
 
 
@@ -899,14 +833,7 @@ def dgd_self_unsupported_reason(request: ScanRequest) -> str | None:
     if not mlp and request.grad_clip is not None and triton.next_power_of_2(D) ** 2 > MAX_CLIP_BLOCK:
         return (f"grad_clip needs every row of W in one program; head dim {D} exceeds "
                 f"{int(MAX_CLIP_BLOCK ** 0.5)}")
-    if request.q.dtype not in DTYPES:
-        return f"dtype {request.q.dtype} is not supported (float32, float16 or bfloat16)"
-    device = request.q.device
-    if device.type == "cpu" and not interpret_requested():
-        return "CPU tensors run only through Triton's interpreter (TRITON_INTERPRET=1)"
-    if device.type not in ("cpu", "cuda"):
-        return f"device {device.type!r} is not supported (CUDA, or CPU with TRITON_INTERPRET=1)"
-    return None
+    return dtype_device_reason(request)
 
 
 def scan_dgd_self(request: ScanRequest, *, block_v: int | None = None,

@@ -55,6 +55,8 @@ import triton.language as tl
 from torch import Tensor
 from triton.language.standard import _sum_combine as _add
 
+from .common import interpreting
+
 # Sums are written ``tl.reduce(x, axis, _add)`` with the combine function of ``tl.sum``:
 # the interpreter recognises it and sums with numpy, and, unlike ``tl.sum`` (itself a
 # jit function, decorated when triton is imported), it is never called, so interpreted
@@ -200,11 +202,6 @@ def _backward_kernel(q, k, v, lr, decay, mom, dy, dW_T, dS_T, dWc_T, ckpt, scrat
 
 
 _JIT: dict[bool, tuple] = {}
-
-
-def interpreting() -> bool:
-    """Whether Triton runs kernels through its CPU interpreter (``TRITON_INTERPRET=1``)."""
-    return bool(triton.knobs.runtime.interpret)
 
 
 def kernels():
