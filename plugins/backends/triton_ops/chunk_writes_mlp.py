@@ -77,8 +77,8 @@ from triton.language.standard import _sum_combine as _add
 from nlframe.interfaces import ScanRequest
 from nlframe.level import MemoryState
 
-from .common import ACTIVATIONS, act, copy_flat, dtype_device_reason, interpreting, \
-    jit_in_namespace
+from .common import ACTIVATIONS, act, copy_flat, dtype_device_reason, \
+    jit_in_namespace, per_mode
 
 __all__ = ["ACTIVATIONS", "CMSScan", "block_sizes", "checkpoint_interval", "cms_scan",
            "cms_unsupported_reason", "scan_cms"]
@@ -413,10 +413,8 @@ _JIT: dict[bool, tuple] = {}
 def kernels():
     """``(forward, backward)`` decorated by ``triton.jit`` for the current interpreter
     flag; the kernels and helpers of each mode resolve each other in their own namespace."""
-    mode = interpreting()
-    if mode not in _JIT:
-        _JIT[mode] = jit_in_namespace(globals(), _HELPERS, (_forward_kernel, _backward_kernel))
-    return _JIT[mode]
+    return per_mode(_JIT, lambda: jit_in_namespace(globals(), _HELPERS,
+                                                   (_forward_kernel, _backward_kernel)))
 
 
 # -- sizes ----------------------------------------------------------------------------------

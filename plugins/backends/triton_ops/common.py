@@ -90,6 +90,14 @@ def interpreting() -> bool:
     return bool(triton.knobs.runtime.interpret)
 
 
+def per_mode(cache: dict, build: Callable[[], tuple]) -> tuple:
+    """``build()``'s kernels for the current interpreter mode, built once per mode."""
+    mode = interpreting()
+    if mode not in cache:
+        cache[mode] = build()
+    return cache[mode]
+
+
 def jit_in_namespace(module_globals: dict, helpers: tuple[str, ...],
                      kernels: tuple[Callable, ...]) -> tuple:
     """``kernels`` decorated by ``triton.jit`` in a copy of ``module_globals`` in which the

@@ -91,8 +91,8 @@ from triton.language.standard import _sum_combine as _add
 from nlframe.interfaces import ScanRequest
 from nlframe.level import MemoryState
 
-from .common import ACTIVATIONS, DTYPES, act, copy_flat, dtype_device_reason, interpreting, \
-    jit_in_namespace
+from .common import ACTIVATIONS, DTYPES, act, copy_flat, dtype_device_reason, \
+    jit_in_namespace, per_mode
 from .linear_recurrent import block_sizes, checkpoint_interval
 
 __all__ = [
@@ -574,11 +574,8 @@ def mlp_kernels():
     """``(forward, backward)`` of the mlp memories decorated by ``triton.jit`` for the current
     interpreter flag; kernels and helpers of one mode resolve each other in their own
     namespace (a copy of this module's globals)."""
-    mode = interpreting()
-    if mode not in _MLP_JIT:
-        _MLP_JIT[mode] = jit_in_namespace(globals(), _MLP_HELPERS,
-                                          (_mlp_forward_kernel, _mlp_backward_kernel))
-    return _MLP_JIT[mode]
+    return per_mode(_MLP_JIT, lambda: jit_in_namespace(
+        globals(), _MLP_HELPERS, (_mlp_forward_kernel, _mlp_backward_kernel)))
 
 
 _JIT: dict[bool, tuple] = {}
@@ -586,10 +583,7 @@ _JIT: dict[bool, tuple] = {}
 
 def kernels():
     """``(forward, backward)`` decorated by ``triton.jit`` for the current interpreter flag."""
-    mode = interpreting()
-    if mode not in _JIT:
-        _JIT[mode] = (triton.jit(_forward_kernel), triton.jit(_backward_kernel))
-    return _JIT[mode]
+    return per_mode(_JIT, lambda: (triton.jit(_forward_kernel), triton.jit(_backward_kernel)))
 
 
 def row_blocks(D: int, clip: bool, block_v: int | None = None) -> tuple[int, int]:

@@ -55,7 +55,7 @@ import triton.language as tl
 from torch import Tensor
 from triton.language.standard import _sum_combine as _add
 
-from .common import interpreting
+from .common import per_mode
 
 # Sums are written ``tl.reduce(x, axis, _add)`` with the combine function of ``tl.sum``:
 # the interpreter recognises it and sums with numpy, and, unlike ``tl.sum`` (itself a
@@ -206,10 +206,7 @@ _JIT: dict[bool, tuple] = {}
 
 def kernels():
     """``(forward, backward)`` decorated by ``triton.jit`` for the current interpreter flag."""
-    mode = interpreting()
-    if mode not in _JIT:
-        _JIT[mode] = (triton.jit(_forward_kernel), triton.jit(_backward_kernel))
-    return _JIT[mode]
+    return per_mode(_JIT, lambda: (triton.jit(_forward_kernel), triton.jit(_backward_kernel)))
 
 
 def block_sizes(dim_k: int, dim_v: int, block_v: int | None = None) -> tuple[int, int]:
