@@ -1,5 +1,5 @@
-"""The ``triton`` backend: fused Triton kernels of the classic linear-memory level and of
-the CMS level (MLP memories written per chunk)."""
+"""The ``triton`` backend: fused Triton kernels of Titans' linear-memory level, the
+self-modifying Titans level (DGD) and the CMS level (MLP memories written per chunk)."""
 
 from __future__ import annotations
 
@@ -57,8 +57,7 @@ class TritonBackend(Backend):
     position. Each program keeps a block of rows of ``W, S, W_c`` in registers for the
     whole sequence; the backward recomputes from checkpoints. float32 (float16 and
     bfloat16 inputs are computed in float32). CUDA tensors, or CPU tensors through
-    Triton's interpreter when ``TRITON_INTERPRET=1`` (slow: for tests). Every other
-    memory, rule and mode is declared unsupported.
+    Triton's interpreter when ``TRITON_INTERPRET=1`` (slow: for tests).
 
     Two more families of kernels, chosen by the request's rule and write mode (each
     family's ``*_unsupported_reason`` says what it declines):
@@ -68,6 +67,8 @@ class TritonBackend(Backend):
       ``residual-mlp`` memories — triton_ops/dgd_self_target.py;
     * ``momentum`` with ``write="chunk"`` (CMS levels, NL eq. 71) on ``mlp`` /
       ``residual-mlp`` memories — triton_ops/chunk_writes_mlp.py.
+
+    Every other memory, rule and mode is declared unsupported, with the reason.
     """
 
     priority = 20
