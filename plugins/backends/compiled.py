@@ -25,7 +25,7 @@ import shutil
 import torch
 from torch import Tensor
 
-from nlframe.interfaces import Backend, ScanRequest
+from nlframe.interfaces import Backend, Objective, ScanRequest
 from nlframe.level import MemoryState
 
 from .chunked import TILE, chunked_scan, unsupported_reason
@@ -40,6 +40,7 @@ def compile_backend() -> str:
 
 
 def compile_limit() -> int:
+    """The most configurations compiled before a call raises (``NLFRAME_COMPILE_LIMIT``)."""
     value = os.environ.get("NLFRAME_COMPILE_LIMIT", "")
     try:
         return int(value) if value else COMPILE_LIMIT
@@ -89,6 +90,9 @@ class CompiledBackend(Backend):
         reason = unsupported_reason(request)
         if reason is not None:
             return reason
+        if type(request.objective).grad is Objective.grad:
+            return (f"objective {request.names.get('objective')!r} has no closed-form grad: its "
+                    "default, autograd of loss, cannot be traced into the graph (use 'chunked')")
         if request.q.is_cuda and compile_backend() == "inductor":
             try:
                 import triton  # noqa: F401

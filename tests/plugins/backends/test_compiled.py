@@ -132,3 +132,20 @@ def test_auto_prefers_chunked():
                            objective=make_objective("l2"), rule=make_rule("momentum"),
                            names={"memory": "linear", "objective": "l2", "optimizer": "momentum"})
     assert resolve_backend("auto", request)[0] == "chunked"
+
+
+def test_an_objective_without_a_closed_form_grad_is_declined():
+    """The base class's grad is autograd of ``loss``, which dynamo cannot put in the graph."""
+    from nlframe.interfaces import Objective
+    from nlframe.scan import make_memory, make_request, make_rule
+
+    class Cube(Objective):
+        def loss(self, pred, target):
+            return ((pred - target) ** 3).abs().sum(-1)
+
+    q = torch.zeros(1, 1, 4, 3)
+    request = make_request(q, q, q, memory=make_memory("linear", 3, 3), objective=Cube(),
+                           rule=make_rule("momentum"), chunk_size=2,
+                           names={"memory": "linear", "objective": "cube", "optimizer": "momentum"})
+    reason = get_registry().get("backend", "compiled")().supports(request)
+    assert reason is not None and "no closed-form grad" in reason
