@@ -45,8 +45,9 @@ def _kernels(family: str):
 
 
 class TritonBackend(Backend):
-    """Titans' level on a ``linear`` memory as one fused forward and one fused backward
-    Triton kernel (plugins/backends/triton_ops/linear_recurrent.py). Per (b, h), token t
+    """Fused Triton kernels, forward and backward, of three families of levels. Titans'
+    level on a ``linear`` memory (plugins/backends/triton_ops/linear_recurrent.py): per
+    (b, h), token t
     (docs/concepts.md scan contract; Titans arXiv 2501.00663)::
 
         W_c ← W if the token opens a chunk;  δ_t = a·(W_c k_t) + b·v_t;  g_t = δ_t k_tᵀ
