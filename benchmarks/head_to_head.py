@@ -135,28 +135,14 @@ dim = 256
 type = "titans"
 layout = "standalone"
 heads = 4
-chunk_size = 8
-memory = { type = "mlp", hidden = 256 }
+head_dim = {head_dim}
+chunk_size = {chunk}
+memory = {{ type = "mlp", hidden = {hidden} }}
 momentum = true
 backend = "{backend}"
 """
-
-NLFRAME_TITANS_DEFAULT_TOML = """
-[model]
-type = "lm"
-vocab_size = 256
-dim = 256
-
-[[model.blocks]]
-type = "titans"
-layout = "standalone"
-heads = 4
-head_dim = 256
-chunk_size = 16
-memory = { type = "mlp", hidden = 1024 }
-momentum = true
-backend = "{backend}"
-"""
+TITANS_SIZES = {"titans": dict(head_dim=64, chunk=8, hidden=256),
+                "titans-default": dict(head_dim=256, chunk=16, hidden=1024)}
 
 PAIRS = {"hope": ("nlframe HOPE", "nested-learning HOPE"),
          "titans": ("nlframe titans memory", "titans-pytorch NeuralMemory"),
@@ -253,11 +239,11 @@ def _memory_data(B: int, T: int):
     return x, torch.randn(B, T, DIM, generator=g)
 
 
-def build_nlframe_titans(vocab: int, toml: str = NLFRAME_TITANS_TOML):
+def build_nlframe_titans(vocab: int, size: str = "titans"):
     import nlframe
     from nlframe.build import build_block
 
-    spec = nlframe.load_spec(toml.replace("{backend}", BACKEND))
+    spec = nlframe.load_spec(NLFRAME_TITANS_TOML.format(backend=BACKEND, **TITANS_SIZES[size]))
     torch.manual_seed(0)
     block = build_block(spec.model.config.blocks[0], DIM)
     opt = torch.optim.AdamW(block.parameters(), lr=LR)
@@ -286,7 +272,7 @@ BUILDERS = {"nlframe HOPE": build_nlframe_hope, "nested-learning HOPE": build_pe
             "nlframe titans memory": build_nlframe_titans,
             "titans-pytorch NeuralMemory": build_peer_titans,
             "nlframe titans memory, default size":
-                lambda vocab: build_nlframe_titans(vocab, NLFRAME_TITANS_DEFAULT_TOML),
+                lambda vocab: build_nlframe_titans(vocab, "titans-default"),
             "titans-pytorch NeuralMemory, default size":
                 lambda vocab: build_peer_titans(vocab, chunk=16, dim_head=DIM)}
 
