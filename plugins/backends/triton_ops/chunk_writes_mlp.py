@@ -569,11 +569,6 @@ def cms_scan(q: Tensor, k: Tensor, v: Tensor, lr: Tensor, decay: Tensor, mom: Te
 
 
 # -- the scan contract ----------------------------------------------------------------------
-def _gate_default(request: ScanRequest, name: str) -> Any:
-    """The value of gate ``name`` the scan uses when it is not per-token: the rule's default."""
-    return getattr(request.rule, "defaults", {}).get(name, 0.0)
-
-
 def cms_unsupported_reason(request: ScanRequest) -> str | None:
     """``None`` when :func:`scan_cms` computes ``request`` exactly; else why not."""
     memory, names = request.memory, request.names
@@ -605,7 +600,8 @@ def cms_unsupported_reason(request: ScanRequest) -> str | None:
     if "lr" not in request.hyper or not set(request.hyper) <= {"lr", "decay", "momentum"}:
         return f"per-token hyperparameters {sorted(request.hyper)} are not supported"
     for name in ("decay", "momentum"):
-        if name not in request.hyper and not isinstance(_gate_default(request, name), Real):
+        default = getattr(request.rule, "defaults", {}).get(name, 0.0)
+        if name not in request.hyper and not isinstance(default, Real):
             return f"the rule's default {name} is not a number"
     Dk, Dv = request.q.shape[-1], request.v.shape[-1]
     if max(Dk, Dv) > MAX_DIM:
@@ -625,9 +621,8 @@ def scan_cms(request: ScanRequest, **options: Any) -> tuple[Tensor, MemoryState]
     q = request.q
     T = q.shape[2]
     lr = request.hyper["lr"]
-    gate = {n: request.hyper[n] if n in request.hyper
-            else torch.full_like(lr, float(_gate_default(request, n)))
-            for n in ("decay", "momentum")}
+    # make_request hands a rule's non-zero default decay / momentum over as a gate
+    gate = {n: request.hyper.get(n, torch.zeros_like(lr)) for n in ("decay", "momentum")}
     y, W, S, G, sq = cms_scan(
         q, request.k, request.v, lr, gate["decay"], gate["momentum"], state.params,
         state.opt_state["momentum"], state.chunk_params if p else None,
