@@ -16,10 +16,44 @@ from .chunked import is_classic
 
 INSTALL = "pip install 'nlframe[triton]'"
 
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+"""Input dtypes of every kernel (half types are computed in float32)."""
+
 
 def interpret_requested() -> bool:
     """Whether ``TRITON_INTERPRET`` asks Triton to run kernels through its CPU interpreter."""
     return os.environ.get("TRITON_INTERPRET", "").strip().lower() in ("1", "true", "on", "yes")
+
+
+# -- checks every kernel family makes (no triton needed) ----------------------------------
+def objective_reason(request: ScanRequest) -> str | None:
+    """Why the kernels cannot take ``request``'s objective: they need ``∂ℓ/∂pred = a·pred + b·target``."""
+    if request.objective.affine_grad is None:
+        return (f"objective {request.names.get('objective')!r} declares no affine gradient "
+                "(∂ℓ/∂pred = a·pred + b·target; l2 and dot do)")
+    return None
+
+
+def hyper_reason(request: ScanRequest, gates: frozenset[str]) -> str | None:
+    """Why the kernels cannot take ``request``'s hyperparameters: per-token ``lr`` and at
+    most the ``gates``, nothing static."""
+    if request.static_hyper:
+        return f"static hyperparameters {sorted(request.static_hyper)} are not supported"
+    if "lr" not in request.hyper or not set(request.hyper) <= gates:
+        return f"per-token hyperparameters {sorted(request.hyper)} are not supported"
+    return None
+
+
+def dtype_device_reason(request: ScanRequest) -> str | None:
+    """Why the kernels cannot take ``request``'s dtype or device (``None``: they can)."""
+    if request.q.dtype not in DTYPES:
+        return f"dtype {request.q.dtype} is not supported (float32, float16 or bfloat16)"
+    device = request.q.device
+    if device.type == "cpu" and not interpret_requested():
+        return "CPU tensors run only through Triton's interpreter (TRITON_INTERPRET=1)"
+    if device.type not in ("cpu", "cuda"):
+        return f"device {device.type!r} is not supported (CUDA, or CPU with TRITON_INTERPRET=1)"
+    return None
 
 
 def _family(request: ScanRequest) -> str:
@@ -98,9 +132,8 @@ class TritonBackend(Backend):
             return (f"memory {names.get('memory')!r} has structure {memory.structure!r}; the "
                     "triton kernels compute 'linear' memories (one param W) and 'mlp' / "
                     "'residual-mlp' ones (W1, W2)")
-        if request.objective.affine_grad is None:
-            return (f"objective {names.get('objective')!r} declares no affine gradient "
-                    "(∂ℓ/∂pred = a·pred + b·target; l2 and dot do)")
+        if reason := objective_reason(request):
+            return reason
         if request.rule_structure != "momentum":
             return (f"optimizer {names.get('optimizer')!r} has structure "
                     f"{request.rule_structure!r}; the kernels compute 'momentum' "
@@ -117,15 +150,9 @@ class TritonBackend(Backend):
             return "; ".join(m for m in modes if m) + " is not supported"
         if not request.outputs:
             return "write-only scans (outputs=False) are not supported"
-        if request.static_hyper:
-            return f"static hyperparameters {sorted(request.static_hyper)} are not supported"
-        if not set(request.hyper) <= {"lr", "decay", "momentum"}:
-            return f"per-token hyperparameters {sorted(request.hyper)} are not supported"
-        if self.unavailable_reason():
-            return self.unavailable_reason()
-        from .triton_ops.common import dtype_device_reason
-
-        return dtype_device_reason(request)
+        if reason := hyper_reason(request, frozenset({"lr", "decay", "momentum"})):
+            return reason
+        return self.unavailable_reason() or dtype_device_reason(request)
 
     def scan(self, request: ScanRequest) -> tuple[Tensor, MemoryState]:
         family = _family(request)

@@ -77,8 +77,8 @@ from triton.language.standard import _sum_combine as _add
 from nlframe.interfaces import ScanRequest
 from nlframe.level import MemoryState
 
-from .common import ACTIVATIONS, act, copy_flat, dtype_device_reason, \
-    jit_in_namespace, per_mode
+from ..triton_backend import dtype_device_reason, hyper_reason, objective_reason
+from .common import ACTIVATIONS, act, copy_flat, jit_in_namespace, per_mode
 
 __all__ = ["ACTIVATIONS", "CMSScan", "block_sizes", "checkpoint_interval", "cms_scan",
            "cms_unsupported_reason", "scan_cms"]
@@ -581,9 +581,8 @@ def cms_unsupported_reason(request: ScanRequest) -> str | None:
     if act not in ACTIVATIONS:
         return (f"memory {mem_name!r}: activation {act!r} has no Triton implementation "
                 f"(supported: {sorted(ACTIVATIONS)})")
-    if request.objective.affine_grad is None:
-        return (f"objective {names.get('objective')!r} declares no affine gradient "
-                "(∂ℓ/∂pred = a·pred + b·target; l2 and dot do)")
+    if reason := objective_reason(request):
+        return reason
     if request.rule_structure != "momentum":
         return (f"optimizer {names.get('optimizer')!r} has structure "
                 f"{request.rule_structure!r}; the CMS kernels compute 'momentum'")
@@ -595,10 +594,8 @@ def cms_unsupported_reason(request: ScanRequest) -> str | None:
         return f"grad_clip={request.grad_clip} is not supported (no per-token clipping)"
     if request.truncate:
         return "truncate=True is not supported"
-    if request.static_hyper:
-        return f"static hyperparameters {sorted(request.static_hyper)} are not supported"
-    if "lr" not in request.hyper or not set(request.hyper) <= {"lr", "decay", "momentum"}:
-        return f"per-token hyperparameters {sorted(request.hyper)} are not supported"
+    if reason := hyper_reason(request, frozenset({"lr", "decay", "momentum"})):
+        return reason
     for name in ("decay", "momentum"):
         default = getattr(request.rule, "defaults", {}).get(name, 0.0)
         if name not in request.hyper and not isinstance(default, Real):

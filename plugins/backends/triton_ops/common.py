@@ -1,6 +1,7 @@
 """What the Triton kernels share: activations with their derivatives, flat copies, the
-interpreter switch, the per-mode ``triton.jit`` of a module's kernels, and the checks
-of dtype and device every kernel family makes.
+interpreter switch and the per-mode ``triton.jit`` of a module's kernels (the checks
+of a request every kernel family makes are in ``triton_backend.py``, importable
+without triton).
 
 ``triton.jit`` reads ``TRITON_INTERPRET`` when it decorates, so kernels and their
 helpers are plain functions here, decorated on first use for the flag then in force
@@ -12,20 +13,12 @@ from __future__ import annotations
 import types
 from typing import Callable
 
-import torch
 import triton
 import triton.language as tl
 
-from nlframe.interfaces import ScanRequest
-
-from ..triton_backend import interpret_requested
 
 ACTIVATIONS = {"gelu": 0, "silu": 1, "relu": 2, "sigmoid": 3, "tanh": 4, "identity": 5}
 """Activation name → the kernels' ``ACT`` code (:func:`act`)."""
-
-DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-"""Input dtypes of every kernel (half types are computed in float32)."""
-
 
 def act(z, ACT: tl.constexpr, ORDER: tl.constexpr):
     """``(σ(z), σ′(z), σ″(z))`` of activation code ``ACT``; derivatives above ``ORDER`` are 0.
@@ -114,15 +107,3 @@ def jit_in_namespace(module_globals: dict, helpers: tuple[str, ...],
     for name in helpers:
         ns[name] = jit(module_globals[name])
     return tuple(jit(k) for k in kernels)
-
-
-def dtype_device_reason(request: ScanRequest) -> str | None:
-    """Why the kernels cannot take ``request``'s dtype or device (``None``: they can)."""
-    if request.q.dtype not in DTYPES:
-        return f"dtype {request.q.dtype} is not supported (float32, float16 or bfloat16)"
-    device = request.q.device
-    if device.type == "cpu" and not interpret_requested():
-        return "CPU tensors run only through Triton's interpreter (TRITON_INTERPRET=1)"
-    if device.type not in ("cpu", "cuda"):
-        return f"device {device.type!r} is not supported (CUDA, or CPU with TRITON_INTERPRET=1)"
-    return None

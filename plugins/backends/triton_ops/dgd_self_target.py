@@ -91,13 +91,12 @@ from triton.language.standard import _sum_combine as _add
 from nlframe.interfaces import ScanRequest
 from nlframe.level import MemoryState
 
-from .common import ACTIVATIONS, DTYPES, act, copy_flat, dtype_device_reason, \
-    jit_in_namespace, per_mode
+from ..triton_backend import dtype_device_reason, hyper_reason, objective_reason
+from .common import ACTIVATIONS, act, copy_flat, jit_in_namespace, per_mode
 from .linear_recurrent import block_sizes, checkpoint_interval
 
 __all__ = [
     "ACTIVATIONS",
-    "DTYPES",
     "MAX_CLIP_BLOCK",
     "MAX_MLP_DIM",
     "DGDSelfTarget",
@@ -800,9 +799,8 @@ def dgd_self_unsupported_reason(request: ScanRequest) -> str | None:
     if mlp and getattr(memory, "activation_name", None) not in ACTIVATIONS:
         return (f"memory {names.get('memory')!r}: activation "
                 f"{getattr(memory, 'activation_name', None)!r} is not one of {sorted(ACTIVATIONS)}")
-    if request.objective.affine_grad is None:
-        return (f"objective {names.get('objective')!r} declares no affine gradient "
-                "(∂ℓ/∂pred = a·pred + b·target; l2 and dot do)")
+    if reason := objective_reason(request):
+        return reason
     if request.rule_structure != "dgd":
         return (f"optimizer {names.get('optimizer')!r} has structure "
                 f"{request.rule_structure!r}; the kernels compute 'dgd' "
@@ -815,10 +813,8 @@ def dgd_self_unsupported_reason(request: ScanRequest) -> str | None:
              if not request.self_target else ""]
     if any(modes):
         return "; ".join(m for m in modes if m) + " is not supported"
-    if request.static_hyper:
-        return f"static hyperparameters {sorted(request.static_hyper)} are not supported"
-    if not set(request.hyper) <= {"lr", "decay"}:
-        return f"per-token hyperparameters {sorted(request.hyper)} are not supported"
+    if reason := hyper_reason(request, frozenset({"lr", "decay"})):
+        return reason
     D = request.q.shape[-1]
     if request.v.shape[-1] != D:
         return f"self targets need Dk = Dv; got {D} and {request.v.shape[-1]}"
