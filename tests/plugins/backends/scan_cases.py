@@ -88,6 +88,18 @@ def random_state(gen: torch.Generator, memory: str, B: int, H: int, Dk: int, Dv:
     return state
 
 
+def functional_grads(out: dict[str, Tensor], leaves: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Gradients w.r.t. every leaf of ``Σ_n (out[n]·w_n).sum()`` with fixed random
+    float64 weights ``w_n`` (drawn in name order, cast to ``out[n]``'s dtype); zeros for
+    a leaf the outputs do not depend on."""
+    gen = torch.Generator().manual_seed(99)
+    total = sum((out[n] * torch.randn(out[n].shape, generator=gen, dtype=DT).to(out[n].dtype)).sum()
+                for n in sorted(out))
+    names = sorted(leaves)
+    g = torch.autograd.grad(total, [leaves[n] for n in names], allow_unused=True)
+    return {n: torch.zeros_like(leaves[n]) if d is None else d for n, d in zip(names, g)}
+
+
 def leaves_of(state: MemoryState) -> dict[str, Tensor]:
     return {**{f"W0.{n}": p for n, p in state.params.items()},
             **{f"S0.{n}": p for n, p in state.momentum.items()}}
