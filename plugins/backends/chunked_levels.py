@@ -84,19 +84,30 @@ class LayerView:
 def scan_levels(request: ScanRequest, *, tile: int) -> tuple[Tensor, MemoryState]:
     """Run ``request`` (linear / mlp / residual-mlp; momentum or dgd; any read, write,
     self target, clip). Chunk writes of a momentum rule read at the chunk start with
-    chunks shorter than a tile take :func:`scan_chunk_writes` on whole chunks."""
+    chunks shorter than a tile take :func:`scan_chunk_writes` (full inner gradient) or
+    :func:`scan_chunk_writes_truncated` on whole chunks; a truncated call that opens the
+    stream writes its first chunk from the attached start state, tile by tile."""
     C, p, T = request.chunk_size, request.state.position, request.q.shape[2]
-    if (request.write == "chunk" and request.read == "chunk_start" and not request.truncate
+    if not (request.write == "chunk" and request.read == "chunk_start"
             and request.rule_structure == "momentum" and not request.static_hyper
-            and 2 * C <= tile and p == 0 and T >= 2 * C):
-        full = (T // C) * C
-        y, state = scan_chunk_writes(_slice(request, 0, full), tile=tile)
-        if full == T:
-            return y, state
-        y2, state2 = scan_within_chunk_tiles(_slice(request, full, T, state), tile=tile)
-        surprise = (state.surprise * full + state2.surprise * (T - full)) / T
-        return torch.cat([y, y2], 2), attrs.evolve(state2, surprise=surprise)
-    return scan_within_chunk_tiles(request, tile=tile)
+            and 2 * C <= tile and p == 0):
+        return scan_within_chunk_tiles(request, tile=tile)
+    lo = C if (request.truncate and request.state.step == 0) else 0  # the stream's first chunk
+    hi = lo + (T - lo) // C * C
+    if hi - lo < 2 * C:
+        return scan_within_chunk_tiles(request, tile=tile)
+    fast = scan_chunk_writes_truncated if request.truncate else scan_chunk_writes
+    pieces = [(lo, hi, lambda r: fast(r, tile=tile))]
+    if lo:
+        pieces.insert(0, (0, lo, lambda r: scan_within_chunk_tiles(r, tile=tile)))
+    if hi < T:
+        pieces.append((hi, T, lambda r: scan_within_chunk_tiles(r, tile=tile)))
+    state, ys, surprise = request.state, [], 0.0
+    for a, b, run in pieces:
+        y, state = run(_slice(request, a, b, state))
+        ys.append(y)
+        surprise = surprise + state.surprise * (b - a) / T
+    return torch.cat(ys, 2), attrs.evolve(state, surprise=surprise)
 
 
 def _slice(request: ScanRequest, lo: int, hi: int, state: MemoryState | None = None) -> ScanRequest:
@@ -118,49 +129,29 @@ def scan_chunk_writes(request: ScanRequest, *, tile: int) -> tuple[Tensor, Memor
     At chunk granularity the rule is the token recurrence with ``g = G_j``: with the
     tile gates of the chunks' last-token ``α_j, η_j`` and ``θ = 1`` (tiles.py), chunk
     ``j`` starts from ``W⁽ʲ⁾ = D_{j−1} W_b + c_{j−1} S_b − Σ_{j'<j} A_{j−1,j'} G_{j'}``, so
-    every read and gradient of chunk ``j`` with layer input ``u`` is::
+    every gradient of chunk ``j`` with layer input ``u`` (``k``, then the hidden ``h``) is::
 
         W⁽ʲ⁾ u = D_{j−1} W_b u + c_{j−1} S_b u − Σ_{i in chunks < j} A_{j−1,c(i)} θ_i (x_i·u) e_i
 
-    — kernel products against the tile's earlier tokens, never a per-chunk weight.
-    The tile ends at ``W_L = D W_b + c S_b − Eᵀ(a∘X)``, ``S_L = P S_b − Eᵀ(b∘X)``.
+    — kernel products against the tile's earlier tokens, never a per-chunk weight. The
+    chunks' gradients run in order; their reads feed nothing inside the scan, so all reads
+    of a tile take the same form at once, after it (:meth:`_ChunkTiles.reads`). The tile
+    ends at ``W_L = D W_b + c S_b − Eᵀ(a∘X)``, ``S_L = P S_b − Eᵀ(b∘X)``.
     """
-    q, k, v, state, C = request.q, request.k, request.v, request.state, request.chunk_size
-    view, objective, clip = LayerView(request.memory), request.objective, request.grad_clip
-    B, H, T, _ = q.shape
-    m = tile // C
-    L, n = m * C, -(-T // (m * C))
-    pad = n * L - T
-    zeros = torch.zeros_like(request.hyper["lr"])
-
-    def tiles_of(x: Tensor) -> Tensor:  # (B, H, T, …) → (n, B, H, m, C, …)
-        if pad:
-            x = torch.cat([x, x.new_zeros(B, H, pad, *x.shape[3:])], 2)
-        return x.reshape(B, H, n, m, C, *x.shape[3:]).movedim(2, 0)
-
-    Q, K, V = tiles_of(q), tiles_of(k), tiles_of(v)
-    th = tiles_of(request.hyper["lr"])  # (n, B, H, m, C)
-    last_alpha = tiles_of(request.hyper.get("decay", zeros))[..., -1]  # (n, B, H, m)
-    last_eta = tiles_of(request.hyper.get("momentum", zeros))[..., -1]
-    gates = TileGates.build(torch.ones_like(last_alpha), last_alpha, last_eta)  # chunk level, θ = 1
+    state, view, objective, clip = request.state, LayerView(request.memory), request.objective, \
+        request.grad_clip
+    ct = _ChunkTiles.cut(request, tile)
+    gates = TileGates.build(torch.ones_like(ct.alpha), ct.alpha, ct.eta)  # chunk level, θ = 1
     W, S = dict(state.params), dict(state.opt_state["momentum"])
-    has_mom = "momentum" in request.hyper  # η ≡ 0 otherwise: c = 0, S never reaches W
-    first = view.names[0]
+    has_mom, first, C = ct.has_mom, view.names[0], ct.C
     ys, norms = [], []
-    Ks, Qs, Vs, ths = per_tile(K, Q, V, th)
-    for t in range(n):
+    for t in range(ct.n):
         D = F.pad(gates.D[t], (1, 0), value=1.0)  # (B, H, m+1): D_{j−1}
         c = F.pad(gates.c[t], (1, 0))
-        # the first layer's state part of every read in the tile, in one matmul per matrix:
-        # rows [k; q; v] of chunk j → (B, H, m, R·C, Dout)
-        rows_all = torch.cat([Ks[t], Qs[t]] + ([Vs[t]] if request.self_target else []), 3)
-        Kc, Qc, Vc = Ks[t].unbind(2), Qs[t].unbind(2), Vs[t].unbind(2)  # chunks (B, H, C, D)
-
-        def state_part(M: Tensor) -> Tensor:
-            return (rows_all.flatten(2, 3) @ M.transpose(-1, -2)).unflatten(2, rows_all.shape[2:4])
-
-        pre_W = state_part(W[first]).unbind(2)  # per chunk (B, H, R·C, Dout)
-        pre_S = state_part(S[first]).unbind(2) if has_mom else None
+        Kc, Vc = ct.K[t].unbind(2), ct.V[t].unbind(2)  # chunks (B, H, C, D)
+        # the first layer's state part of every gradient in the tile, one matmul per matrix
+        pre_W = ct.state_part(t, W[first])  # per chunk (B, H, R·C, Dout)
+        pre_S = ct.state_part(t, S[first]) if has_mom else None
         # later layers are applied chunk by chunk: their weight gradients are summed over
         # the tile in one matmul in the backward pass, not formed chunk by chunk
         Wd = {nm: _TileWeight.wrap(W[nm]) for nm in view.names if nm != first}
@@ -168,18 +159,14 @@ def scan_chunk_writes(request: ScanRequest, *, tile: int) -> tuple[Tensor, Memor
         # kernel weights of every chunk against every token of the tile, in one op:
         # w[j, i] = A_{j−1, c(i)} θ_i (row j of the padded A holds A_{j−1,:}; A is lower
         # triangular, so the tokens of chunk j and later get weight 0)
-        A = F.pad(gates.A[t], (0, 0, 1, 0))  # (B, H, m+1, m)
-        w_all = (A[..., :, :, None] * ths[t][..., None, :, :]).flatten(-2)  # (B, H, m+1, m·C)
+        w_all = _kernel_weights(gates.A[t], ct.theta[t])  # (B, H, m+1, m·C)
         # layer inputs and errors of the tile's earlier tokens, (B, H, j·C, ·), grown by one
         # concatenation per chunk (a constant number of ops per chunk, whatever its index)
         X: dict[str, Tensor] = {}
         E: dict[str, Tensor] = {}
-        yt = []
-        chunks = min(m, (T - t * L) // C)  # whole chunks in this tile (the padding is never read)
+        chunks = ct.chunks_in(t)
         for j in range(chunks):
-            Kj, Qj, Vj = Kc[j], Qc[j], Vc[j]
-            rows = [Kj, Qj] + ([Vj] if request.self_target else [])
-            U = torch.cat(rows, 2)  # every read of chunk j at W⁽ʲ⁾
+            U = torch.cat([Kc[j], Vc[j]], 2) if request.self_target else Kc[j]
             w = w_all[..., j, None, :j * C]  # (B, H, 1, j·C)
             out, acts = U, {}
             for name in view.names:
@@ -195,14 +182,7 @@ def scan_chunk_writes(request: ScanRequest, *, tile: int) -> tuple[Tensor, Memor
                     base = base - ((out @ X[name].transpose(-1, -2)) * w) @ E[name]
                 acts[name] = (out, base)
                 out = view.memory.activation(base) if name == "W1" else base
-            read = out + U if view.residual else out
-            nk = Kj.shape[2]
-            pred, yq = read[..., :nk, :], read[..., nk:2 * nk, :]
-            target = read[..., 2 * nk:, :] if request.self_target else Vj
-            delta = objective.grad(pred, target)
-            norms.append(delta.norm(dim=-1).detach())
-            e_out = clip_rows(delta, clip)
-            yt.append(yq)
+            e_out = ct.errors(out, U, Vc[j], view, objective, clip, norms)
             # errors per layer, backwards through the chunk-start forward
             for name in reversed(view.names):
                 inp, pre = acts[name]
@@ -212,14 +192,16 @@ def scan_chunk_writes(request: ScanRequest, *, tile: int) -> tuple[Tensor, Memor
                         back = back + c[..., j, None, None] * Sd[name].times(e_out)
                     if j:
                         back = back - ((e_out @ E[name].transpose(-1, -2)) * w) @ X[name]
-                X[name] = _grow(X.get(name), inp[..., :nk, :])
+                X[name] = _grow(X.get(name), inp[..., :C, :])
                 E[name] = _grow(E.get(name), e_out)
                 if name == "W2":
-                    e_out = back * view.memory.activation_grad(acts["W1"][1][..., :nk, :])
+                    e_out = back * view.memory.activation_grad(acts["W1"][1][..., :C, :])
+        if request.outputs:
+            ys.append(ct.reads(t, chunks, view, W, S, X, E, w_all, D, c))
         # end of tile: W_L = D W_b + c S_b − Σ_i A_{m−1,c(i)} θ_i e_i x_iᵀ, S_L likewise with Bθ
         jl = chunks - 1
-        a_row = (gates.A[t][..., jl, :chunks, None] * ths[t][..., :chunks, :]).flatten(-2)
-        b_row = (gates.Btheta[t][..., jl, :chunks, None] * ths[t][..., :chunks, :]).flatten(-2)
+        a_row = (gates.A[t][..., jl, :chunks, None] * ct.theta[t][..., :chunks, :]).flatten(-2)
+        b_row = (gates.Btheta[t][..., jl, :chunks, None] * ct.theta[t][..., :chunks, :]).flatten(-2)
         DL, cL, PL = (x[..., jl, None, None] for x in (gates.D[t], gates.c[t], gates.P[t]))
         newW, newS = {}, {}
         for name in view.names:  # one fresh parameter-sized buffer per result, updated in place
@@ -229,11 +211,245 @@ def scan_chunk_writes(request: ScanRequest, *, tile: int) -> tuple[Tensor, Memor
                 newW[name].addcmul_(cL, S[name])
             newS[name] = (EaT @ (X[name] * b_row.neg()[..., None])).addcmul_(PL, S[name])
         W, S = newW, newS
-        ys.append(torch.cat(yt, 2))
-    y = torch.cat(ys, 2)[:, :, :T] if request.outputs else q.new_zeros(B, H, 0, v.shape[-1])
-    surprise = torch.cat(norms, 2)[:, :, :T].mean(-1)
-    return y, MemoryState(params=W, opt_state={"momentum": S}, chunk_params=dict(W), position=0,
-                          chunk_size=C, step=state.step + T, surprise=surprise)
+    return ct.finish(ys, norms, W, S)
+
+
+def scan_chunk_writes_truncated(request: ScanRequest, *, tile: int) -> tuple[Tensor, MemoryState]:
+    """:func:`scan_chunk_writes` with ``truncate=True`` in a call that does not open the
+    stream (``state.step > 0``): every chunk writes from its detached start state and is
+    read at the attached one, so (``sg``: stop-gradient; θ = 1 at chunk level)::
+
+        W⁽ʲ⁾ = (1 − α_{j−1}) sg W⁽ʲ⁻¹⁾ + η_{j−1} sg S⁽ʲ⁻¹⁾ − G_{j−1}(sg W⁽ʲ⁻¹⁾),   W⁽⁰⁾ = W_b
+        S⁽ʲ⁾ = η_{j−1} sg S⁽ʲ⁻¹⁾ − G_{j−1}
+
+    Values are those of the full form. The gradients of chunk ``j`` are computed at
+    ``sg W⁽ʲ⁾`` (kernel products against the tile's detached earlier tokens: the outer
+    gradient reaches only the chunk's own keys and values). The reads ``u`` (``q``, then
+    the hidden ``h``) take the same detached form and add a correction of value 0 that
+    carries the rest of their gradient::
+
+        −(α_{j−1} − sg α_{j−1}) sg W⁽ʲ⁻¹⁾u + (η_{j−1} − sg η_{j−1}) sg S⁽ʲ⁻¹⁾u − (G_{j−1} sg u − sg ·)
+        (j = 0:  W_b sg u − sg ·)
+
+    and the tile ends at the last chunk's write from the detached ``W⁽ˡᵃˢᵗ⁾, S⁽ˡᵃˢᵗ⁾``.
+    The backward pass never crosses more than one write.
+    """
+    state, view, objective, clip = request.state, LayerView(request.memory), request.objective, \
+        request.grad_clip
+    ct = _ChunkTiles.cut(request, tile)
+    gates = TileGates.build(torch.ones_like(ct.alpha), ct.alpha.detach(), ct.eta.detach())
+    W, S = dict(state.params), dict(state.opt_state["momentum"])
+    has_mom, first, C = ct.has_mom, view.names[0], ct.C
+    ys, norms = [], []
+    for t in range(ct.n):
+        Wb = {nm: w.detach() for nm, w in W.items()}
+        Sb = {nm: w.detach() for nm, w in S.items()}
+        D = F.pad(gates.D[t], (1, 0), value=1.0)  # (B, H, m+1): D_{j−1}, c_{j−1}, P_{j−1}
+        c = F.pad(gates.c[t], (1, 0))
+        P = F.pad(gates.P[t], (1, 0), value=1.0)
+        th_sg = ct.theta[t].detach()
+        # kernel weights of W⁽ʲ⁾ and S⁽ʲ⁾ against the tile's tokens (rows j = 0..m), detached
+        wa = _kernel_weights(gates.A[t], th_sg)
+        wb = _kernel_weights(gates.Btheta[t], th_sg)
+        pre_W = ct.state_part(t, Wb[first])
+        pre_S = ct.state_part(t, Sb[first]) if has_mom else None
+        Kc, Vc = ct.K[t].unbind(2), ct.V[t].unbind(2)
+        Xs: dict[str, Tensor] = {}  # detached inputs and errors of the tile's earlier chunks
+        Es: dict[str, Tensor] = {}
+        Xa: dict[str, list] = {n: [] for n in view.names}  # attached ones, per chunk
+        Ea: dict[str, list] = {n: [] for n in view.names}
+        chunks = ct.chunks_in(t)
+        for j in range(chunks):
+            U = torch.cat([Kc[j], Vc[j]], 2) if request.self_target else Kc[j]
+            w = wa[..., j, None, :j * C]
+            out, acts = U, {}
+            for name in view.names:
+                if name == first:
+                    sW, sS = pre_W[j], pre_S[j] if has_mom else None
+                else:
+                    sW = out @ Wb[name].transpose(-1, -2)
+                    sS = out @ Sb[name].transpose(-1, -2) if has_mom else None
+                base = D[..., j, None, None] * sW
+                if has_mom:
+                    base = base + c[..., j, None, None] * sS
+                if j:
+                    base = base - ((out @ Xs[name].transpose(-1, -2)) * w) @ Es[name]
+                acts[name] = (out, base)
+                out = view.memory.activation(base) if name == "W1" else base
+            e_out = ct.errors(out, U, Vc[j], view, objective, clip, norms)
+            for name in reversed(view.names):  # errors at sg W⁽ʲ⁾, backwards
+                inp = acts[name][0][..., :C, :]
+                if name == "W2":
+                    back = D[..., j, None, None] * (e_out @ Wb[name])
+                    if has_mom:
+                        back = back + c[..., j, None, None] * (e_out @ Sb[name])
+                    if j:
+                        back = back - ((e_out @ Es[name].transpose(-1, -2)) * w) @ Xs[name]
+                Xa[name].append(inp)
+                Ea[name].append(e_out)
+                Xs[name] = _grow(Xs.get(name), inp.detach())
+                Es[name] = _grow(Es.get(name), e_out.detach())
+                if name == "W2":
+                    e_out = back * view.memory.activation_grad(acts["W1"][1][..., :C, :])
+        X = {n: torch.cat(x, 2) for n, x in Xa.items()}  # (B, H, chunks·C, ·)
+        E = {n: torch.cat(e, 2) for n, e in Ea.items()}
+        alpha, eta, theta = ct.alpha[t], ct.eta[t], ct.theta[t]  # attached
+        if request.outputs:
+            R = chunks * C
+            rows = lambda x: x[..., :chunks].repeat_interleave(C, -1)[..., None]  # noqa: E731
+            prev = lambda x: rows(F.pad(x, (1, 0))[..., :-1])  # noqa: E731  chunk j → x_{j−1}
+            before = th_sg.new_ones(chunks - 1).diag(-1)  # chunk j → chunk j − 1
+            band = before.repeat_interleave(C, 0).repeat_interleave(C, 1) \
+                * theta[..., :chunks, :].flatten(-2)[..., None, :]  # θ_i, i in chunk c(r) − 1
+            wq_W = wa[..., :chunks, :R].repeat_interleave(C, -2)
+            wq_S = wb[..., :chunks, :R].repeat_interleave(C, -2)
+            Dp, cp, Pp = prev(D), prev(c), prev(P)
+
+            def correction(name: str, u: Tensor, sW: Tensor, sS: Tensor | None) -> Tensor:
+                ub = u.detach()
+                with torch.no_grad():  # sg W⁽ʲ⁻¹⁾u and sg S⁽ʲ⁻¹⁾u (zero weight in chunk 0)
+                    ux = ub @ Xs[name].transpose(-1, -2)
+                    shift = lambda w: F.pad(w, (0, 0, C, 0))[..., :R, :]  # noqa: E731
+                    W_u = Dp * sW - (ux * shift(wq_W)) @ Es[name]
+                    if has_mom:
+                        W_u = W_u + cp * sS
+                        S_u = Pp * sS - (ux * shift(wq_S)) @ Es[name]
+                attach_Wb = F.pad(ub[..., :C, :] @ W[name].transpose(-1, -2), (0, 0, 0, R - C))
+                total = attach_Wb - ((ub @ X[name].transpose(-1, -2)) * band) @ E[name] \
+                    - prev(alpha) * W_u
+                if has_mom:
+                    total = total + prev(eta) * S_u
+                return _grad_only(total)
+
+            ys.append(ct.reads(t, chunks, view, Wb, Sb, Xs, Es, wa, D, c, correction))
+        # end of tile: the last chunk's write from its detached start state
+        jl, prev_tokens = chunks - 1, (chunks - 1) * C
+        keep, eta_l = 1.0 - alpha[..., jl, None, None], eta[..., jl, None, None]
+        neg_th = theta[..., jl, :, None].neg()
+        newW, newS = {}, {}
+        for name in view.names:  # as few fresh parameter-sized buffers as the graph allows
+            W_l, S_l = Wb[name], Sb[name]  # W⁽ˡᵃˢᵗ⁾, S⁽ˡᵃˢᵗ⁾ (the tile start for one chunk)
+            if prev_tokens:
+                with torch.no_grad():
+                    ET = Es[name][..., :prev_tokens, :].transpose(-1, -2)
+                    X_l = Xs[name][..., :prev_tokens, :]
+                    W_l = (ET @ (X_l * wa[..., jl, :prev_tokens, None].neg())) \
+                        .addcmul_(D[..., jl, None, None], W_l).addcmul_(c[..., jl, None, None], S_l)
+                    S_l = (ET @ (X_l * wb[..., jl, :prev_tokens, None].neg())) \
+                        .addcmul_(P[..., jl, None, None], S_l)
+            neg_G = Ea[name][-1].transpose(-1, -2) @ (Xa[name][-1] * neg_th)
+            newS[name] = neg_G.addcmul_(eta_l, S_l)  # the matmul's own buffer
+            newW[name] = torch.addcmul(newS[name], keep, W_l)
+        W, S = newW, newS
+    return ct.finish(ys, norms, W, S)
+
+
+def _kernel_weights(M: Tensor, theta: Tensor) -> Tensor:
+    """``w[j, i] = M_{j−1, c(i)} θ_i`` for chunk-level ``M: (…, m, m)`` and per-token
+    ``θ: (…, m, C)``: ``(…, m+1, m·C)`` (row 0, the tile start, is 0)."""
+    return (F.pad(M, (0, 0, 1, 0))[..., None] * theta[..., None, :, :]).flatten(-2)
+
+
+def _grad_only(x: Tensor) -> Tensor:
+    """``x − sg x``: value 0, gradient that of ``x``."""
+    return x - x.detach()
+
+
+@attrs.define
+class _ChunkTiles:
+    """The tiles of :func:`scan_chunk_writes`: ``m = ⌊tile/C⌋`` whole chunks of ``C``
+    tokens each (the last tile padded), per tile ``K, Q, V: (B, H, m, C, D)`` and
+    ``theta: (B, H, m, C)``; ``alpha, eta: (n, B, H, m)`` the gates of each chunk's last
+    token (its write's); ``has_mom``: η is given (otherwise ``η ≡ 0``, ``S`` never
+    reaches ``W``)."""
+
+    request: ScanRequest
+    C: int
+    m: int
+    n: int
+    K: tuple
+    Q: tuple
+    V: tuple
+    theta: tuple
+    alpha: Tensor
+    eta: Tensor
+    has_mom: bool
+
+    @classmethod
+    def cut(cls, request: ScanRequest, tile: int) -> "_ChunkTiles":
+        C = request.chunk_size
+        B, H, T, _ = request.q.shape
+        m = tile // C
+        L = m * C
+        n = -(-T // L)
+        pad = n * L - T
+
+        def tiles_of(x: Tensor) -> Tensor:  # (B, H, T, …) → (n, B, H, m, C, …)
+            if pad:
+                x = torch.cat([x, x.new_zeros(B, H, pad, *x.shape[3:])], 2)
+            return x.reshape(B, H, n, m, C, *x.shape[3:]).movedim(2, 0)
+
+        zeros = torch.zeros_like(request.hyper["lr"])
+        K, Q, V, th = per_tile(*(tiles_of(x) for x in (request.k, request.q, request.v,
+                                                        request.hyper["lr"])))
+        return cls(request=request, C=C, m=m, n=n, K=K, Q=Q, V=V, theta=th,
+                   alpha=tiles_of(request.hyper.get("decay", zeros))[..., -1],
+                   eta=tiles_of(request.hyper.get("momentum", zeros))[..., -1],
+                   has_mom="momentum" in request.hyper)
+
+    def chunks_in(self, t: int) -> int:
+        """Whole chunks in tile ``t`` (the padding is never read)."""
+        return min(self.m, (self.request.q.shape[2] - t * self.m * self.C) // self.C)
+
+    def state_part(self, t: int, M: Tensor) -> tuple[Tensor, ...]:
+        """``[k; (v)] Mᵀ`` for every chunk of tile ``t`` in one matmul (``v`` for self
+        targets): per chunk ``(B, H, R·C, Dout)``."""
+        rows = torch.cat([self.K[t], self.V[t]], 3) if self.request.self_target else self.K[t]
+        return (rows.flatten(2, 3) @ M.transpose(-1, -2)).unflatten(2, rows.shape[2:4]).unbind(2)
+
+    def errors(self, out: Tensor, U: Tensor, v: Tensor, view: LayerView, objective: Any,
+               clip: float | None, norms: list) -> Tensor:
+        """The output error of one chunk's keys from the memory's output ``out`` on rows
+        ``U = [k; (v)]``; its norm is appended to ``norms``."""
+        read = out + U if view.residual else out
+        C = self.C
+        target = read[..., C:, :] if self.request.self_target else v
+        delta = objective.grad(read[..., :C, :], target)
+        norms.append(delta.norm(dim=-1).detach())
+        return clip_rows(delta, clip)
+
+    def reads(self, t: int, chunks: int, view: LayerView, W: Params, S: Params, X: dict,
+              E: dict, w: Tensor, D: Tensor, c: Tensor, correction=None) -> Tensor:
+        """``M_{W⁽ʲ⁾}(q)`` for every chunk of tile ``t`` at once, layer by layer with input
+        ``u``: ``D_{j−1} W_b u + c_{j−1} S_b u − ((u Xᵀ) ∘ w_{c(u)}) E`` (``w``, ``D``, ``c``:
+        the padded kernel weights and gates, rows per chunk) ``+ correction(name, u,
+        W_b u, S_b u)``."""
+        C, R = self.C, chunks * self.C
+        Q = self.Q[t][..., :chunks, :, :].flatten(2, 3)  # (B, H, R, Dk)
+        wq = w[..., :chunks, :R].repeat_interleave(C, -2)  # (B, H, R, R)
+        Dr = D[..., :chunks].repeat_interleave(C, -1)[..., None]
+        cr = c[..., :chunks].repeat_interleave(C, -1)[..., None]
+        u = Q
+        for name in view.names:
+            sW = u @ W[name].transpose(-1, -2)
+            sS = u @ S[name].transpose(-1, -2) if self.has_mom else None
+            y = Dr * sW - ((u @ X[name].transpose(-1, -2)) * wq) @ E[name]
+            if self.has_mom:
+                y = y + cr * sS
+            if correction is not None:
+                y = y + correction(name, u, sW, sS)
+            u = view.memory.activation(y) if name == "W1" else y
+        return u + Q if view.residual else u
+
+    def finish(self, ys: list, norms: list, W: Params, S: Params) -> tuple[Tensor, MemoryState]:
+        q, v, state = self.request.q, self.request.v, self.request.state
+        B, H, T, _ = q.shape
+        y = torch.cat(ys, 2)[:, :, :T] if self.request.outputs \
+            else q.new_zeros(B, H, 0, v.shape[-1])
+        surprise = torch.cat(norms, 2)[:, :, :T].mean(-1)
+        return y, MemoryState(params=W, opt_state={"momentum": S}, chunk_params=dict(W),
+                              position=0, chunk_size=self.C, step=state.step + T,
+                              surprise=surprise)
 
 
 class _TileWeight:

@@ -110,9 +110,8 @@ class CMS(Block):
         and value projections and the norms learn through the whole sequence);
         ``truncated``: it stops at each chunk's write — a chunk's keys and values learn
         only through the next chunk's reads, and θ_ℓ,0 only through the first chunk
-        (sequential / independent). Not faster here: the chunked backend's multi-chunk
-        tiles (levels with ``2 C ≤ 32``) compute full gradients only, so truncated levels
-        of small chunk sizes run tile by tile inside chunks, which is slower."""
+        (sequential / independent). The chunked backend runs both in its multi-chunk
+        tiles (levels with ``2 C ≤ 32``); truncated has the shorter backward pass."""
 
         def check(self, dim: int) -> None:
             try:

@@ -124,8 +124,12 @@ def _g(x: Tensor | None, t: int) -> Tensor:
 def oracle_scan(q: Tensor, k: Tensor, v: Tensor, *, memory: str, objective: str, optimizer: str,
                 lr: Tensor, decay: Tensor | None, momentum: Tensor | None, chunk_size: int,
                 read: str, write: str, self_target: bool, W0: dict[str, Tensor],
-                S0: dict[str, Tensor] | None = None) -> dict[str, Any]:
+                S0: dict[str, Tensor] | None = None, truncate: bool = False) -> dict[str, Any]:
     """The contract's loop from a fresh state (position 0) at ``W0`` (and momentum ``S0``).
+
+    ``truncate``: every chunk but the first writes from its detached start state (the
+    write's gradient point and the state it updates are cut from the outer graph), while
+    its reads keep the attached ``W_c``.
 
     ``q, k (B, H, T, Dk)``, ``v (B, H, T, Dv)``, gates ``(B, H, T)`` (``decay`` and
     ``momentum`` may be ``None`` = 0). Returns ``y``, ``params``, ``momentum`` (``None``
@@ -147,12 +151,16 @@ def oracle_scan(q: Tensor, k: Tensor, v: Tensor, *, memory: str, objective: str,
     for t in range(T):
         if position == 0:  # a chunk opens: its gradient point and fresh accumulators
             Wc = dict(W)
+            if truncate and t > 0:
+                W = {n: p.detach() for n, p in W.items()}
+                S = None if S is None else {n: m.detach() for n, m in S.items()}
             G = {n: torch.zeros_like(p) for n, p in W.items()}
             XX = {n: torch.zeros(*p.shape[:-2], p.shape[-1], p.shape[-1], dtype=p.dtype)
                   for n, p in W.items()}
         kt, vt, qt = k[:, :, t], v[:, :, t], q[:, :, t]
-        target = mem_read(memory, Wc, vt) if self_target else vt
-        g, x = mem_grads(memory, objective, Wc, kt, target)
+        Wg = {n: p.detach() for n, p in Wc.items()} if truncate and t >= C else Wc
+        target = mem_read(memory, Wg, vt) if self_target else vt
+        g, x = mem_grads(memory, objective, Wg, kt, target)
         th, al, et = _g(lr, t), _g(decay, t), _g(momentum, t)
         if write == "token":
             W, S = _step(optimizer, W, S, {n: th * g[n] for n in g},

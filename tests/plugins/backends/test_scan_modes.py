@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import zlib
+from unittest import mock
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -30,7 +31,7 @@ import torch
 from torch import Tensor
 
 import nlframe
-from nlframe.scan import initial_state, make_memory, make_rule
+from nlframe.scan import initial_state, make_memory, make_objective, make_rule, run_scan
 
 from .scan_cases import tile
 from .equations import PARAM_NAMES, gelu, gelu_prime, mem_grads, mem_read, oracle_scan
@@ -59,11 +60,12 @@ class Case:
     write: str = "token"
     self_target: bool = False
     exact: bool = False  # gates with exact 0 and 1 entries
+    truncate: bool = False  # run_scan(truncate=True): inner_grad = "truncated"
 
     def __str__(self) -> str:
         return (f"{self.memory}-{self.objective}-{self.optimizer}-{self.read}-{self.write}-"
                 f"{'self' if self.self_target else 'v'}-C{self.chunk}"
-                + ("-exact" if self.exact else ""))
+                + ("-exact" if self.exact else "") + ("-truncated" if self.truncate else ""))
 
     @property
     def mkw(self) -> dict:
@@ -131,7 +133,15 @@ def scan(backend: str, case: Case, inp: dict, *, state=None, lo: int = 0, hi: in
             kw[name] = inp[name][:, :, sl]
     if modes:
         kw.update(read=case.read, write=case.write, self_target=case.self_target)
-    return nlframe.memory_scan(inp["q"][:, :, sl], inp["k"][:, :, sl], inp["v"][:, :, sl], **kw)
+    q, k, v = inp["q"][:, :, sl], inp["k"][:, :, sl], inp["v"][:, :, sl]
+    if case.truncate:  # not a memory_scan keyword: the plugin-instance entry point
+        Dk, Dv = q.shape[-1], v.shape[-1]
+        names = {"memory": case.memory, "objective": case.objective, "optimizer": case.optimizer}
+        return run_scan(q, k, v, memory=make_memory(case.memory, Dk, Dv, **kw.pop("memory_kwargs")),
+                        objective=make_objective(kw.pop("objective")),
+                        rule=make_rule(kw.pop("optimizer")), names=names, truncate=True,
+                        **{n: x for n, x in kw.items() if n != "memory"})
+    return nlframe.memory_scan(q, k, v, **kw)
 
 
 def scan_or_skip(backend: str, case: Case, inp: dict, **kw):
@@ -151,7 +161,8 @@ def oracle(case: Case, inp: dict, *, hi: int | None = None) -> dict:
                        memory=case.memory, objective=case.objective, optimizer=case.optimizer,
                        lr=cut(inp["lr"]), decay=cut(inp["decay"]), momentum=cut(inp["momentum"]),
                        chunk_size=case.chunk, read=case.read, write=case.write,
-                       self_target=case.self_target, W0=inp["W0"], S0=inp["S0"])
+                       self_target=case.self_target, W0=inp["W0"], S0=inp["S0"],
+                       truncate=case.truncate)
 
 
 def close(actual: Tensor, expected: Tensor, what: str, tol: dict = TOL) -> None:
@@ -478,6 +489,65 @@ def test_chunk_writes_gradients_per_backward_pass():
     for _ in range(2):
         (g_w,) = torch.autograd.grad(total, [leaves["W0.W2"]], retain_graph=True)
         close(g_w, expected["W0.W2"], "d/dW0.W2", GRAD_TOL)
+
+
+TRUNCATED = [Case("mlp", "l2", chunk=1, truncate=True, **FAMILIES["c"]),
+             Case("residual-mlp", "l2", chunk=2, truncate=True, **FAMILIES["c"]),
+             Case("linear", "l2", chunk=2, truncate=True, **FAMILIES["c"]),
+             Case("mlp", "l2", chunk=1, truncate=True, **FAMILIES["c-sgd"]),
+             Case("mlp", "dot", chunk=2, truncate=True, **{**FAMILIES["c"], "self_target": True}),
+             Case("mlp", "l2", chunk=1, truncate=True, exact=True, **FAMILIES["c"])]
+
+
+def _stream_grads(backend: str, case: Case, inp: dict, cuts: list[int]):
+    """Outputs, final state and outer gradients of the stream fed in pieces ``cuts``."""
+    leaves = _leaves(inp)
+    full = _with_leaves(inp, leaves)
+    state, ys = None, []
+    for lo, hi in zip(cuts[:-1], cuts[1:]):
+        y, state = scan(backend, case, full, state=state, lo=lo, hi=hi)
+        ys.append(y)
+    y = torch.cat(ys, 2)
+    return y, state, _grads(_functional(y, state.params, state.momentum), leaves)
+
+
+@pytest.mark.parametrize("cuts", [[0, 11], [0, 4, 11], [0, 3, 11], [0, 1, 2, 9, 11]], ids=str)
+@pytest.mark.parametrize("case", TRUNCATED, ids=str)
+def test_truncated_chunk_writes_match_oracle(case, cuts):
+    """``truncate=True`` chunk writes (CMS levels, ``inner_grad = "truncated"``) in the
+    multi-chunk tiles (tile 4 over T = 11), fed in pieces that start at and inside chunks:
+    outputs, final state and the outer gradients to q, k, v, θ, α, η, W0, S0 equal the
+    float64 oracle whose writes start from detached chunk-start states."""
+    inp = make_inputs(case)
+    with tile(4):
+        y, state, got = _stream_grads("chunked", case, inp, cuts)
+    check_state(y, state, oracle(case, inp), T)
+    check_grads(got, oracle_grads(case, inp))
+
+
+def test_truncated_chunk_writes_take_the_tile_form_and_cut_the_gradient():
+    """The multi-chunk tiles run truncated requests (no per-token fallback), and the
+    truncation is real: chunk 0's keys reach the outputs of chunk 1 only, where the full
+    inner gradient reaches every later chunk."""
+    from nlframe_plugins.backends import chunked_levels
+
+    case = Case("mlp", "l2", chunk=1, truncate=True, **FAMILIES["c"])
+    inp = make_inputs(case)
+    calls = []
+    real = chunked_levels.scan_chunk_writes_truncated
+
+    def spy(request, *, tile):
+        calls.append(request.q.shape[2])
+        return real(request, tile=tile)
+
+    with tile(4), mock.patch.object(chunked_levels, "scan_chunk_writes_truncated", spy):
+        for trunc in (True, False):
+            leaves = _leaves(inp)
+            y, _ = scan("chunked", replace(case, truncate=trunc), _with_leaves(inp, leaves))
+            (g,) = torch.autograd.grad(y[:, :, 3:].sum(), [leaves["k"]])
+            reach = g[:, :, 1].abs().sum()  # token 1's key, written into chunk 2 (token 2)
+            assert (reach == 0) == trunc, (trunc, float(reach))
+    assert calls == [T - 1]  # all but the stream's first chunk, in one call
 
 
 # -- 4. streaming --------------------------------------------------------------------------------
