@@ -262,7 +262,8 @@ class Block(nn.Module):
     * **levels** — the block's inner levels are :class:`~nlframe.level.Level` objects
       built once in ``__init__``; the block routes its input into one
       :class:`~nlframe.level.ContextFlow` per level (projections, gates, norms) and
-      keeps no chunk loop of parameter updates of its own;
+      keeps no chunk loop of parameter updates of its own (a level routed from its
+      own chunk-start reads runs :meth:`~nlframe.level.Level.scan_routed`);
     * **state** — whatever ``forward`` returns as ``state``: nested dicts / lists of
       tensors and :class:`~nlframe.level.MemoryState` objects, per sequence;
     * :attr:`handles_residual` — ``True`` when the block does its own norms and

@@ -213,8 +213,9 @@ class Level:
         y, state = level.scan(ContextFlow(q, k, v, lr=θ, decay=α), state)
 
     ``scan`` runs the scan contract with this level's instances; ``write_only`` is the
-    same step without the reads (for levels whose reads come first, e.g. the
-    projection memories of self-modifying Titans); ``init_state`` gives the fresh
+    same step without the reads; ``scan_routed`` is the level op for levels whose
+    chunk flows come from their own chunk-start reads (the projection memories of
+    self-modifying Titans); ``init_state`` gives the fresh
     per-sequence state from (learned) initial parameters. ``name`` labels errors
     (``"blocks[2].titans.memory"``); blocks set it when they know their place.
     """
@@ -285,6 +286,47 @@ class Level:
     def write_only(self, flow: ContextFlow, state: MemoryState | None = None) -> MemoryState:
         """Only the writes of :meth:`scan` (no reads are computed)."""
         return self.scan(flow, state, outputs=False)[1]
+
+    def scan_routed(self, x: Tensor, state: MemoryState,
+                    route: Callable[[Tensor], tuple[ContextFlow, Any]]
+                    ) -> tuple[list[Tensor], list[Any], MemoryState]:
+        """The coupled level op beside the scan contract: a level whose keys, values and
+        gates of a chunk come from its own read of that chunk at the chunk start (the
+        projection memories of self-modifying Titans, NL eqs. 86, 90–91)::
+
+            for every chunk c of x:   r_c = M_{W_c}(x_c)          (one read per chunk)
+                                      flow_c, out_c = route(r_c)
+                                      W ← writes of flow_c        (this level's rule, modes)
+
+        ``x: (B, H, T, Dk)``; ``state`` from :meth:`init_state` or a previous call (a call
+        may start or end inside a chunk: its pieces are cut at the chunk boundaries of
+        the stream). ``route`` maps a read ``(B, H, n, Dv)`` to the chunk's
+        :class:`ContextFlow` (its ``q`` is not read) and whatever the caller keeps
+        (projections, gates). Returns the reads and the kept values per piece, and the
+        new state, whose ``surprise`` is the token-weighted mean over the call. An empty
+        call routes one empty read (so the caller gets its shapes) and writes nothing.
+        Every write is one :meth:`write_only`, so every backend, check and error of the
+        contract applies; the outer gradient flows through reads, routes and writes."""
+        if self.read != "chunk_start":
+            raise ValueError(f"scan_routed: a level routed from its own reads must read at the "
+                             f"chunk start, got read={self.read!r}")
+        T, C = x.shape[2], self.chunk_size
+        if T == 0:
+            read = self.memory.read(self.read_point(state), x)
+            return [read], [route(read)[1]], state
+        first = (C - state.position) % C or C  # the open chunk's remaining tokens
+        sizes = [min(first, T)] + [C] * ((T - min(first, T)) // C)
+        if sum(sizes) < T:
+            sizes.append(T - sum(sizes))
+        reads, kept, surprise = [], [], 0.0
+        for xc in torch.split(x, sizes, 2):  # one split: its backward is one concatenation
+            read = self.memory.read(self.read_point(state), xc)
+            flow, out = route(read)
+            state = self.write_only(flow, state)
+            surprise = surprise + state.surprise * (xc.shape[2] / T)
+            reads.append(read)
+            kept.append(out)
+        return reads, kept, attrs.evolve(state, surprise=surprise)
 
     def read_point(self, state: MemoryState) -> Params:
         """The parameters every read and gradient of the current chunk uses: ``W_c``."""

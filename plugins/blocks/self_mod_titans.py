@@ -15,7 +15,7 @@ from nlframe.spec import (MemoryRef, ObjectiveRef, OptimizerRef, in_range, one_o
                           positive_int)
 
 from .common import (ShortConv, check_input, check_rule_options, l2norm, learned_init, make_level,
-                     merge_heads, segments, spec_field, split_at, split_heads)
+                     merge_heads, spec_field, split_heads)
 
 
 class SelfModTitans(Block):
@@ -41,7 +41,8 @@ class SelfModTitans(Block):
     In the scan contract's words (docs/concepts.md) every memory is a level with
     ``read="chunk_start", write="token", optimizer="dgd", self_target=True``; the
     projection memories' level steps chunk by chunk (their keys come from their
-    own chunk-start reads), the main memory is one scan.
+    own chunk-start reads: one routed call, :meth:`~nlframe.level.Level.scan_routed`),
+    the main memory is one scan.
 
     Variants, each a spec option: ``memory_rule = "momentum"`` (main memory written
     with ``S = η S − θ g``, ``W = (1 − α) W + S`` instead of DGD, ``momentum`` = η),
@@ -179,8 +180,7 @@ class SelfModTitans(Block):
         proj, mem, T = state["proj"], state["memory"], x.shape[1]
         # 1) projection memories (under autocast in float32: a fast-weight inner loop)
         dtype = torch.promote_types(next(iter(proj.params.values())).dtype, torch.float32)
-        outs, (k, v, eta, alpha), s_proj, proj = full_precision(self._project, x, proj,
-                                                                dtype=dtype)
+        outs, (k, v, eta, alpha), proj = full_precision(self._project, x, proj, dtype=dtype)
         q = torch.cat(outs, 2).unbind(1)[4] if cfg.adaptive_q else self.q(x)  # (B, T, dim)
         # 2) main memory: one scan with keys, values and gates known for the whole sequence
         qh, kh, vh = l2norm(split_heads(q, H)), l2norm(split_heads(k, H)), split_heads(v, H)
@@ -189,39 +189,34 @@ class SelfModTitans(Block):
         y, mem = self.level.scan(flow, mem)
         self._surprise = {}
         if T:
-            sp = (torch.stack(s_proj).sum(0) / T).mean(0)  # (P,)
+            sp = proj.surprise.mean(0)  # (P,): the routed scan's token-weighted mean
             self._surprise = {f"proj_{nm}": sp[i] for i, nm in enumerate(self.names)}
             self._surprise["memory"] = mem.surprise.mean()
         y = self.out(merge_heads(self.out_norm(y)))
         return y, {"proj": proj, "memory": mem, "conv": conv}
 
-    def _project(self, x: Tensor, proj: MemoryState) -> tuple[list, tuple, list, MemoryState]:
-        """The projection memories over ``x (B, T, dim)``, chunk by chunk: read every M_□ at
-        its chunk start (eq. 90), then write the chunk token by token (DGD, eq. 91). Returns
-        the reads (per chunk, ``(B, P, n, dim)``), ``k, v (B, T, dim)``, ``η, α (B, H, T)``,
-        the chunks' surprise sums and the new state."""
+    def _project(self, x: Tensor, proj: MemoryState) -> tuple[list, tuple, MemoryState]:
+        """The projection memories over ``x (B, T, dim)``: one routed level call
+        (:meth:`~nlframe.level.Level.scan_routed`) reads every M_□ at its chunk start
+        (eq. 90) and writes the chunk token by token (DGD, eq. 91) with the keys, values
+        and gates this block routes from that read. Returns the reads (per piece,
+        ``(B, P, n, dim)``), ``k, v (B, T, dim)``, ``η, α (B, H, T)`` and the new state."""
         cfg, B, P = self.config, x.shape[0], len(self.names)
-        outs, gates, s_proj = [], [], []
-        xs = l2norm(x)[:, None]  # (B, 1, T, dim) unit-norm inputs (NL eq. 57)
-        cuts = segments(proj.step, x.shape[1], (cfg.proj_chunk_size,))
-        for (lo, hi), xc in zip(cuts, split_at(xs, cuts)):
-            n = hi - lo
-            out = self.proj_memory.read(self.proj.read_point(proj), xc.expand(B, P, n, self.dim))
-            k, v, eta, alpha = self._gates(out)  # (B, n, dim), (B, H, n)
+        xs = l2norm(x)[:, None].expand(B, P, x.shape[1], self.dim)  # unit-norm inputs (eq. 57)
+
+        def route(out: Tensor) -> tuple[ContextFlow, tuple]:
+            k, v, eta, alpha = gates = self._gates(out)  # (B, n, dim), (B, H, n)
+            n = out.shape[2]
             theta = (self.proj_scale * cfg.proj_lr * eta.mean(1))[:, None].expand(B, P, n)
             decay = (1.0 - alpha.mean(1))[:, None].expand(B, P, n) if self.proj_retains else 0.0
             kp = l2norm(k)[:, None].expand(B, P, n, self.dim)  # the key of every M_□
-            proj = self.proj.write_only(ContextFlow(kp, kp, v[:, None].expand(B, P, n, self.dim),
-                                                    lr=theta, decay=decay), proj)
-            s_proj.append(proj.surprise * n)
-            outs.append(out)
-            gates.append((k, v, eta, alpha))
-        if not outs:  # an empty call: the reads of no token
-            outs = [xs.new_zeros(B, P, 0, self.dim)]
-            gates = [self._gates(outs[0])]
-        # k, v (B, T, dim); η, α (B, H, T), as computed per chunk above
+            return ContextFlow(kp, kp, v[:, None].expand(B, P, n, self.dim), lr=theta,
+                               decay=decay), gates
+
+        outs, gates, proj = self.proj.scan_routed(xs, proj, route)
+        # k, v (B, T, dim); η, α (B, H, T), as computed per piece above
         kv_gates = tuple(torch.cat(g, d) for g, d in zip(zip(*gates), (1, 1, 2, 2)))
-        return outs, kv_gates, s_proj, proj
+        return outs, kv_gates, proj
 
     def _gates(self, out: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``k, v (B, n, dim)`` and per-head ``η_t``, ``α_t (B, H, n)`` from the reads of
