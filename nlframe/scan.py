@@ -275,7 +275,7 @@ def memory_scan(q: Tensor, k: Tensor, v: Tensor, *, memory: str = "linear", obje
                 objective_kwargs: Mapping[str, Any] | None = None,
                 optimizer_kwargs: Mapping[str, Any] | None = None,
                 grad_clip: float | None = None, check_finite: bool = True,
-                name: str | None = None) -> tuple[Tensor, MemoryState]:
+                name: str | None = None, truncate: bool = False) -> tuple[Tensor, MemoryState]:
     """Write to and read from an associative memory (docs/concepts.md).
 
     Per (batch, head), chunk ``c`` covers tokens ``cC+1..(c+1)C`` with chunk-start
@@ -311,6 +311,10 @@ def memory_scan(q: Tensor, k: Tensor, v: Tensor, *, memory: str = "linear", obje
         check_finite: raise ``FloatingPointError`` naming the level, the first token and
             stream position whose read (or the final state) is not finite.
         name: the level's name, for messages (e.g. ``"blocks[2].titans.memory"``).
+        truncate: stop the outer gradient at every chunk's write (but the stream's
+            first): a chunk's write starts from its detached start state, its reads keep
+            the attached one (a block's ``inner_grad = "truncated"``; needs
+            ``read="chunk_start"``). Values are unchanged.
 
     Returns:
         ``y (B, H, T, Dv)`` and the :class:`MemoryState` after the last token (its
@@ -325,7 +329,7 @@ def memory_scan(q: Tensor, k: Tensor, v: Tensor, *, memory: str = "linear", obje
                     decay=decay, momentum=momentum, chunk_size=chunk_size, backend=backend,
                     state=state, read=read, write=write, self_target=self_target,
                     optimizer_kwargs=optimizer_kwargs, grad_clip=grad_clip,
-                    check_finite=check_finite, name=name)
+                    check_finite=check_finite, name=name, truncate=truncate)
 
 
 def check_modes(read: Any, write: Any, self_target: Any, grad_clip: Any = None) -> None:

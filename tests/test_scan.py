@@ -177,3 +177,8 @@ def test_scan_benchmark_says_when_no_backend_runs_the_workload(capsys):
     out = capsys.readouterr().out
     assert "chunked skipped: an MLP memory read after momentum writes with chunk_size=1" in out
     assert "no backend asked for runs this workload" in out
+
+
+def test_truncate_needs_chunk_start_reads(qkv):
+    with pytest.raises(ValueError, match="truncate=True needs read='chunk_start'"):
+        nlframe.memory_scan(*qkv, truncate=True)

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 import nlframe
-from nlframe.scan import initial_state, make_memory, make_objective, make_rule, run_scan
+from nlframe.scan import initial_state, make_memory, make_rule
 
 from .scan_cases import tile
 from .equations import PARAM_NAMES, gelu, gelu_prime, mem_grads, mem_read, oracle_scan
@@ -60,7 +60,7 @@ class Case:
     write: str = "token"
     self_target: bool = False
     exact: bool = False  # gates with exact 0 and 1 entries
-    truncate: bool = False  # run_scan(truncate=True): inner_grad = "truncated"
+    truncate: bool = False  # memory_scan(truncate=True): inner_grad = "truncated"
 
     def __str__(self) -> str:
         return (f"{self.memory}-{self.objective}-{self.optimizer}-{self.read}-{self.write}-"
@@ -134,13 +134,8 @@ def scan(backend: str, case: Case, inp: dict, *, state=None, lo: int = 0, hi: in
     if modes:
         kw.update(read=case.read, write=case.write, self_target=case.self_target)
     q, k, v = inp["q"][:, :, sl], inp["k"][:, :, sl], inp["v"][:, :, sl]
-    if case.truncate:  # not a memory_scan keyword: the plugin-instance entry point
-        Dk, Dv = q.shape[-1], v.shape[-1]
-        names = {"memory": case.memory, "objective": case.objective, "optimizer": case.optimizer}
-        return run_scan(q, k, v, memory=make_memory(case.memory, Dk, Dv, **kw.pop("memory_kwargs")),
-                        objective=make_objective(kw.pop("objective")),
-                        rule=make_rule(kw.pop("optimizer")), names=names, truncate=True,
-                        **{n: x for n, x in kw.items() if n != "memory"})
+    if case.truncate:
+        kw["truncate"] = True
     return nlframe.memory_scan(q, k, v, **kw)
 
 
