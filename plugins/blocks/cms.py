@@ -13,8 +13,7 @@ from nlframe.interfaces import Block
 from nlframe.level import ContextFlow, MemoryState, autocast_off
 from nlframe.spec import MemoryRef, ObjectiveRef, OptimizerRef, in_range, one_of, plugin_name
 
-from .common import (BoundaryLevel, BoundaryState, check_input, make_level, segments, spec_field,
-                     split_at)
+from .common import BoundaryLevel, BoundaryState, check_input, make_level, spec_field
 
 
 def _chunk_sizes(_inst: Any, _attr: Any, value: Any) -> None:
@@ -75,7 +74,9 @@ class CMS(Block):
     In the scan contract's words (docs/concepts.md) an in-context level of the
     ``sequential`` / ``independent`` variants is a level with ``read="chunk_start",
     write="chunk"``, its rule any plugin, ``θ_t = rule.lr / C(ℓ)`` (so ``G_c`` is
-    ``rule.lr`` times the chunk's mean gradient, applied with ``lr = 1``).
+    ``rule.lr`` times the chunk's mean gradient, applied with ``lr = 1``). A ``nested``
+    level is a :class:`~.common.BoundaryLevel` scan (the level op beside the contract
+    that hands each chunk's gradient to its caller); the block adds only the meta step.
 
     State: per level a :class:`~nlframe.level.MemoryState` (``nested``: a
     :class:`~.common.BoundaryState`); ``None`` entries without the in-context regime.
@@ -241,20 +242,15 @@ class CMS(Block):
         if state is None:
             state = self._fresh(i, h.shape[0])
         k, v = self.keys[i](u), self.values[i](u)  # (B, 1, T, dim)
-        ys, norms, new = [], [], 0
-        cuts = segments(state.position, h.shape[1], (level.chunk_size,))
-        for (lo, hi), uc, kc, vc in zip(cuts, *(split_at(t, cuts) for t in (u, k, v))):
-            state, s = self._settle(i, state)  # a completed chunk is written before any read
-            if s is not None:
-                norms.append(s.flatten(1))
-            ys.append(level.read(state, uc))  # read at θ of the last boundary
-            state = level.append(state, kc, vc)
-            if self._parent(i):
-                state = attrs.evolve(state, extra={
-                    **state.extra, "meta_position": state.extra["meta_position"] + hi - lo})
-            new = state.position
-        self._last[i] = (state, min(new, h.shape[1]), norms)
-        return torch.cat(ys, 2)[:, 0] if ys else h.new_zeros(h.shape), state
+
+        def count(state: BoundaryState, n: int) -> BoundaryState:  # tokens of Φ_i's context
+            return attrs.evolve(state, extra={**state.extra,
+                                              "meta_position": state.extra["meta_position"] + n})
+
+        y, state, norms = level.scan(u, k, v, state, settle=lambda s: self._settle(i, s),
+                                     appended=count if self._parent(i) else None)
+        self._last[i] = (state, min(state.position, h.shape[1]), norms)
+        return y[:, 0], state
 
     def fast_params(self, state: list) -> list[dict[str, Tensor] | None]:
         """θ_ℓ in effect for the next read of each level, ``(B, 1, *shape)`` (pending

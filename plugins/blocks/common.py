@@ -299,6 +299,36 @@ class BoundaryLevel:
         return attrs.evolve(state, pending=pending, position=state.position + n,
                             step=state.step + n)
 
+    def scan(self, q: Tensor, k: Tensor, v: Tensor, state: BoundaryState, *,
+             settle: Callable[[BoundaryState], tuple[BoundaryState, Tensor | None]] | None = None,
+             appended: Callable[[BoundaryState, int], BoundaryState] | None = None,
+             ) -> tuple[Tensor, BoundaryState, list[Tensor]]:
+        """Read and write ``q, k (B, H|1, T, Dk)``, ``v (B, H|1, T, Dv)`` from ``state``,
+        in pieces cut at this level's chunk boundaries; per piece::
+
+            state, s = settle(state)     (a completed chunk's write, before any read)
+            y = M_θ(q_piece)             (θ of the last boundary)
+            state = append(state, k_piece, v_piece);  state = appended(state, n)
+
+        ``settle`` defaults to :meth:`settle`; a block passes its own to couple a step
+        to the write (the nested CMS meta step of NL eq. 72), and ``appended`` to count
+        the tokens it sees. Returns ``y (B, H|1, T, Dv)``, the state (the last chunk's
+        write left pending for the next call) and the surprise ``(B, ·)`` of every chunk
+        written in this call."""
+        settle = settle or self.settle
+        ys, norms = [], []
+        cuts = segments(state.position, q.shape[2], (self.chunk_size,))
+        for (lo, hi), qc, kc, vc in zip(cuts, *(split_at(t, cuts) for t in (q, k, v))):
+            state, s = settle(state)
+            if s is not None:
+                norms.append(s.flatten(1))
+            ys.append(self.read(state, qc))
+            state = self.append(state, kc, vc)
+            if appended is not None:
+                state = appended(state, hi - lo)
+        y = torch.cat(ys, 2) if ys else q.new_zeros(*q.shape[:3], v.shape[-1])
+        return y, state, norms
+
     def chunk_delta(self, state: BoundaryState) -> Tensor | None:
         """``∂ℓ/∂pred_t (B, H, m, Dv)`` of the pending tokens at θ, without autograd."""
         if not state.pending:
