@@ -560,7 +560,7 @@ def scan_within_chunk_tiles(request: ScanRequest, *, tile: int) -> tuple[Tensor,
         # truncated: a chunk's write starts from its detached start state (not the stream's
         # first chunk); its reads still see the attached W_c
         if opens:
-            cut = request.truncate and state.step + int(plan.index[t, 0]) > 0
+            cut = request.truncate and state.step + plan.end_tokens[t] - plan.last_slots[t] > 0
             Gp, pending = dict(W), {}
             if cut:
                 W = {n: w.detach() for n, w in W.items()}

@@ -18,6 +18,7 @@ runs the same graphs without generating code, for debugging).
 
 from __future__ import annotations
 
+import copy
 import functools
 import os
 import shutil
@@ -52,6 +53,22 @@ def _scan_tensors(request: ScanRequest, tile: int) -> tuple[Tensor, MemoryState]
     """``chunked_scan`` under a code object of its own, so that the compile cache and its
     limit count this backend's configurations only."""
     return chunked_scan(request, tile=tile)
+
+
+def _started(request: ScanRequest) -> ScanRequest:
+    """``request`` with its state's token count ``step`` reduced to what the chunk forms
+    branch on: the position ``p`` in the open chunk plus whether a chunk before it was
+    written (``step' = p + [step > p]``, so ``step' = 0``, ``step' > 0`` and
+    ``step' > p`` hold exactly when they hold for ``step``). Dynamo specialises on
+    ints: the real count would compile every piece of a stream anew."""
+    state = request.state
+    step = state.position + int(state.step > state.position)
+    if step == state.step:
+        return request
+    traced = copy.copy(request)
+    traced.state = copy.copy(state)
+    traced.state.step = step
+    return traced
 
 
 @functools.lru_cache(maxsize=None)
@@ -106,7 +123,9 @@ class CompiledBackend(Backend):
         limit = compile_limit()
         try:
             with dynamo_config.patch(recompile_limit=limit, fail_on_recompile_limit_hit=True):
-                return _compiled(compile_backend())(request, self.tile)
+                y, state = _compiled(compile_backend())(_started(request), self.tile)
+            state.step = request.state.step + request.q.shape[2]
+            return y, state
         except dynamo_exc.FailOnRecompileLimitHit as e:
             raise RuntimeError(
                 f"compiled backend: {limit} configurations (shapes, dtypes, modes) are compiled "

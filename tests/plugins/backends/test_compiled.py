@@ -102,6 +102,25 @@ def test_a_second_call_of_the_same_shapes_does_not_compile_again(aot_eager):
     close(y, oracle(case, make_inputs(case))["y"], "second call")
 
 
+@pytest.mark.parametrize("case", [Case("mlp", "l2", chunk=2, **FAMILIES["b"]),
+                                  Case("mlp", "l2", chunk=2, truncate=True, **FAMILIES["c"])],
+                         ids=str)
+def test_equal_pieces_of_a_stream_compile_once(case, aot_eager):
+    """Pieces of one shape at ever later stream positions reuse one compiled graph (the
+    token count is not a guard), with the oracle's values, gradients' cut and ``step``."""
+    T, n = 12, 2
+    inp = make_inputs(case, T=T)
+    expected = oracle(case, inp)
+    state, ys = build_state(case, inp), []
+    for lo in range(0, T, n):
+        if lo == 2 * n:  # the first piece and the second (the stream has started) compiled
+            before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        y, state = scan("compiled", case, inp, state=state, lo=lo, hi=lo + n)
+        ys.append(y)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == before
+    check_state(torch.cat(ys, 2), state, expected, T)
+
+
 def test_compiled_refuses_what_chunked_refuses():
     q = k = v = torch.zeros(1, 1, 4, 3)
     with pytest.raises(ValueError, match="backend 'compiled'.*'sgd'"):
