@@ -120,11 +120,13 @@ class TritonBackend(Backend):
 
     def supports(self, request: ScanRequest) -> str | None:
         family = _family(request)
-        if family != "linear":
-            if self.unavailable_reason():
-                return self.unavailable_reason()
-            return _kernels(family)[0](request)
-        return self._linear_reason(request)
+        if family == "linear":
+            return self._linear_reason(request)
+        if importlib.util.find_spec("triton") is None:  # the kernels' own checks need it
+            return self.unavailable_reason()
+        # what the kernels compute first, the machine last (as for the linear family), so
+        # `nlframe backends list` shows the supported combinations on a machine without CUDA
+        return _kernels(family)[0](request) or self.unavailable_reason()
 
     def _linear_reason(self, request: ScanRequest) -> str | None:
         memory, names = request.memory, request.names

@@ -202,3 +202,15 @@ def test_auto_picks_it_only_where_it_can_run(monkeypatch):
     if not torch.cuda.is_available():
         assert "TRITON_INTERPRET=1" in TritonBackend().unavailable_reason()
         assert resolve_backend("auto", request)[0] == "chunked"
+
+
+@pytest.mark.parametrize("case, words", [
+    ({"memory": "mlp"}, "the CMS kernels compute read='chunk_start', write='chunk'"),
+    ({"optimizer": "dgd"}, "read='after_write' (the kernels read at the chunk start)"),
+    ({"read": "chunk_start"}, "read='chunk_start'")])
+def test_what_the_kernels_compute_is_said_before_what_the_machine_lacks(case, words, monkeypatch):
+    """Without CUDA and without the interpreter, every family still names the modes its
+    kernels do not compute (the matrix of ``nlframe backends list``), not only the device."""
+    monkeypatch.delenv("TRITON_INTERPRET")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert words in TritonBackend().supports(_request(**case))
