@@ -306,7 +306,8 @@ class Level:
         new state, whose ``surprise`` is the token-weighted mean over the call. An empty
         call routes one empty read (so the caller gets its shapes) and writes nothing.
         Every write is one :meth:`write_only`, so every backend, check and error of the
-        contract applies; the outer gradient flows through reads, routes and writes."""
+        contract applies; a non-finite read raises ``FloatingPointError`` naming its token
+        and stream position. The outer gradient flows through reads, routes and writes."""
         if self.read != "chunk_start":
             raise ValueError(f"scan_routed: a level routed from its own reads must read at the "
                              f"chunk start, got read={self.read!r}")
@@ -318,9 +319,14 @@ class Level:
         sizes = [min(first, T)] + [C] * ((T - min(first, T)) // C)
         if sum(sizes) < T:
             sizes.append(T - sum(sizes))
+        from .scan import check_reads
+
         reads, kept, surprise = [], [], 0.0
         for xc in torch.split(x, sizes, 2):  # one split: its backward is one concatenation
             read = self.memory.read(self.read_point(state), xc)
+            if not bool(torch.isfinite(read.detach().sum())):  # one reduction when finite
+                check_reads(read, state.step, f"level {self.name or 'scan_routed'!r}",
+                            f"memory={self.names.get('memory')!r}, a routed read")
             flow, out = route(read)
             state = self.write_only(flow, state)
             surprise = surprise + state.surprise * (xc.shape[2] / T)

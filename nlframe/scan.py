@@ -433,6 +433,20 @@ def make_request(q: Tensor, k: Tensor, v: Tensor, *, memory, objective, rule,
                        rule_structure=structure, outputs=outputs, truncate=bool(truncate))
 
 
+def check_reads(y: Tensor, step: int, where: str, what: str) -> None:
+    """``FloatingPointError`` naming the first token (and its stream position, the call
+    starting at ``step``) whose read ``y (B, H, T, D)`` is not finite; nothing otherwise."""
+    if not y.numel() or bool(torch.isfinite(y).all()):
+        return
+    bad = (~torch.isfinite(y)).flatten(3).any(-1)  # (B, H, T)
+    first = int(bad.any(0).any(0).nonzero()[0])
+    b = int(bad[:, :, first].any(1).nonzero()[0])
+    raise FloatingPointError(
+        f"{where}: non-finite read at token {first} of this call (stream position "
+        f"{step + first}, batch element {b}; {what}); lower lr, set grad_clip, or check "
+        "the inputs")
+
+
 def _check_finite(y: Tensor, new: MemoryState, old: MemoryState, request: ScanRequest,
                   bname: str, name: str | None) -> None:
     """``FloatingPointError`` naming the level, token and stream position of the first
@@ -447,14 +461,7 @@ def _check_finite(y: Tensor, new: MemoryState, old: MemoryState, request: ScanRe
     where = f"level {name!r}" if name else "memory_scan"
     what = (f"memory={request.names.get('memory')!r}, optimizer="
             f"{request.names.get('optimizer')!r}, backend={bname!r}")
-    if y.numel() and not bool(torch.isfinite(y).all()):
-        bad = (~torch.isfinite(y)).flatten(3).any(-1)  # (B, H, T)
-        first = int(bad.any(0).any(0).nonzero()[0])
-        b = int(bad[:, :, first].any(1).nonzero()[0])
-        raise FloatingPointError(
-            f"{where}: non-finite read at token {first} of this call (stream position "
-            f"{old.step + first}, batch element {b}; {what}); lower lr, set grad_clip, or check "
-            "the inputs")
+    check_reads(y, old.step, where, what)
     for pname, p in new.params.items():
         if not bool(torch.isfinite(p).all()):
             raise FloatingPointError(

@@ -132,6 +132,20 @@ def test_planted_nan_names_block_level_and_position():
     assert "stream position 6" in msg and "token 0 of this call" in msg
 
 
+def test_planted_nan_in_a_projection_memory_names_its_read():
+    model = hope(repeat=2)
+    _, state = model(tokens(t=6))
+    proj = state[1]["titans"]["proj"]
+    for params in (proj.params, proj.chunk_params):
+        params["W1"] = params["W1"].clone()
+        params["W1"][0, 2, 0, 0] = float("nan")  # M_eta of batch element 0
+    with pytest.raises(FloatingPointError) as info:
+        model(tokens(t=9), state)
+    msg = str(info.value)
+    assert "blocks[1] (hope)" in msg and "self-mod-titans.proj" in msg
+    assert "stream position 6" in msg and "token 0 of this call" in msg and "batch element 0" in msg
+
+
 def _bits_per_token(model, x, chunk):
     state, nll = None, []
     with torch.no_grad():
