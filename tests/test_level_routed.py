@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nlframe.level import ContextFlow, Level
 
@@ -23,14 +25,14 @@ def _route(read: torch.Tensor):
     return ContextFlow(k, k, read, lr=theta, decay=ALPHA), (k, theta)
 
 
-def _equations(x: torch.Tensor, W0: torch.Tensor):
+def _equations(x: torch.Tensor, W0: torch.Tensor, chunk: int = C):
     """Per chunk: r = W_c x (read at the chunk start), then per token of the chunk
     ``W ← W((1 − α)I − θ k kᵀ) − θ (W_c k − v) kᵀ``."""
     W, reads = W0.expand(B, H, D, D), []
     eye = torch.eye(D, dtype=x.dtype)
-    for lo in range(0, x.shape[2], C):
+    for lo in range(0, x.shape[2], chunk):
         Wc = W
-        r = x[:, :, lo:lo + C] @ Wc.transpose(-1, -2)
+        r = x[:, :, lo:lo + chunk] @ Wc.transpose(-1, -2)
         reads.append(r)
         flow, _ = _route(r)
         for t in range(r.shape[2]):
@@ -41,9 +43,9 @@ def _equations(x: torch.Tensor, W0: torch.Tensor):
     return torch.cat(reads, 2), W
 
 
-def _level(backend: str) -> Level:
-    return Level.build("linear", "l2", "dgd", dim_k=D, dim_v=D, chunk_size=C, read="chunk_start",
-                       write="token", backend=backend)
+def _level(backend: str, chunk: int = C) -> Level:
+    return Level.build("linear", "l2", "dgd", dim_k=D, dim_v=D, chunk_size=chunk,
+                       read="chunk_start", write="token", backend=backend)
 
 
 def _inputs(T: int):
@@ -76,6 +78,22 @@ def test_routed_scan_equals_the_equations(backend, cuts):
     want = torch.autograd.grad((want_y * w).sum() + want_W.sum(), (x, W0))
     for g, h in zip(got, want):
         torch.testing.assert_close(g, h, rtol=1e-9, atol=1e-11)
+
+
+@settings(max_examples=15, deadline=None)
+@given(chunk=st.integers(1, 6), T=st.integers(1, 14), data=st.data())
+def test_any_chunk_size_and_any_splits_equal_the_equations(chunk, T, data):
+    cuts = sorted(set(data.draw(st.lists(st.integers(1, T), max_size=3))) - {T})
+    x, W0 = _inputs(T)
+    level = _level("chunked", chunk)
+    state = level.init_state(batch=B, heads=H, params={"W": W0}, dtype=torch.float64)
+    reads = []
+    for lo, hi in zip((0, *cuts), (*cuts, T)):
+        r, _, state = level.scan_routed(x[:, :, lo:hi], state, _route)
+        reads += r
+    want_y, want_W = _equations(x, W0, chunk)
+    torch.testing.assert_close(torch.cat(reads, 2), want_y, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(state.params["W"], want_W, rtol=1e-10, atol=1e-12)
 
 
 def test_a_route_that_ignores_the_read_is_the_scan_contract():
