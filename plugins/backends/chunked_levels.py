@@ -85,15 +85,19 @@ def scan_levels(request: ScanRequest, *, tile: int) -> tuple[Tensor, MemoryState
     """Run ``request`` (linear / mlp / residual-mlp; momentum or dgd; any read, write,
     self target, clip). Chunk writes of a momentum rule read at the chunk start with
     chunks shorter than a tile take :func:`scan_chunk_writes` (full inner gradient) or
-    :func:`scan_chunk_writes_truncated` on whole chunks; a truncated call that opens the
-    stream writes its first chunk from the attached start state, tile by tile."""
+    :func:`scan_chunk_writes_truncated` on whole chunks; the chunk open at the call's
+    start is finished first, and a truncated call that opens the stream writes its first
+    chunk from the attached start state, tile by tile."""
     C, p, T = request.chunk_size, request.state.position, request.q.shape[2]
     if not (request.write == "chunk" and request.read == "chunk_start"
             and request.rule_structure == "momentum" and not request.static_hyper
-            and 2 * C <= tile and p == 0):
+            and 2 * C <= tile):
         return scan_within_chunk_tiles(request, tile=tile)
-    lo = C if (request.truncate and request.state.step == 0) else 0  # the stream's first chunk
-    hi = lo + (T - lo) // C * C
+    if p:
+        lo = C - p  # the open chunk's remaining tokens
+    else:
+        lo = C if (request.truncate and request.state.step == 0) else 0  # the stream's first chunk
+    hi = lo + max(T - lo, 0) // C * C
     if hi - lo < 2 * C:
         return scan_within_chunk_tiles(request, tile=tile)
     fast = scan_chunk_writes_truncated if request.truncate else scan_chunk_writes

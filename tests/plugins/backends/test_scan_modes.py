@@ -545,6 +545,29 @@ def test_truncated_chunk_writes_take_the_tile_form_and_cut_the_gradient():
     assert calls == [T - 1]  # all but the stream's first chunk, in one call
 
 
+@pytest.mark.parametrize("truncate", [False, True])
+def test_a_call_starting_inside_a_chunk_finishes_it_then_takes_the_tile_form(truncate):
+    """A streamed piece that starts inside a chunk writes the rest of that chunk tile by
+    tile, then runs its whole chunks in the multi-chunk tiles: values and outer gradients
+    as the float64 oracle's."""
+    from nlframe_plugins.backends import chunked_levels
+
+    case = Case("mlp", "l2", chunk=2, truncate=truncate, **FAMILIES["c"])
+    inp = make_inputs(case)
+    name = "scan_chunk_writes_truncated" if truncate else "scan_chunk_writes"
+    real, calls = getattr(chunked_levels, name), []
+
+    def spy(request, *, tile):
+        calls.append((request.state.position, request.q.shape[2]))
+        return real(request, tile=tile)
+
+    with tile(4), mock.patch.object(chunked_levels, name, spy):
+        y, state, got = _stream_grads("chunked", case, inp, [0, 3, 11])
+    assert calls == [(0, 6)]  # tokens 4..9: the piece from 3 after its open chunk's token 3
+    check_state(y, state, oracle(case, inp), T)
+    check_grads(got, oracle_grads(case, inp))
+
+
 # -- 4. streaming --------------------------------------------------------------------------------
 STREAM_T = 17
 
