@@ -20,7 +20,7 @@ from .interfaces import OptState, Params
 
 
 __all__ = ["MemoryState", "ContextFlow", "Level", "tree_map", "autocast_on", "autocast_off",
-           "upcast", "full_precision", "compilable"]
+           "upcast", "full_precision", "compilable", "segments", "split_at"]
 
 
 def compilable(cls: type) -> type:
@@ -54,6 +54,25 @@ def tree_map(fn: Callable[[Tensor], Any], tree: Any,
     if isinstance(tree, (list, tuple)):
         return type(tree)(tree_map(fn, v, leaf) for v in tree)
     return tree if leaf is None else leaf(tree)
+
+
+def segments(position: int, length: int, chunk_sizes: tuple[int, ...]) -> list[tuple[int, int]]:
+    """Split ``length`` tokens, starting ``position`` tokens into the stream, at every
+    multiple of every size in ``chunk_sizes`` → ``[(lo, hi), ...]`` (a loop over
+    chunks: ``≈ length / min(chunk_sizes)`` pieces)."""
+    cuts = {0, length}
+    for c in chunk_sizes:
+        first = (-position) % c
+        cuts.update(range(first, length, c))
+    edges = sorted(x for x in cuts if 0 <= x <= length)
+    return [(lo, hi) for lo, hi in zip(edges, edges[1:]) if hi > lo]
+
+
+def split_at(x: Tensor, bounds: list[tuple[int, int]], dim: int = 2) -> tuple[Tensor, ...]:
+    """``x`` cut along ``dim`` into the contiguous pieces ``[(lo, hi), ...]`` of
+    :func:`segments` (one ``torch.split``: its backward is one concatenation, where
+    slicing piece by piece zero-fills a full-size gradient per piece)."""
+    return torch.split(x, [hi - lo for lo, hi in bounds], dim)
 
 
 # -- mixed precision ------------------------------------------------------------
@@ -308,21 +327,17 @@ class Level:
         Every write is one :meth:`write_only`, so every backend, check and error of the
         contract applies; a non-finite read raises ``FloatingPointError`` naming its token
         and stream position. The outer gradient flows through reads, routes and writes."""
+        from .scan import check_reads
+
         if self.read != "chunk_start":
             raise ValueError(f"scan_routed: a level routed from its own reads must read at the "
                              f"chunk start, got read={self.read!r}")
-        T, C = x.shape[2], self.chunk_size
+        T = x.shape[2]
         if T == 0:
             read = self.memory.read(self.read_point(state), x)
             return [read], [route(read)[1]], state
-        first = (C - state.position) % C or C  # the open chunk's remaining tokens
-        sizes = [min(first, T)] + [C] * ((T - min(first, T)) // C)
-        if sum(sizes) < T:
-            sizes.append(T - sum(sizes))
-        from .scan import check_reads
-
         reads, kept, surprise = [], [], 0.0
-        for xc in torch.split(x, sizes, 2):  # one split: its backward is one concatenation
+        for xc in split_at(x, segments(state.position, T, (self.chunk_size,))):
             read = self.memory.read(self.read_point(state), xc)
             if not bool(torch.isfinite(read.detach().sum())):  # one reduction when finite
                 check_reads(read, state.step, f"level {self.name or 'scan_routed'!r}",

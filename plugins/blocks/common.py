@@ -16,7 +16,7 @@ from nlframe.interfaces import Memory, Objective, OptState, Params, UpdateRule
 from nlframe.layers import map_state, register_state_class
 from nlframe.spec import structure
 from nlframe.level import (Level, compilable, autocast_off, autocast_on, full_precision,
-                           tree_map, upcast)
+                           segments, split_at, tree_map, upcast)
 from nlframe.utils import bcast
 
 __all__ = ["make_level", "check_rule_options", "gate_linear", "l2norm", "split_heads", "merge_heads", "ShortConv", "HeadGate", "learned_init",
@@ -154,25 +154,6 @@ def learned_init(memory: Memory, heads: int) -> nn.ParameterDict:
         per_head = [memory.init_params(generator=gen)[name] for _ in range(heads)]
         out[name] = nn.Parameter(torch.stack(per_head) if per_head else torch.zeros(0, *shape))
     return out
-
-
-def segments(position: int, length: int, chunk_sizes: tuple[int, ...]) -> list[tuple[int, int]]:
-    """Split ``length`` tokens, starting ``position`` tokens into the stream, at every
-    multiple of every size in ``chunk_sizes`` → ``[(lo, hi), ...]`` (a loop over
-    chunks: ``≈ length / min(chunk_sizes)`` pieces)."""
-    cuts = {0, length}
-    for c in chunk_sizes:
-        first = (-position) % c
-        cuts.update(range(first, length, c))
-    edges = sorted(x for x in cuts if 0 <= x <= length)
-    return [(lo, hi) for lo, hi in zip(edges, edges[1:]) if hi > lo]
-
-
-def split_at(x: Tensor, bounds: list[tuple[int, int]], dim: int = 2) -> tuple[Tensor, ...]:
-    """``x`` cut along ``dim`` into the contiguous pieces ``[(lo, hi), ...]`` of
-    :func:`segments` (one ``torch.split``: its backward is one concatenation, where
-    slicing piece by piece zero-fills a full-size gradient per piece)."""
-    return torch.split(x, [hi - lo for lo, hi in bounds], dim)
 
 
 # ------------------------------------------------------------------ boundary levels
