@@ -55,19 +55,24 @@ def _inputs(T: int):
     return x, W0
 
 
+def _streamed(level: Level, x: torch.Tensor, W0: torch.Tensor, cuts) -> tuple:
+    """The reads and final state of ``x`` fed to ``level.scan_routed`` in pieces cut at
+    ``cuts`` (anywhere, inside chunks too), from ``W0``."""
+    state = level.init_state(batch=B, heads=H, params={"W": W0}, dtype=torch.float64)
+    reads, T = [], x.shape[2]
+    for lo, hi in zip((0, *cuts), (*cuts, T)):
+        r, kept, state = level.scan_routed(x[:, :, lo:hi], state, _route)
+        assert len(r) == len(kept) and all(t.shape[2] for t in r)
+        reads += r
+    return torch.cat(reads, 2), state
+
+
 @pytest.mark.parametrize("backend", ["reference", "chunked"])
 @pytest.mark.parametrize("cuts", [(), (1,), (4,), (3, 5), (2, 7)])
 def test_routed_scan_equals_the_equations(backend, cuts):
     T = 10  # three whole chunks and an open one
     x, W0 = _inputs(T)
-    level = _level(backend)
-    state = level.init_state(batch=B, heads=H, params={"W": W0}, dtype=torch.float64)
-    reads = []
-    for lo, hi in zip((0, *cuts), (*cuts, T)):  # streamed in pieces cut anywhere
-        r, kept, state = level.scan_routed(x[:, :, lo:hi], state, _route)
-        assert len(r) == len(kept) and all(t.shape[2] for t in r)
-        reads += r
-    y = torch.cat(reads, 2)
+    y, state = _streamed(_level(backend), x, W0, cuts)
     want_y, want_W = _equations(x, W0)
     torch.testing.assert_close(y, want_y, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(state.params["W"], want_W, rtol=1e-10, atol=1e-12)
@@ -85,14 +90,9 @@ def test_routed_scan_equals_the_equations(backend, cuts):
 def test_any_chunk_size_and_any_splits_equal_the_equations(chunk, T, data):
     cuts = sorted(set(data.draw(st.lists(st.integers(1, T), max_size=3))) - {T})
     x, W0 = _inputs(T)
-    level = _level("chunked", chunk)
-    state = level.init_state(batch=B, heads=H, params={"W": W0}, dtype=torch.float64)
-    reads = []
-    for lo, hi in zip((0, *cuts), (*cuts, T)):
-        r, _, state = level.scan_routed(x[:, :, lo:hi], state, _route)
-        reads += r
+    y, state = _streamed(_level("chunked", chunk), x, W0, cuts)
     want_y, want_W = _equations(x, W0, chunk)
-    torch.testing.assert_close(torch.cat(reads, 2), want_y, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(y, want_y, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(state.params["W"], want_W, rtol=1e-10, atol=1e-12)
 
 
