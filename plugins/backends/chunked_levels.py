@@ -46,6 +46,7 @@ from nlframe.interfaces import Params, ScanRequest
 from nlframe.level import MemoryState, tree_map
 
 from .reference import clip_rows
+from .tile_recurrence import ChunkWriteTile, tile_spec
 from .tiles import TileGates, TilePlan, Tiles, per_tile
 
 
@@ -148,58 +149,62 @@ def scan_chunk_writes(request: ScanRequest, *, tile: int) -> tuple[Tensor, Memor
     gates = TileGates.build(torch.ones_like(ct.alpha), ct.alpha, ct.eta)  # chunk level, θ = 1
     W, S = dict(state.params), dict(state.opt_state["momentum"])
     has_mom, first, C = ct.has_mom, view.names[0], ct.C
+    fused = _fused_spec(request, view)
     ys, norms = [], []
     for t in range(ct.n):
         D = F.pad(gates.D[t], (1, 0), value=1.0)  # (B, H, m+1): D_{j−1}
         c = F.pad(gates.c[t], (1, 0))
         Kc, Vc = ct.K[t].unbind(2), ct.V[t].unbind(2)  # chunks (B, H, C, D)
-        # the first layer's state part of every gradient in the tile, one matmul per matrix
-        pre_W = ct.state_part(t, W[first])  # per chunk (B, H, R·C, Dout)
-        pre_S = ct.state_part(t, S[first]) if has_mom else None
-        # later layers are applied chunk by chunk: their weight gradients are summed over
-        # the tile in one matmul in the backward pass, not formed chunk by chunk
-        Wd = {nm: _TileWeight.wrap(W[nm]) for nm in view.names if nm != first}
-        Sd = {nm: _TileWeight.wrap(S[nm]) for nm in view.names if nm != first} if has_mom else {}
         # kernel weights of every chunk against every token of the tile, in one op:
         # w[j, i] = A_{j−1, c(i)} θ_i (row j of the padded A holds A_{j−1,:}; A is lower
         # triangular, so the tokens of chunk j and later get weight 0)
         w_all = _kernel_weights(gates.A[t], ct.theta[t])  # (B, H, m+1, m·C)
-        # layer inputs and errors of the tile's earlier tokens, (B, H, j·C, ·), grown by one
-        # concatenation per chunk (a constant number of ops per chunk, whatever its index)
-        X: dict[str, Tensor] = {}
-        E: dict[str, Tensor] = {}
         chunks = ct.chunks_in(t)
-        for j in range(chunks):
-            U = torch.cat([Kc[j], Vc[j]], 2) if request.self_target else Kc[j]
-            w = w_all[..., j, None, :j * C]  # (B, H, 1, j·C)
-            out, acts = U, {}
-            for name in view.names:
-                if name == first:
-                    base = D[..., j, None, None] * pre_W[j]
-                    if has_mom:
-                        base = base + c[..., j, None, None] * pre_S[j]
-                else:
-                    base = D[..., j, None, None] * Wd[name].times(out, transpose=True)
-                    if has_mom:
-                        base = base + c[..., j, None, None] * Sd[name].times(out, transpose=True)
-                if j:
-                    base = base - ((out @ X[name].transpose(-1, -2)) * w) @ E[name]
-                acts[name] = (out, base)
-                out = view.memory.activation(base) if name == "W1" else base
-            e_out = ct.errors(out, U, Vc[j], view, objective, clip, norms)
-            # errors per layer, backwards through the chunk-start forward
-            for name in reversed(view.names):
-                inp, pre = acts[name]
-                if name == "W2":  # e1 = (W2⁽ʲ⁾ᵀ e2) ∘ σ′(z1), against earlier chunks only
-                    back = D[..., j, None, None] * Wd[name].times(e_out)
-                    if has_mom:
-                        back = back + c[..., j, None, None] * Sd[name].times(e_out)
+        if fused is not None:  # the same loop, run and differentiated by hand
+            X, E = _fused_tile(ct, t, chunks, W, w_all, D, fused, norms)
+        else:
+            # the first layer's state part of every gradient in the tile, one matmul per matrix
+            pre_W = ct.state_part(t, W[first])  # per chunk (B, H, R·C, Dout)
+            pre_S = ct.state_part(t, S[first]) if has_mom else None
+            # later layers are applied chunk by chunk: their weight gradients are summed over
+            # the tile in one matmul in the backward pass, not formed chunk by chunk
+            Wd = {nm: _TileWeight.wrap(W[nm]) for nm in view.names if nm != first}
+            Sd = {nm: _TileWeight.wrap(S[nm]) for nm in view.names if nm != first} if has_mom else {}
+            # layer inputs and errors of the tile's earlier tokens, (B, H, j·C, ·), grown by
+            # one concatenation per chunk (a constant number of ops per chunk)
+            X: dict[str, Tensor] = {}
+            E: dict[str, Tensor] = {}
+            for j in range(chunks):
+                U = torch.cat([Kc[j], Vc[j]], 2) if request.self_target else Kc[j]
+                w = w_all[..., j, None, :j * C]  # (B, H, 1, j·C)
+                out, acts = U, {}
+                for name in view.names:
+                    if name == first:
+                        base = D[..., j, None, None] * pre_W[j]
+                        if has_mom:
+                            base = base + c[..., j, None, None] * pre_S[j]
+                    else:
+                        base = D[..., j, None, None] * Wd[name].times(out, transpose=True)
+                        if has_mom:
+                            base = base + c[..., j, None, None] * Sd[name].times(out, transpose=True)
                     if j:
-                        back = back - ((e_out @ E[name].transpose(-1, -2)) * w) @ X[name]
-                X[name] = _grow(X.get(name), inp[..., :C, :])
-                E[name] = _grow(E.get(name), e_out)
-                if name == "W2":
-                    e_out = back * view.memory.activation_grad(acts["W1"][1][..., :C, :])
+                        base = base - ((out @ X[name].transpose(-1, -2)) * w) @ E[name]
+                    acts[name] = (out, base)
+                    out = view.memory.activation(base) if name == "W1" else base
+                e_out = ct.errors(out, U, Vc[j], view, objective, clip, norms)
+                # errors per layer, backwards through the chunk-start forward
+                for name in reversed(view.names):
+                    inp, pre = acts[name]
+                    if name == "W2":  # e1 = (W2⁽ʲ⁾ᵀ e2) ∘ σ′(z1), against earlier chunks only
+                        back = D[..., j, None, None] * Wd[name].times(e_out)
+                        if has_mom:
+                            back = back + c[..., j, None, None] * Sd[name].times(e_out)
+                        if j:
+                            back = back - ((e_out @ E[name].transpose(-1, -2)) * w) @ X[name]
+                    X[name] = _grow(X.get(name), inp[..., :C, :])
+                    E[name] = _grow(E.get(name), e_out)
+                    if name == "W2":
+                        e_out = back * view.memory.activation_grad(acts["W1"][1][..., :C, :])
         if request.outputs:
             ys.append(ct.reads(t, chunks, view, W, S, X, E, w_all, D, c))
         # end of tile: W_L = D W_b + c S_b − Σ_i A_{m−1,c(i)} θ_i e_i x_iᵀ, S_L likewise with Bθ
@@ -346,6 +351,43 @@ def scan_chunk_writes_truncated(request: ScanRequest, *, tile: int) -> tuple[Ten
             newW[name] = torch.addcmul(newS[name], keep, W_l)
         W, S = newW, newS
     return ct.finish(ys, norms, W, S)
+
+
+FUSED_TILES = True
+"""Run the chunk loop of :func:`scan_chunk_writes` as :class:`~.tile_recurrence.ChunkWriteTile`
+where it applies (tests switch it off to compare with autograd through the plain loop)."""
+
+
+def _fused_spec(request: ScanRequest, view: LayerView) -> dict | None:
+    """The :class:`~.tile_recurrence.ChunkWriteTile` spec of ``request``'s tiles, or
+    ``None`` where the plain loop runs: momentum (``η``) given, self targets, a linear
+    memory, an objective without an affine gradient, or under ``torch.compile``."""
+    if not FUSED_TILES or request.self_target or view.structure == "linear" \
+            or "momentum" in request.hyper or request.objective.affine_grad is None \
+            or torch.compiler.is_compiling():
+        return None
+    return tile_spec(request.memory, request.objective, request.chunk_size, request.grad_clip)
+
+
+def _fused_tile(ct: "_ChunkTiles", t: int, chunks: int, W: Params, w_all: Tensor, D: Tensor,
+                spec: dict, norms: list) -> tuple[dict, dict]:
+    """Layer inputs ``X`` and errors ``E`` of tile ``t``'s tokens by one
+    :class:`~.tile_recurrence.ChunkWriteTile` call (heads folded into its batch)."""
+    C, R = ct.C, chunks * ct.C
+    U = ct.K[t][:, :, :chunks].flatten(2, 3)  # (B, H, R, Din)
+    V = ct.V[t][:, :, :chunks].flatten(2, 3)
+    lead = U.shape[:2]
+    W1, W2 = (W[n].expand(*lead, *W[n].shape[-2:]) for n in ("W1", "W2"))
+    Mw = w_all[..., :chunks, :R].repeat_interleave(C, -2)  # (B, H, R, R)
+    Dr = D[..., :chunks].repeat_interleave(C, -1)[..., None]  # (B, H, R, 1)
+    flat = lambda x: None if x is None else x.reshape(-1, *x.shape[2:])  # noqa: E731
+    if "decay" not in ct.request.hyper:
+        Dr = None  # no retention: every D is exactly 1
+    H, E1, E2, nrm = ChunkWriteTile.apply(flat(U), flat(V), flat(W1), flat(W2), flat(Mw),
+                                          flat(Dr), spec)
+    norms.append(nrm.view(*lead, R))
+    H, E1, E2 = (x.view(*lead, *x.shape[1:]) for x in (H, E1, E2))
+    return {"W1": U, "W2": H}, {"W1": E1, "W2": E2}
 
 
 def _kernel_weights(M: Tensor, theta: Tensor) -> Tensor:

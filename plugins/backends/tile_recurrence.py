@@ -1,0 +1,237 @@
+"""The sequential part of a tile of chunk writes, as one autograd Function with its own
+backward pass.
+
+Inside a tile of :func:`~.chunked_levels.scan_chunk_writes` (a two-layer MLP memory
+``W2 σ(W1 u)`` (``+ u`` residual), written every ``C`` tokens by gradient descent with
+retention, read at chunk starts), chunk ``j``'s errors depend on every earlier chunk's
+errors through the kernel form of its start weights. With ``U`` the tile's keys
+``(R, Din)``, ``Mw`` the token kernel weights (``Mw[r, i] = γ_{c(r), c(i)} θ_i`` for
+tokens ``i`` of earlier chunks, 0 elsewhere) and ``Dr`` the per-row factor
+``Π_{j' < c(r)} (1 − α_{j'})``, chunk ``j`` (rows ``r``, earlier rows ``<``) computes::
+
+    z  = Dr∘(U W1ᵀ)_r − ((U Uᵀ)∘Mw)_{r,<} E1_<          h = σ(z)
+    p  = Dr∘(h W2ᵀ) − ((h H_<ᵀ)∘Mw_{r,<}) E2_<  (+ U_r)
+    e2 = clip(a·p + b·V_r)                              (objective gradient, affine)
+    e1 = σ′(z) ∘ (Dr∘(e2 W2) − ((e2 E2_<ᵀ)∘Mw_{r,<}) H_<)
+
+and hands ``H``, ``E1``, ``E2`` (the layer inputs and errors of every token) to the
+batched reads and the end of the tile, which autograd differentiates as usual.
+
+Autograd would record some forty nodes per chunk here; this Function runs the loop
+without recording and walks it back by hand (reverse mode of the four lines above,
+adjoints of earlier chunks pushed into running buffers, every product that does not
+feed the recurrence — weight gradients, input gradients, kernel-weight gradients —
+formed once per tile after the loop). Tested against autograd through the plain loop
+and against ``reference`` (``tests/backends/test_tile_recurrence.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+
+def _activation_backward(name: str, grad_fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
+    """``(g, z) ↦ g ∘ σ′(z)`` in one op where torch has one."""
+    if name == "gelu":
+        return lambda g, z: torch.ops.aten.gelu_backward(g, z)
+    if name == "silu":
+        return lambda g, z: torch.ops.aten.silu_backward(g, z)
+    return lambda g, z: g * grad_fn(z)
+
+
+def _second_derivative(grad_fn: Callable[[Tensor], Tensor], z: Tensor) -> Tensor:
+    """``σ″(z)`` elementwise, by differentiating ``σ′`` once."""
+    with torch.enable_grad():
+        x = z.detach().requires_grad_(True)
+        (d2,) = torch.autograd.grad(grad_fn(x).sum(), x)
+    return d2
+
+
+def _clip_scale(delta: Tensor, clip: float | None) -> Tensor | None:
+    if clip is None:
+        return None
+    return clip / delta.norm(dim=-1, keepdim=True).clamp_min(clip)
+
+
+def _unclip(grad: Tensor, e2: Tensor, scale: Tensor | None, clip: float | None) -> Tensor:
+    """Backward of ``e2 = δ · τ / max(‖δ‖, τ)``: ``δ̄ = s (ē − [‖δ‖ > τ] (ē·ê) ê)``."""
+    if scale is None:
+        return grad
+    unit = e2 / e2.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+    clipped = (scale < 1).to(grad.dtype)
+    return scale * (grad - clipped * (grad * unit).sum(-1, keepdim=True) * unit)
+
+
+class ChunkWriteTile(torch.autograd.Function):
+    """``(U, V, W1, W2, Mw, Dr) → (H, E1, E2, ‖δ‖)`` for one tile (see the module).
+
+    Shapes: ``U (N, R, Din)``, ``V (N, R, Dout)``, ``W1 (N, Dh, Din)``, ``W2 (N, Dout,
+    Dh)``, ``Mw (N, R, R)``, ``Dr (N, R, 1)`` (``None``: no retention, ``Dr ≡ 1``);
+    ``R = chunks · C``. ``spec`` holds the
+    static parts: ``C``, the activation, its derivative and name, ``residual``, the
+    objective's affine gradient ``(a, b)`` and the clip. ``‖δ‖`` (the surprise) is not
+    differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx, U: Tensor, V: Tensor, W1: Tensor, W2: Tensor, Mw: Tensor, Dr: Tensor,  # type: ignore[override]
+                spec: dict) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        C, act, residual, clip = spec["C"], spec["act"], spec["residual"], spec["clip"]
+        a, b = spec["affine"]
+        act_bwd = _activation_backward(spec["act_name"], spec["act_grad"])
+        N, R, _ = U.shape
+        n = R // C
+        A1 = (U @ U.transpose(1, 2)) * Mw  # (N, R, R): first-layer kernel, block lower
+        Zs = U @ W1.transpose(1, 2)  # state part of every first-layer pre-activation
+        if Dr is not None:
+            Zs = Zs.mul_(Dr)
+        W2T = W2.transpose(1, 2)
+        Z, H, E1, Bk = (torch.empty_like(Zs) for _ in range(4))
+        E2 = V.new_empty(N, R, W2.shape[1])
+        S2, S3 = torch.zeros_like(Mw), torch.zeros_like(Mw)  # h H_<ᵀ, e2 E2_<ᵀ (backward)
+        scales = [] if clip is not None else None
+        # per-chunk views, one op per buffer (slicing inside the loop costs more than its math)
+        Uc, Vc, Dc, Zsc, Zc, Hc, E1c, E2c, Bc, A1c, Mc, S2c, S3c = (
+            _chunks(x, n) for x in (U, V, Dr, Zs, Z, H, E1, E2, Bk, A1, Mw, S2, S3))
+        for j in range(n):
+            lo, d = j * C, Dc[j]
+            if lo:
+                z = torch.baddbmm(Zsc[j], A1c[j][..., :lo], E1[:, :lo], alpha=-1, out=Zc[j])
+            else:
+                z = Zc[j].copy_(Zsc[j])
+            h = Hc[j].copy_(act(z))
+            p = torch.bmm(h, W2T)
+            if d is not None:
+                p = p.mul_(d)
+            if lo:
+                Hp, E2p = H[:, :lo], E2[:, :lo]
+                s2 = torch.bmm(h, Hp.transpose(1, 2), out=S2c[j][..., :lo])
+                p = p.baddbmm_(s2 * Mc[j][..., :lo], E2p, alpha=-1)
+            if residual:
+                p = p.add_(Uc[j])
+            delta = p.add_(Vc[j], alpha=b) if a == 1.0 else p.mul_(a).add_(Vc[j], alpha=b)
+            if scales is not None:
+                scale = _clip_scale(delta, clip)
+                scales.append(scale)
+                delta = delta.mul_(scale)
+            e2 = E2c[j].copy_(delta)
+            bk = torch.bmm(e2, W2, out=Bc[j])
+            if d is not None:
+                bk = bk.mul_(d)
+            if lo:
+                s3 = torch.bmm(e2, E2p.transpose(1, 2), out=S3c[j][..., :lo])
+                bk = bk.baddbmm_(s3 * Mc[j][..., :lo], Hp, alpha=-1)
+            E1c[j].copy_(act_bwd(bk, z))
+        ctx.spec = spec
+        ctx.scales = torch.cat(scales, 1) if scales else None
+        norms = E2.norm(dim=-1)  # ‖δ‖ = ‖e2‖ / scale
+        if ctx.scales is not None:
+            norms = norms / ctx.scales.squeeze(-1)
+        ctx.save_for_backward(U, W1, W2, Mw, Dr, A1, Z, H, E1, E2, Bk, S2, S3)
+        ctx.mark_non_differentiable(norms)
+        ctx.set_materialize_grads(False)
+        return H, E1, E2, norms
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gH: Tensor | None, gE1: Tensor | None, gE2: Tensor | None,  # type: ignore[override]
+                 _gn: Tensor | None):
+        U, W1, W2, Mw, Dr, A1, Z, H, E1, E2, Bk, S2, S3 = ctx.saved_tensors
+        spec = ctx.spec
+        C, residual, clip = spec["C"], spec["residual"], spec["clip"]
+        a, b = spec["affine"]
+        act_bwd = _activation_backward(spec["act_name"], spec["act_grad"])
+        R = U.shape[1]
+        n = R // C
+        accH = gH.clone() if gH is not None else torch.zeros_like(H)
+        accE1 = gE1.clone() if gE1 is not None else torch.zeros_like(E1)
+        accE2 = gE2.clone() if gE2 is not None else torch.zeros_like(E2)
+        d2 = _second_derivative(spec["act_grad"], Z)
+        need_mw = ctx.needs_input_grad[4]
+        Zb, Bb = torch.empty_like(Z), torch.empty_like(Z)  # Z̄ and B̄k of every row
+        Db = torch.empty_like(E2)  # δ̄ of every row
+        Mb = torch.zeros_like(Mw) if need_mw else None
+        scales = ctx.scales
+        W2T = W2.transpose(1, 2)
+        Dc, Zc, Hc, E2c, Bc, d2c, A1c, Mc, S2c, S3c, aHc, aE1c, aE2c, Zbc, Bbc, Dbc = (
+            _chunks(x, n) for x in (Dr, Z, H, E2, Bk, d2, A1, Mw, S2, S3, accH, accE1, accE2,
+                                    Zb, Bb, Db))
+        Mbc = _chunks(Mb, n)
+        scc = _chunks(scales, n)
+        for j in reversed(range(n)):
+            lo, d, z = j * C, Dc[j], Zc[j]
+            ge1 = aE1c[j]
+            bkb = act_bwd(ge1, z)  # B̄k = ē1 ∘ σ′(z)
+            Bbc[j].copy_(bkb)
+            zb = Zbc[j]
+            torch.mul(ge1, Bc[j], out=zb).mul_(d2c[j])  # through σ′(z)
+            dbk = bkb if d is None else d * bkb
+            ge2 = aE2c[j].baddbmm_(dbk, W2T)
+            if lo:
+                m, Hp, E2p = Mc[j][..., :lo], H[:, :lo], E2[:, :lo]
+                mb3 = torch.bmm(bkb, Hp.transpose(1, 2)).neg_()  # M̄3
+                aH = accH[:, :lo]
+                aH.baddbmm_((S3c[j][..., :lo] * m).transpose(1, 2), bkb, alpha=-1)
+                sb3 = mb3 * m
+                if need_mw:
+                    Mbc[j][..., :lo].addcmul_(mb3, S3c[j][..., :lo])
+                ge2.baddbmm_(sb3, E2p)
+                accE2[:, :lo].baddbmm_(sb3.transpose(1, 2), E2c[j])
+            delta_b = _unclip(ge2, E2c[j], scc[j], clip)
+            Dbc[j].copy_(delta_b)
+            pb = delta_b if a == 1.0 else a * delta_b
+            gh = aHc[j].baddbmm_(pb if d is None else d * pb, W2)
+            if lo:
+                mb2 = torch.bmm(pb, E2p.transpose(1, 2)).neg_()  # M̄2
+                accE2[:, :lo].baddbmm_((S2c[j][..., :lo] * m).transpose(1, 2), pb, alpha=-1)
+                sb2 = mb2 * m
+                if need_mw:
+                    Mbc[j][..., :lo].addcmul_(mb2, S2c[j][..., :lo])
+                gh.baddbmm_(sb2, Hp)
+                aH.baddbmm_(sb2.transpose(1, 2), Hc[j])
+            zb.add_(act_bwd(gh, z))
+            if lo:
+                accE1[:, :lo].baddbmm_(A1c[j][..., :lo].transpose(1, 2), zb, alpha=-1)
+        # every product that does not feed the recurrence, once per tile
+        Pb = Db if a == 1.0 else a * Db
+        dZb, dPb, dBb = (x if Dr is None else Dr * x for x in (Zb, Pb, Bb))
+        gU = gV = gW1 = gW2 = gMw = gDr = None
+        A1b = -(Zb @ E1.transpose(1, 2))  # Ā1 (only its block-lower part is used)
+        if ctx.needs_input_grad[0]:
+            G1 = A1b * Mw  # ∂/∂(U Uᵀ)
+            gU = dZb @ W1 + G1 @ U + G1.transpose(1, 2) @ U
+            if residual:
+                gU = gU + Pb
+        if ctx.needs_input_grad[1]:
+            gV = Db if b == 1.0 else b * Db
+        if ctx.needs_input_grad[2]:
+            gW1 = dZb.transpose(1, 2) @ U
+        if ctx.needs_input_grad[3]:
+            gW2 = dPb.transpose(1, 2) @ H + E2.transpose(1, 2) @ dBb
+        if need_mw:
+            chunk = torch.arange(R, device=U.device) // C
+            earlier = (chunk[:, None] > chunk[None, :]).to(Mw.dtype)  # the entries the tile reads
+            gMw = (Mb + A1b * (U @ U.transpose(1, 2))) * earlier
+        if Dr is not None and ctx.needs_input_grad[5]:
+            gDr = (Zb * (U @ W1.transpose(1, 2))).sum(-1, keepdim=True) \
+                + (Pb * (H @ W2.transpose(1, 2))).sum(-1, keepdim=True) \
+                + (Bb * (E2 @ W2)).sum(-1, keepdim=True)
+        return gU, gV, gW1, gW2, gMw, gDr, None
+
+
+def _chunks(x: Tensor | None, n: int) -> tuple:
+    """``(N, R, …)`` as its ``n`` chunk views ``(N, R/n, …)`` (``None``s for ``None``)."""
+    if x is None:
+        return (None,) * n
+    return x.unflatten(1, (n, -1)).unbind(1)
+
+
+def tile_spec(memory: Any, objective: Any, chunk: int, clip: float | None) -> dict[str, Any]:
+    """The static part of a :class:`ChunkWriteTile` call."""
+    return {"C": chunk, "act": memory.activation, "act_grad": memory.activation_grad,
+            "act_name": getattr(memory, "activation_name", ""),
+            "residual": memory.structure == "residual-mlp",
+            "affine": tuple(float(x) for x in objective.affine_grad), "clip": clip}
