@@ -25,6 +25,11 @@ materialised). Per tile starting from the running ``(W_b, S_b)``:
   ``W = (1 − α_L) W + S``; DGD ``W = (1 − α_L) W − G``; any other rule one
   ``update(G, state, W, lr=1, …)`` with the last token's hyperparameters.
 
+The chunk loop of a multi-chunk tile of chunk writes without momentum (GD with retention,
+the CMS levels' rule) on an MLP memory runs as one autograd Function with a hand-written
+backward pass (tile_recurrence.py); with momentum, self targets or a linear memory,
+autograd differentiates the plain loop.
+
 Reads: ``chunk_start`` is ``M_{W_c}(Q)``; ``after_write`` for token writes is, layer by
 layer with input ``u`` (``q``, then the hidden ``h``)::
 
@@ -249,6 +254,7 @@ def scan_chunk_writes_truncated(request: ScanRequest, *, tile: int) -> tuple[Ten
     gates = TileGates.build(torch.ones_like(ct.alpha), ct.alpha.detach(), ct.eta.detach())
     W, S = dict(state.params), dict(state.opt_state["momentum"])
     has_mom, first, C = ct.has_mom, view.names[0], ct.C
+    fused = _fused_spec(request, view)
     ys, norms = [], []
     for t in range(ct.n):
         Wb = {nm: w.detach() for nm, w in W.items()}
@@ -260,48 +266,53 @@ def scan_chunk_writes_truncated(request: ScanRequest, *, tile: int) -> tuple[Ten
         # kernel weights of W⁽ʲ⁾ and S⁽ʲ⁾ against the tile's tokens (rows j = 0..m), detached
         wa = _kernel_weights(gates.A[t], th_sg)
         wb = _kernel_weights(gates.Btheta[t], th_sg)
-        pre_W = ct.state_part(t, Wb[first])
-        pre_S = ct.state_part(t, Sb[first]) if has_mom else None
-        Kc, Vc = ct.K[t].unbind(2), ct.V[t].unbind(2)
-        Xs: dict[str, Tensor] = {}  # detached inputs and errors of the tile's earlier chunks
-        Es: dict[str, Tensor] = {}
-        Xa: dict[str, list] = {n: [] for n in view.names}  # attached ones, per chunk
-        Ea: dict[str, list] = {n: [] for n in view.names}
         chunks = ct.chunks_in(t)
-        for j in range(chunks):
-            U = torch.cat([Kc[j], Vc[j]], 2) if request.self_target else Kc[j]
-            w = wa[..., j, None, :j * C]
-            out, acts = U, {}
-            for name in view.names:
-                if name == first:
-                    sW, sS = pre_W[j], pre_S[j] if has_mom else None
-                else:
-                    sW = out @ Wb[name].transpose(-1, -2)
-                    sS = out @ Sb[name].transpose(-1, -2) if has_mom else None
-                base = D[..., j, None, None] * sW
-                if has_mom:
-                    base = base + c[..., j, None, None] * sS
-                if j:
-                    base = base - ((out @ Xs[name].transpose(-1, -2)) * w) @ Es[name]
-                acts[name] = (out, base)
-                out = view.memory.activation(base) if name == "W1" else base
-            e_out = ct.errors(out, U, Vc[j], view, objective, clip, norms)
-            for name in reversed(view.names):  # errors at sg W⁽ʲ⁾, backwards
-                inp = acts[name][0][..., :C, :]
-                if name == "W2":
-                    back = D[..., j, None, None] * (e_out @ Wb[name])
+        if fused is not None:  # the same loop, run and differentiated by hand
+            X, E = _fused_tile(ct, t, chunks, Wb, wa, D, fused, norms)
+            Xs = {n: x.detach() for n, x in X.items()}
+            Es = {n: e.detach() for n, e in E.items()}
+        else:
+            Kc, Vc = ct.K[t].unbind(2), ct.V[t].unbind(2)
+            pre_W = ct.state_part(t, Wb[first])
+            pre_S = ct.state_part(t, Sb[first]) if has_mom else None
+            Xs: dict[str, Tensor] = {}  # detached inputs and errors of the tile's earlier chunks
+            Es: dict[str, Tensor] = {}
+            Xa: dict[str, list] = {n: [] for n in view.names}  # attached ones, per chunk
+            Ea: dict[str, list] = {n: [] for n in view.names}
+            for j in range(chunks):
+                U = torch.cat([Kc[j], Vc[j]], 2) if request.self_target else Kc[j]
+                w = wa[..., j, None, :j * C]
+                out, acts = U, {}
+                for name in view.names:
+                    if name == first:
+                        sW, sS = pre_W[j], pre_S[j] if has_mom else None
+                    else:
+                        sW = out @ Wb[name].transpose(-1, -2)
+                        sS = out @ Sb[name].transpose(-1, -2) if has_mom else None
+                    base = D[..., j, None, None] * sW
                     if has_mom:
-                        back = back + c[..., j, None, None] * (e_out @ Sb[name])
+                        base = base + c[..., j, None, None] * sS
                     if j:
-                        back = back - ((e_out @ Es[name].transpose(-1, -2)) * w) @ Xs[name]
-                Xa[name].append(inp)
-                Ea[name].append(e_out)
-                Xs[name] = _grow(Xs.get(name), inp.detach())
-                Es[name] = _grow(Es.get(name), e_out.detach())
-                if name == "W2":
-                    e_out = back * view.memory.activation_grad(acts["W1"][1][..., :C, :])
-        X = {n: torch.cat(x, 2) for n, x in Xa.items()}  # (B, H, chunks·C, ·)
-        E = {n: torch.cat(e, 2) for n, e in Ea.items()}
+                        base = base - ((out @ Xs[name].transpose(-1, -2)) * w) @ Es[name]
+                    acts[name] = (out, base)
+                    out = view.memory.activation(base) if name == "W1" else base
+                e_out = ct.errors(out, U, Vc[j], view, objective, clip, norms)
+                for name in reversed(view.names):  # errors at sg W⁽ʲ⁾, backwards
+                    inp = acts[name][0][..., :C, :]
+                    if name == "W2":
+                        back = D[..., j, None, None] * (e_out @ Wb[name])
+                        if has_mom:
+                            back = back + c[..., j, None, None] * (e_out @ Sb[name])
+                        if j:
+                            back = back - ((e_out @ Es[name].transpose(-1, -2)) * w) @ Xs[name]
+                    Xa[name].append(inp)
+                    Ea[name].append(e_out)
+                    Xs[name] = _grow(Xs.get(name), inp.detach())
+                    Es[name] = _grow(Es.get(name), e_out.detach())
+                    if name == "W2":
+                        e_out = back * view.memory.activation_grad(acts["W1"][1][..., :C, :])
+            X = {n: torch.cat(x, 2) for n, x in Xa.items()}  # (B, H, chunks·C, ·)
+            E = {n: torch.cat(e, 2) for n, e in Ea.items()}
         alpha, eta, theta = ct.alpha[t], ct.eta[t], ct.theta[t]  # attached
         if request.outputs:
             R = chunks * C
@@ -346,7 +357,8 @@ def scan_chunk_writes_truncated(request: ScanRequest, *, tile: int) -> tuple[Ten
                         .addcmul_(D[..., jl, None, None], W_l).addcmul_(c[..., jl, None, None], S_l)
                     S_l = (ET @ (X_l * wb[..., jl, :prev_tokens, None].neg())) \
                         .addcmul_(P[..., jl, None, None], S_l)
-            neg_G = Ea[name][-1].transpose(-1, -2) @ (Xa[name][-1] * neg_th)
+            neg_G = E[name][..., prev_tokens:, :].transpose(-1, -2) \
+                @ (X[name][..., prev_tokens:, :] * neg_th)
             newS[name] = neg_G.addcmul_(eta_l, S_l)  # the matmul's own buffer
             newW[name] = torch.addcmul(newS[name], keep, W_l)
         W, S = newW, newS
@@ -366,7 +378,8 @@ def _fused_spec(request: ScanRequest, view: LayerView) -> dict | None:
             or "momentum" in request.hyper or request.objective.affine_grad is None \
             or torch.compiler.is_compiling():
         return None
-    return tile_spec(request.memory, request.objective, request.chunk_size, request.grad_clip)
+    return tile_spec(request.memory, request.objective, request.chunk_size, request.grad_clip,
+                     truncate=request.truncate)
 
 
 def _fused_tile(ct: "_ChunkTiles", t: int, chunks: int, W: Params, w_all: Tensor, D: Tensor,

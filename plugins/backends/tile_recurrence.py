@@ -72,8 +72,9 @@ class ChunkWriteTile(torch.autograd.Function):
     Dh)``, ``Mw (N, R, R)``, ``Dr (N, R, 1)`` (``None``: no retention, ``Dr ≡ 1``);
     ``R = chunks · C``. ``spec`` holds the
     static parts: ``C``, the activation, its derivative and name, ``residual``, the
-    objective's affine gradient ``(a, b)`` and the clip. ``‖δ‖`` (the surprise) is not
-    differentiable.
+    objective's affine gradient ``(a, b)``, the clip and ``truncate`` (the backward of
+    :func:`_backward_truncated`; ``W1, W2, Mw, Dr`` must then be detached). ``‖δ‖`` (the
+    surprise) is not differentiable.
     """
 
     @staticmethod
@@ -139,6 +140,8 @@ class ChunkWriteTile(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, gH: Tensor | None, gE1: Tensor | None, gE2: Tensor | None,  # type: ignore[override]
                  _gn: Tensor | None):
+        if ctx.spec["truncate"]:
+            return _backward_truncated(ctx, gH, gE1, gE2)
         U, W1, W2, Mw, Dr, A1, Z, H, E1, E2, Bk, S2, S3 = ctx.saved_tensors
         spec = ctx.spec
         C, residual, clip = spec["C"], spec["residual"], spec["clip"]
@@ -222,6 +225,38 @@ class ChunkWriteTile(torch.autograd.Function):
         return gU, gV, gW1, gW2, gMw, gDr, None
 
 
+def _backward_truncated(ctx, gH: Tensor | None, gE1: Tensor | None, gE2: Tensor | None):
+    """Backward of a truncated tile (``inner_grad = "truncated"``): every chunk's errors
+    are computed at its detached start weights, so the outer gradient reaches a chunk's
+    ``H, E1, E2`` only through its own keys ``U_r`` and targets ``V_r`` — the four lines
+    of the module with ``W1, W2, Mw, Dr`` and the earlier rows ``U_<, H_<, E1_<, E2_<``
+    held constant. No chunk depends on another, so the whole tile is one batched pass."""
+    U, W1, W2, Mw, Dr, A1, Z, H, E1, E2, Bk, S2, S3 = ctx.saved_tensors
+    spec = ctx.spec
+    residual, clip = spec["residual"], spec["clip"]
+    a, b = spec["affine"]
+    act_bwd = _activation_backward(spec["act_name"], spec["act_grad"])
+    gE1 = torch.zeros_like(E1) if gE1 is None else gE1
+    gH = torch.zeros_like(H) if gH is None else gH
+    gE2 = torch.zeros_like(E2) if gE2 is None else gE2
+    scale = (lambda x: x) if Dr is None else (lambda x: Dr * x)  # noqa: E731
+    Bb = act_bwd(gE1, Z)  # B̄k
+    Zb = gE1 * Bk * _second_derivative(spec["act_grad"], Z)
+    ge2 = gE2 + scale(Bb) @ W2.transpose(1, 2) - ((Bb @ H.transpose(1, 2)) * Mw) @ E2
+    Db = _unclip(ge2, E2, ctx.scales, clip)
+    Pb = Db if a == 1.0 else a * Db
+    gh = gH + scale(Pb) @ W2 - ((Pb @ E2.transpose(1, 2)) * Mw) @ H
+    Zb = Zb + act_bwd(gh, Z)
+    gU = gV = None
+    if ctx.needs_input_grad[0]:
+        gU = scale(Zb) @ W1 - ((Zb @ E1.transpose(1, 2)) * Mw) @ U
+        if residual:
+            gU = gU + Pb
+    if ctx.needs_input_grad[1]:
+        gV = Db if b == 1.0 else b * Db
+    return gU, gV, None, None, None, None, None
+
+
 def _chunks(x: Tensor | None, n: int) -> tuple:
     """``(N, R, …)`` as its ``n`` chunk views ``(N, R/n, …)`` (``None``s for ``None``)."""
     if x is None:
@@ -229,9 +264,10 @@ def _chunks(x: Tensor | None, n: int) -> tuple:
     return x.unflatten(1, (n, -1)).unbind(1)
 
 
-def tile_spec(memory: Any, objective: Any, chunk: int, clip: float | None) -> dict[str, Any]:
+def tile_spec(memory: Any, objective: Any, chunk: int, clip: float | None,
+              truncate: bool = False) -> dict[str, Any]:
     """The static part of a :class:`ChunkWriteTile` call."""
-    return {"C": chunk, "act": memory.activation, "act_grad": memory.activation_grad,
+    return {"C": chunk, "truncate": truncate, "act": memory.activation, "act_grad": memory.activation_grad,
             "act_name": getattr(memory, "activation_name", ""),
             "residual": memory.structure == "residual-mlp",
             "affine": tuple(float(x) for x in objective.affine_grad), "clip": clip}

@@ -65,12 +65,41 @@ def test_fused_tiles_match_the_oracle(case, size):
     check_grads(got, oracle_grads(case, inp))
 
 
+TRUNCATED = [(Case("mlp", "l2", chunk=1, truncate=True, **FAMILIES["c"]), 4),
+             (Case("residual-mlp", "l2", chunk=2, truncate=True, **FAMILIES["c"]), 4),
+             (Case("mlp", "dot", chunk=1, truncate=True, exact=True, **FAMILIES["c"]), 6)]
+
+
+@pytest.mark.parametrize("cuts", [[0, 11], [0, 3, 11]], ids=str)
+@pytest.mark.parametrize("case,size", TRUNCATED, ids=lambda x: str(x))
+def test_fused_truncated_tiles_match_the_oracle(case, size, cuts):
+    """``inner_grad = "truncated"``: the fused tiles' outputs, state and outer gradients
+    equal the float64 oracle whose writes start from detached chunk-start states, the
+    stream fed whole and in two pieces."""
+    inp = _without_eta(case)
+    calls, spy = _counting()
+    leaves = _leaves(inp)
+    full = _with_leaves(inp, leaves)
+    state, ys = None, []
+    with tile(size), spy:
+        for lo, hi in zip(cuts[:-1], cuts[1:]):
+            y, state = scan("chunked", case, full, state=state, lo=lo, hi=hi)
+            ys.append(y)
+    assert calls, "the fused tile loop did not run"
+    y = torch.cat(ys, 2)
+    check_state(y, state, oracle(case, inp), T)
+    got = dict(zip(leaves, torch.autograd.grad(_functional(y, state.params, state.momentum),
+                                               list(leaves.values()))))
+    check_grads(got, oracle_grads(case, inp))
+
+
+@pytest.mark.parametrize("truncate", [False, True])
 @pytest.mark.parametrize("clip", [None, 0.3])
 @pytest.mark.parametrize("memory", ["mlp", "residual-mlp"])
-def test_fused_tiles_match_autograd_through_the_plain_loop(memory, clip):
+def test_fused_tiles_match_autograd_through_the_plain_loop(memory, clip, truncate):
     """With a per-token surprise clip (rows both above and below it) the fused loop's
     outputs, surprise and gradients equal autograd through the loop it replaces."""
-    case = Case(memory, "l2", chunk=1, **FAMILIES["c"])
+    case = Case(memory, "l2", chunk=1, truncate=truncate, **FAMILIES["c"])
     inp = _without_eta(case)
     results = []
     for fused in (True, False):
@@ -81,7 +110,7 @@ def test_fused_tiles_match_autograd_through_the_plain_loop(memory, clip):
                 full["q"], full["k"], full["v"], memory=memory, objective="l2",
                 optimizer="momentum", lr=full["lr"], decay=full["decay"], chunk_size=1,
                 backend="chunked", read="chunk_start", write="chunk", grad_clip=clip,
-                memory_kwargs=case.mkw, state=build_state(case, full))
+                memory_kwargs=case.mkw, state=build_state(case, full), truncate=truncate)
         total = _functional(y, state.params, None)
         grads = dict(zip(leaves, torch.autograd.grad(total, list(leaves.values()), allow_unused=True)))
         results.append((y, state, grads))
