@@ -148,18 +148,16 @@ def scan_chunk_writes(request: ScanRequest, *, tile: int) -> tuple[Tensor, Memor
     of a tile take the same form at once, after it (:meth:`_ChunkTiles.reads`). The tile
     ends at ``W_L = D W_b + c S_b − Eᵀ(a∘X)``, ``S_L = P S_b − Eᵀ(b∘X)``.
     """
-    state, view, objective, clip = request.state, LayerView(request.memory), request.objective, \
-        request.grad_clip
+    state, view = request.state, LayerView(request.memory)
     ct = _ChunkTiles.cut(request, tile)
     gates = TileGates.build(torch.ones_like(ct.alpha), ct.alpha, ct.eta)  # chunk level, θ = 1
     W, S = dict(state.params), dict(state.opt_state["momentum"])
-    has_mom, first, C = ct.has_mom, view.names[0], ct.C
+    has_mom = ct.has_mom
     fused = _fused_spec(request, view)
     ys, norms = [], []
     for t in range(ct.n):
         D = F.pad(gates.D[t], (1, 0), value=1.0)  # (B, H, m+1): D_{j−1}
         c = F.pad(gates.c[t], (1, 0))
-        Kc, Vc = ct.K[t].unbind(2), ct.V[t].unbind(2)  # chunks (B, H, C, D)
         # kernel weights of every chunk against every token of the tile, in one op:
         # w[j, i] = A_{j−1, c(i)} θ_i (row j of the padded A holds A_{j−1,:}; A is lower
         # triangular, so the tokens of chunk j and later get weight 0)
@@ -168,48 +166,7 @@ def scan_chunk_writes(request: ScanRequest, *, tile: int) -> tuple[Tensor, Memor
         if fused is not None:  # the same loop, run and differentiated by hand
             X, E = _fused_tile(ct, t, chunks, W, w_all, D, fused, norms)
         else:
-            # the first layer's state part of every gradient in the tile, one matmul per matrix
-            pre_W = ct.state_part(t, W[first])  # per chunk (B, H, R·C, Dout)
-            pre_S = ct.state_part(t, S[first]) if has_mom else None
-            # later layers are applied chunk by chunk: their weight gradients are summed over
-            # the tile in one matmul in the backward pass, not formed chunk by chunk
-            Wd = {nm: _TileWeight.wrap(W[nm]) for nm in view.names if nm != first}
-            Sd = {nm: _TileWeight.wrap(S[nm]) for nm in view.names if nm != first} if has_mom else {}
-            # layer inputs and errors of the tile's earlier tokens, (B, H, j·C, ·), grown by
-            # one concatenation per chunk (a constant number of ops per chunk)
-            X: dict[str, Tensor] = {}
-            E: dict[str, Tensor] = {}
-            for j in range(chunks):
-                U = torch.cat([Kc[j], Vc[j]], 2) if request.self_target else Kc[j]
-                w = w_all[..., j, None, :j * C]  # (B, H, 1, j·C)
-                out, acts = U, {}
-                for name in view.names:
-                    if name == first:
-                        base = D[..., j, None, None] * pre_W[j]
-                        if has_mom:
-                            base = base + c[..., j, None, None] * pre_S[j]
-                    else:
-                        base = D[..., j, None, None] * Wd[name].times(out, transpose=True)
-                        if has_mom:
-                            base = base + c[..., j, None, None] * Sd[name].times(out, transpose=True)
-                    if j:
-                        base = base - ((out @ X[name].transpose(-1, -2)) * w) @ E[name]
-                    acts[name] = (out, base)
-                    out = view.memory.activation(base) if name == "W1" else base
-                e_out = ct.errors(out, U, Vc[j], view, objective, clip, norms)
-                # errors per layer, backwards through the chunk-start forward
-                for name in reversed(view.names):
-                    inp, pre = acts[name]
-                    if name == "W2":  # e1 = (W2⁽ʲ⁾ᵀ e2) ∘ σ′(z1), against earlier chunks only
-                        back = D[..., j, None, None] * Wd[name].times(e_out)
-                        if has_mom:
-                            back = back + c[..., j, None, None] * Sd[name].times(e_out)
-                        if j:
-                            back = back - ((e_out @ E[name].transpose(-1, -2)) * w) @ X[name]
-                    X[name] = _grow(X.get(name), inp[..., :C, :])
-                    E[name] = _grow(E.get(name), e_out)
-                    if name == "W2":
-                        e_out = back * view.memory.activation_grad(acts["W1"][1][..., :C, :])
+            X, E = _autograd_tile(ct, t, chunks, view, W, S, w_all, D, c, norms)
         if request.outputs:
             ys.append(ct.reads(t, chunks, view, W, S, X, E, w_all, D, c))
         # end of tile: W_L = D W_b + c S_b − Σ_i A_{m−1,c(i)} θ_i e_i x_iᵀ, S_L likewise with Bθ
@@ -248,12 +205,11 @@ def scan_chunk_writes_truncated(request: ScanRequest, *, tile: int) -> tuple[Ten
     and the tile ends at the last chunk's write from the detached ``W⁽ˡᵃˢᵗ⁾, S⁽ˡᵃˢᵗ⁾``.
     The backward pass never crosses more than one write.
     """
-    state, view, objective, clip = request.state, LayerView(request.memory), request.objective, \
-        request.grad_clip
+    state, view = request.state, LayerView(request.memory)
     ct = _ChunkTiles.cut(request, tile)
     gates = TileGates.build(torch.ones_like(ct.alpha), ct.alpha.detach(), ct.eta.detach())
     W, S = dict(state.params), dict(state.opt_state["momentum"])
-    has_mom, first, C = ct.has_mom, view.names[0], ct.C
+    has_mom, C = ct.has_mom, ct.C
     fused = _fused_spec(request, view)
     ys, norms = [], []
     for t in range(ct.n):
@@ -272,47 +228,8 @@ def scan_chunk_writes_truncated(request: ScanRequest, *, tile: int) -> tuple[Ten
             Xs = {n: x.detach() for n, x in X.items()}
             Es = {n: e.detach() for n, e in E.items()}
         else:
-            Kc, Vc = ct.K[t].unbind(2), ct.V[t].unbind(2)
-            pre_W = ct.state_part(t, Wb[first])
-            pre_S = ct.state_part(t, Sb[first]) if has_mom else None
-            Xs: dict[str, Tensor] = {}  # detached inputs and errors of the tile's earlier chunks
-            Es: dict[str, Tensor] = {}
-            Xa: dict[str, list] = {n: [] for n in view.names}  # attached ones, per chunk
-            Ea: dict[str, list] = {n: [] for n in view.names}
-            for j in range(chunks):
-                U = torch.cat([Kc[j], Vc[j]], 2) if request.self_target else Kc[j]
-                w = wa[..., j, None, :j * C]
-                out, acts = U, {}
-                for name in view.names:
-                    if name == first:
-                        sW, sS = pre_W[j], pre_S[j] if has_mom else None
-                    else:
-                        sW = out @ Wb[name].transpose(-1, -2)
-                        sS = out @ Sb[name].transpose(-1, -2) if has_mom else None
-                    base = D[..., j, None, None] * sW
-                    if has_mom:
-                        base = base + c[..., j, None, None] * sS
-                    if j:
-                        base = base - ((out @ Xs[name].transpose(-1, -2)) * w) @ Es[name]
-                    acts[name] = (out, base)
-                    out = view.memory.activation(base) if name == "W1" else base
-                e_out = ct.errors(out, U, Vc[j], view, objective, clip, norms)
-                for name in reversed(view.names):  # errors at sg W⁽ʲ⁾, backwards
-                    inp = acts[name][0][..., :C, :]
-                    if name == "W2":
-                        back = D[..., j, None, None] * (e_out @ Wb[name])
-                        if has_mom:
-                            back = back + c[..., j, None, None] * (e_out @ Sb[name])
-                        if j:
-                            back = back - ((e_out @ Es[name].transpose(-1, -2)) * w) @ Xs[name]
-                    Xa[name].append(inp)
-                    Ea[name].append(e_out)
-                    Xs[name] = _grow(Xs.get(name), inp.detach())
-                    Es[name] = _grow(Es.get(name), e_out.detach())
-                    if name == "W2":
-                        e_out = back * view.memory.activation_grad(acts["W1"][1][..., :C, :])
-            X = {n: torch.cat(x, 2) for n, x in Xa.items()}  # (B, H, chunks·C, ·)
-            E = {n: torch.cat(e, 2) for n, e in Ea.items()}
+            X, E, Xs, Es = _autograd_tile_truncated(ct, t, chunks, view, Wb, Sb, wa, D, c,
+                                                    norms)
         alpha, eta, theta = ct.alpha[t], ct.eta[t], ct.theta[t]  # attached
         if request.outputs:
             R = chunks * C
@@ -363,6 +280,109 @@ def scan_chunk_writes_truncated(request: ScanRequest, *, tile: int) -> tuple[Ten
             newW[name] = torch.addcmul(newS[name], keep, W_l)
         W, S = newW, newS
     return ct.finish(ys, norms, W, S)
+
+
+def _autograd_tile(ct: "_ChunkTiles", t: int, chunks: int, view: LayerView, W: Params, S: Params,
+                   w_all: Tensor, D: Tensor, c: Tensor, norms: list) -> tuple[dict, dict]:
+    """Layer inputs ``X`` and errors ``E`` of tile ``t``'s tokens, chunk by chunk, for
+    autograd to differentiate (any momentum-family request of :func:`scan_chunk_writes`)."""
+    request, objective, clip = ct.request, ct.request.objective, ct.request.grad_clip
+    has_mom, first, C = ct.has_mom, view.names[0], ct.C
+    Kc, Vc = ct.K[t].unbind(2), ct.V[t].unbind(2)  # chunks (B, H, C, D)
+    # the first layer's state part of every gradient in the tile, one matmul per matrix
+    pre_W = ct.state_part(t, W[first])  # per chunk (B, H, R·C, Dout)
+    pre_S = ct.state_part(t, S[first]) if has_mom else None
+    # later layers are applied chunk by chunk: their weight gradients are summed over
+    # the tile in one matmul in the backward pass, not formed chunk by chunk
+    Wd = {nm: _TileWeight.wrap(W[nm]) for nm in view.names if nm != first}
+    Sd = {nm: _TileWeight.wrap(S[nm]) for nm in view.names if nm != first} if has_mom else {}
+    # layer inputs and errors of the tile's earlier tokens, (B, H, j·C, ·), grown by
+    # one concatenation per chunk (a constant number of ops per chunk)
+    X: dict[str, Tensor] = {}
+    E: dict[str, Tensor] = {}
+    for j in range(chunks):
+        U = torch.cat([Kc[j], Vc[j]], 2) if request.self_target else Kc[j]
+        w = w_all[..., j, None, :j * C]  # (B, H, 1, j·C)
+        out, acts = U, {}
+        for name in view.names:
+            if name == first:
+                base = D[..., j, None, None] * pre_W[j]
+                if has_mom:
+                    base = base + c[..., j, None, None] * pre_S[j]
+            else:
+                base = D[..., j, None, None] * Wd[name].times(out, transpose=True)
+                if has_mom:
+                    base = base + c[..., j, None, None] * Sd[name].times(out, transpose=True)
+            if j:
+                base = base - ((out @ X[name].transpose(-1, -2)) * w) @ E[name]
+            acts[name] = (out, base)
+            out = view.memory.activation(base) if name == "W1" else base
+        e_out = ct.errors(out, U, Vc[j], view, objective, clip, norms)
+        # errors per layer, backwards through the chunk-start forward
+        for name in reversed(view.names):
+            inp, pre = acts[name]
+            if name == "W2":  # e1 = (W2⁽ʲ⁾ᵀ e2) ∘ σ′(z1), against earlier chunks only
+                back = D[..., j, None, None] * Wd[name].times(e_out)
+                if has_mom:
+                    back = back + c[..., j, None, None] * Sd[name].times(e_out)
+                if j:
+                    back = back - ((e_out @ E[name].transpose(-1, -2)) * w) @ X[name]
+            X[name] = _grow(X.get(name), inp[..., :C, :])
+            E[name] = _grow(E.get(name), e_out)
+            if name == "W2":
+                e_out = back * view.memory.activation_grad(acts["W1"][1][..., :C, :])
+    return X, E
+
+
+def _autograd_tile_truncated(ct: "_ChunkTiles", t: int, chunks: int, view: LayerView, Wb: Params,
+                             Sb: Params, wa: Tensor, D: Tensor, c: Tensor,
+                             norms: list) -> tuple[dict, dict, dict, dict]:
+    """:func:`_autograd_tile` of :func:`scan_chunk_writes_truncated`: every chunk's errors
+    at its detached start weights; ``X, E`` attached, ``Xs, Es`` detached."""
+    request, objective, clip = ct.request, ct.request.objective, ct.request.grad_clip
+    has_mom, first, C = ct.has_mom, view.names[0], ct.C
+    Kc, Vc = ct.K[t].unbind(2), ct.V[t].unbind(2)
+    pre_W = ct.state_part(t, Wb[first])
+    pre_S = ct.state_part(t, Sb[first]) if has_mom else None
+    Xs: dict[str, Tensor] = {}  # detached inputs and errors of the tile's earlier chunks
+    Es: dict[str, Tensor] = {}
+    Xa: dict[str, list] = {n: [] for n in view.names}  # attached ones, per chunk
+    Ea: dict[str, list] = {n: [] for n in view.names}
+    for j in range(chunks):
+        U = torch.cat([Kc[j], Vc[j]], 2) if request.self_target else Kc[j]
+        w = wa[..., j, None, :j * C]
+        out, acts = U, {}
+        for name in view.names:
+            if name == first:
+                sW, sS = pre_W[j], pre_S[j] if has_mom else None
+            else:
+                sW = out @ Wb[name].transpose(-1, -2)
+                sS = out @ Sb[name].transpose(-1, -2) if has_mom else None
+            base = D[..., j, None, None] * sW
+            if has_mom:
+                base = base + c[..., j, None, None] * sS
+            if j:
+                base = base - ((out @ Xs[name].transpose(-1, -2)) * w) @ Es[name]
+            acts[name] = (out, base)
+            out = view.memory.activation(base) if name == "W1" else base
+        e_out = ct.errors(out, U, Vc[j], view, objective, clip, norms)
+        for name in reversed(view.names):  # errors at sg W⁽ʲ⁾, backwards
+            inp = acts[name][0][..., :C, :]
+            if name == "W2":
+                back = D[..., j, None, None] * (e_out @ Wb[name])
+                if has_mom:
+                    back = back + c[..., j, None, None] * (e_out @ Sb[name])
+                if j:
+                    back = back - ((e_out @ Es[name].transpose(-1, -2)) * w) @ Xs[name]
+            Xa[name].append(inp)
+            Ea[name].append(e_out)
+            Xs[name] = _grow(Xs.get(name), inp.detach())
+            Es[name] = _grow(Es.get(name), e_out.detach())
+            if name == "W2":
+                e_out = back * view.memory.activation_grad(acts["W1"][1][..., :C, :])
+    X = {n: torch.cat(x, 2) for n, x in Xa.items()}  # (B, H, chunks·C, ·)
+    E = {n: torch.cat(e, 2) for n, e in Ea.items()}
+    return X, E, Xs, Es
 
 
 FUSED_TILES = True
