@@ -21,8 +21,9 @@ Autograd would record some forty nodes per chunk here; this Function runs the lo
 without recording and walks it back by hand (reverse mode of the four lines above,
 adjoints of earlier chunks pushed into running buffers, every product that does not
 feed the recurrence — weight gradients, input gradients, kernel-weight gradients —
-formed once per tile after the loop). Tested against autograd through the plain loop
-and against ``reference`` (``tests/backends/test_tile_recurrence.py``).
+formed once per tile after the loop). Tested against the float64 oracle of the
+equations, autograd through the plain loop and finite differences
+(``tests/plugins/backends/test_tile_recurrence.py``).
 """
 
 from __future__ import annotations
@@ -70,11 +71,11 @@ class ChunkWriteTile(torch.autograd.Function):
 
     Shapes: ``U (N, R, Din)``, ``V (N, R, Dout)``, ``W1 (N, Dh, Din)``, ``W2 (N, Dout,
     Dh)``, ``Mw (N, R, R)``, ``Dr (N, R, 1)`` (``None``: no retention, ``Dr ≡ 1``);
-    ``R = chunks · C``. ``spec`` holds the
-    static parts: ``C``, the activation, its derivative and name, ``residual``, the
-    objective's affine gradient ``(a, b)``, the clip and ``truncate`` (the backward of
-    :func:`_backward_truncated`; ``W1, W2, Mw, Dr`` must then be detached). ``‖δ‖`` (the
-    surprise) is not differentiable.
+    ``R = chunks · C``. ``spec`` (:func:`tile_spec`) holds the static parts: ``C``, the
+    activation, its derivative and name, ``residual``, the objective's affine gradient
+    ``(a, b)``, the clip and ``truncate`` (the backward of :func:`_backward_truncated`;
+    ``W1, W2, Mw, Dr`` must then be detached). ``‖δ‖`` (the surprise) is not
+    differentiable.
     """
 
     @staticmethod
