@@ -51,6 +51,7 @@ from nlframe.interfaces import Params, ScanRequest
 from nlframe.level import MemoryState, tree_map
 
 from .reference import clip_rows
+from .dgd_tile import DGDWriteTile, dgd_spec
 from .tile_recurrence import ChunkWriteTile, tile_spec
 from .tiles import TileGates, TilePlan, Tiles, per_tile
 
@@ -387,7 +388,8 @@ def _autograd_tile_truncated(ct: "_ChunkTiles", t: int, chunks: int, view: Layer
 
 FUSED_TILES = True
 """Run the chunk loop of :func:`scan_chunk_writes` as :class:`~.tile_recurrence.ChunkWriteTile`
-where it applies (tests switch it off to compare with autograd through the plain loop)."""
+and the DGD token writes of a tile that opens a chunk as :class:`~.dgd_tile.DGDWriteTile`
+where they apply (tests switch it off to compare with autograd through the plain loop)."""
 
 
 def _fused_spec(request: ScanRequest, view: LayerView) -> dict | None:
@@ -400,6 +402,30 @@ def _fused_spec(request: ScanRequest, view: LayerView) -> dict | None:
         return None
     return tile_spec(request.memory, request.objective, request.chunk_size, request.grad_clip,
                      truncate=request.truncate)
+
+
+def _dgd_fused_spec(request: ScanRequest, view: LayerView) -> dict | None:
+    """The :class:`~.dgd_tile.DGDWriteTile` spec of ``request``'s tiles that open a chunk,
+    or ``None`` where the plain tile runs: not DGD token writes read at the chunk start,
+    a linear memory, an objective without an affine gradient, or under ``torch.compile``."""
+    if not FUSED_TILES or request.write != "token" or request.rule_structure != "dgd" \
+            or request.read != "chunk_start" or view.structure == "linear" \
+            or request.objective.affine_grad is None or torch.compiler.is_compiling():
+        return None
+    return dgd_spec(request.memory, request.objective, request.grad_clip, request.self_target)
+
+
+def _fused_dgd_tile(W: Params, K: Tensor, V: Tensor, Q: Tensor | None, A: Tensor, D: Tensor,
+                    spec: dict, norms: list, valid: Tensor) -> tuple[Params, Tensor | None]:
+    """The new ``W`` and the read ``M_W(Q)`` (``Q`` given) of a tile that opens a chunk
+    by one :class:`~.dgd_tile.DGDWriteTile` call (heads folded into its batch)."""
+    lead = K.shape[:2]
+    flat = lambda x: None if x is None else x.reshape(-1, *x.shape[2:])  # noqa: E731
+    W1, W2, y, nrm = DGDWriteTile.apply(flat(K), flat(V), flat(Q), flat(W["W1"]), flat(W["W2"]),
+                                        flat(A), flat(D), spec)
+    norms.append(nrm.view(*lead, -1) * valid.to(nrm.dtype))
+    out = {"W1": W1.view(*lead, *W1.shape[1:]), "W2": W2.view(*lead, *W2.shape[1:])}
+    return out, None if y is None else y.view(*lead, *y.shape[1:])
 
 
 def _fused_tile(ct: "_ChunkTiles", t: int, chunks: int, W: Params, w_all: Tensor, D: Tensor,
@@ -633,6 +659,7 @@ def scan_within_chunk_tiles(request: ScanRequest, *, tile: int) -> tuple[Tensor,
     Gp = dict(state.chunk_params) if p else dict(W)
     pending = dict(state.pending) if (p and not token_write) else {}
     cut = request.truncate and state.step - p > 0  # the chunk open at the call's start
+    fused = _dgd_fused_spec(request, view)
     ys, norms = [], []
     qs, ks, vs, As, thetas = per_tile(tiles.q, tiles.k, tiles.v, g.A, tiles.theta)
     for t, opens in enumerate(plan.opens_chunk):
@@ -647,6 +674,12 @@ def scan_within_chunk_tiles(request: ScanRequest, *, tile: int) -> tuple[Tensor,
                 opt_state = tree_map(Tensor.detach, opt_state)
         Gw = {n: g.detach() for n, g in Gp.items()} if cut else Gp  # the write's gradient point
         Q, K, V = qs[t], ks[t], vs[t]  # (B, H, L, D)
+        if fused is not None and opens:  # W = W_c: the whole tile by hand (dgd_tile.py)
+            W, y = _fused_dgd_tile(W, K, V, Q if request.outputs and not cut else None, As[t],
+                                   g.D[t], fused, norms, plan.valid[t])
+            if request.outputs:
+                ys.append(view.read(Gp, Q) if cut else y)  # cut: the read sees the attached W_c
+            continue
         target = view.read(Gw, V) if request.self_target else V
         X, E, norm = view.forward_backward(Gw, K, target, objective, clip)
         norms.append(norm * plan.valid[t].to(norm.dtype))

@@ -37,15 +37,17 @@ def _without_eta(case: Case) -> dict:
     return inp
 
 
-def _counting():
+def _counting(function=ChunkWriteTile):
+    """A list that records the first argument's shape of every ``function.apply`` call,
+    and the patch that records them."""
     calls = []
-    real = ChunkWriteTile.apply
+    real = function.apply
 
     def spy(*args):
         calls.append(args[0].shape)
         return real(*args)
 
-    return calls, mock.patch.object(ChunkWriteTile, "apply", spy)
+    return calls, mock.patch.object(function, "apply", spy)
 
 
 @pytest.mark.parametrize("case,size", CASES, ids=lambda x: str(x))

@@ -1,0 +1,198 @@
+"""One tile of token writes with DGD, as one autograd Function with its own backward pass.
+
+A tile that opens a chunk of a two-layer MLP memory ``W2 σ(W1 u)`` (``+ u`` residual)
+written token by token with DGD (NL eqs. 88, 93) and read at the chunk start —
+the self-modifying Titans' memories (``read="chunk_start", write="token",
+optimizer="dgd"``) — starts from ``W_b = W_c``, so every token's error is taken at
+``W_b``. With keys ``K (L, Din)``, targets ``T̂ = M_{W_b}(V)`` (self targets) or ``V``
+and the tile gates ``A, D`` of tiles.py (``η = 0``)::
+
+    z = K W1ᵀ,  h = σ(z),  p = h W2ᵀ (+ K),  e2 = clip(a·p + b·T̂),  e1 = σ′(z) ∘ (e2 W2)
+    per layer (X, E) = (K, e1), (h, e2):
+        (I + N) R = D̃∘(X W_bᵀ) + E,   N_{im} = A_{i−1,m} (x_m·x_i),   D̃_i = D_{i−1}
+        W_L = D_L W_b − Rᵀ(A_{L,:}ᵀ∘X)
+    y = M_{W_b}(Q)                                   (the chunk-start read, optional)
+
+(chunked_levels.py's module docstring derives the UT form.) Autograd would record
+some sixty nodes per tile and form one parameter-sized outer product per weight use;
+the backward pass here keeps one dense gradient per weight matrix,
+``∂W_b = D_L ∂W_L + Σ aᵀb``, with every low-rank pair of the tile stacked into one
+matmul. Tested against the float64 oracle of the equations, autograd through the plain
+tile and finite differences (``tests/plugins/backends/test_dgd_tile.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .tile_recurrence import _activation_backward, _clip_scale, _second_derivative, _unclip
+
+
+class DGDWriteTile(torch.autograd.Function):
+    """``(K, V, Q, W1, W2, A, D) → (W1_L, W2_L, y, ‖δ‖)`` for one tile (see the module).
+
+    Shapes: ``K (N, L, Din)``, ``V (N, L, Dv)``, ``Q (N, Lq, Din)`` or ``None`` (then
+    ``y`` is ``None``), ``W1 (N, Dh, Din)``, ``W2 (N, Dout, Dh)``, ``A (N, L, L)``, ``D
+    (N, L)``; padded slots carry ``θ = α = 0``, so the tile's last row is its end.
+    ``spec`` (:func:`dgd_spec`) holds the activation, ``residual``, the objective's
+    affine gradient ``(a, b)``, the clip and ``self_target``. ``‖δ‖`` (the surprise,
+    before the clip) is not differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx, K: Tensor, V: Tensor, Q: Tensor | None, W1: Tensor, W2: Tensor,  # type: ignore[override]
+                A: Tensor, D: Tensor, spec: dict) -> tuple:
+        act, residual = spec["act"], spec["residual"]
+        a, b = spec["affine"]
+        act_bwd = _activation_backward(spec["act_name"], spec["act_grad"])
+        L = K.shape[1]
+        W1T, W2T = W1.transpose(1, 2), W2.transpose(1, 2)
+        st = spec["self_target"]
+        # keys and (self targets) values through the memory at W_b, one product per layer
+        Z = torch.cat([K, V], 1) @ W1T if st else K @ W1T
+        Hs = act(Z)
+        Ps = Hs @ W2T  # [h W2ᵀ; ĥ W2ᵀ]: also the DGD state parts X W_bᵀ of both layers
+        z, h, p = Z[:, :L], Hs[:, :L], Ps[:, :L]
+        zv, hv = (Z[:, L:], Hs[:, L:]) if st else (None, None)
+        if st:
+            target = Ps[:, L:] + V if residual else Ps[:, L:]
+        else:
+            target = V
+        pred = p + K if residual else p
+        delta = pred.mul(a).add_(target, alpha=b) if a != 1.0 else pred.add(target, alpha=b)
+        scale = _clip_scale(delta, spec["clip"])
+        e2 = delta if scale is None else delta * scale
+        t = e2 @ W2
+        e1 = act_bwd(t, z)
+        A_prev = F.pad(A, (0, 0, 1, 0))[:, :L]  # row i holds A_{i−1,:}
+        D_prev = F.pad(D, (1, 0), value=1.0)[:, :L]  # D̃_i = D_{i−1}
+        aL, DL = A[:, L - 1], D[:, L - 1, None, None]
+        eye = torch.eye(L, dtype=K.dtype, device=K.device).expand_as(A)
+        new, layers = [], []
+        for X, E, W, P in ((K, e1, W1, z), (h, e2, W2, p)):
+            gram = X @ X.transpose(1, 2)
+            # the L×L inverse, then one matmul (batched triangular solves against a wide
+            # right-hand side are far slower on CPU)
+            Minv = torch.linalg.solve_triangular(A_prev * gram + eye, eye, upper=False,
+                                                 unitriangular=True)
+            R = Minv @ P.mul(D_prev[..., None]).add_(E)
+            new.append(W.mul(DL).baddbmm_(R.transpose(1, 2), X * aL[..., None], alpha=-1))
+            layers += [gram, Minv, P, R]
+        y = zq = hq = None
+        if Q is not None:
+            zq = Q @ W1T
+            hq = act(zq)
+            y = hq @ W2T
+            if residual:
+                y = y + Q
+        norms = delta.norm(dim=-1)
+        ctx.spec, ctx.scale, ctx.has_q = spec, scale, Q is not None
+        ctx.save_for_backward(K, V, Q, W1, W2, A, D, z, h, e2, t, zv, hv, zq, hq, *layers)
+        ctx.mark_non_differentiable(norms)
+        ctx.set_materialize_grads(False)
+        return new[0], new[1], y, norms
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gW1n: Tensor | None, gW2n: Tensor | None, gy: Tensor | None,  # type: ignore[override]
+                 _gn: Tensor | None):
+        K, V, Q, W1, W2, A, D, z, h, e2, t, zv, hv, zq, hq, *layers = ctx.saved_tensors
+        spec = ctx.spec
+        residual = spec["residual"]
+        a, b = spec["affine"]
+        act_bwd = _activation_backward(spec["act_name"], spec["act_grad"])
+        L = K.shape[1]
+        A_prev = F.pad(A, (0, 0, 1, 0))[:, :L]
+        D_prev = F.pad(D, (1, 0), value=1.0)[:, :L]
+        aL, DL = A[:, L - 1], D[:, L - 1]
+        lower = torch.ones(L, L, dtype=torch.bool, device=K.device).tril(-1)
+        gA_prev, gD_prev = torch.zeros_like(A), torch.zeros_like(D)
+        gaL, gDL = torch.zeros_like(aL), torch.zeros_like(DL)
+        gX = [torch.zeros_like(K), torch.zeros_like(h)]  # ∂ of the layer inputs K, h
+        gE = [torch.zeros_like(h), torch.zeros_like(e2)]  # ∂e1, ∂e2
+        gP = [None, None]  # ∂(X W_bᵀ) per layer
+        for i, (X, W, gWn) in enumerate(((K, W1, gW1n), (h, W2, gW2n))):
+            if gWn is None:
+                continue
+            gram, Minv, P, R = layers[4 * i:4 * i + 4]
+            gDL += torch.linalg.vecdot(gWn.flatten(1), W.flatten(1))
+            gY = torch.bmm(R, gWn).neg_()  # W_L = D_L W_b − Rᵀ Y,  Y = A_{L,:}ᵀ∘X
+            gR = torch.bmm(X * aL.neg()[..., None], gWn.transpose(1, 2))
+            gaL += (gY * X).sum(-1)
+            gX[i].addcmul_(aL[..., None], gY)
+            g_rhs = Minv.transpose(1, 2) @ gR  # R = (I + N)⁻¹ (D̃∘P + E)
+            gN = (g_rhs @ R.transpose(1, 2)).neg_().mul_(lower)
+            gA_prev += gN * gram
+            gG = gN * A_prev
+            gX[i] += (gG + gG.transpose(1, 2)) @ X
+            gE[i] += g_rhs
+            gD_prev += (g_rhs * P).sum(-1)
+            gP[i] = g_rhs * D_prev[..., None]
+        gK, gh = gX
+        # e1 = σ′(z) ∘ t,  t = e2 W2;  e2 = clip(a·pred + b·target)
+        gt = act_bwd(gE[0], z)
+        gz = gE[0] * t * _second_derivative(spec["act_grad"], z)
+        ge2 = gE[1].baddbmm_(gt, W2.transpose(1, 2))
+        gdelta = _unclip(ge2, e2, ctx.scale, spec["clip"])
+        gp = gdelta if a == 1.0 else a * gdelta
+        gtarget = gdelta if b == 1.0 else b * gdelta
+        if residual:
+            gK += gp
+        gp_all = gp if gP[1] is None else gp + gP[1]  # ∂(h W2ᵀ)
+        # pairs (l, r) of ∂W += lᵀ r, and the products through W2 then W1, stacked
+        left2, right2 = [e2, gp_all], [gt, h]
+        left1, right1 = [], []
+        st = spec["self_target"]
+        g_out = torch.cat([gp_all, gtarget], 1) if st else gp_all
+        g_hid = g_out @ W2  # [∂h; ∂ĥ] from the second layer
+        gh += g_hid[:, :L]
+        gz += act_bwd(gh, z)
+        gz_all = gz if gP[0] is None else gz + gP[0]  # ∂(K W1ᵀ)
+        left1.append(gz_all)
+        right1.append(K)
+        if st:
+            left2.append(gtarget)
+            right2.append(hv)
+            gzv = act_bwd(g_hid[:, L:], zv)
+            left1.append(gzv)
+            right1.append(V)
+            g_in = torch.cat([gz_all, gzv], 1) @ W1
+            gK += g_in[:, :L]
+            gV = g_in[:, L:] + gtarget if residual else g_in[:, L:]
+        else:
+            gK.baddbmm_(gz_all, W1)
+            gV = gtarget
+        gQ = None
+        if gy is not None and ctx.has_q:
+            left2.append(gy)
+            right2.append(hq)
+            gzq = act_bwd(gy @ W2, zq)
+            left1.append(gzq)
+            right1.append(Q)
+            gQ = gzq @ W1
+            if residual:
+                gQ = gQ + gy
+        gW = []
+        for gWn, left, right in ((gW1n, left1, right1), (gW2n, left2, right2)):
+            lhs = torch.cat([x.transpose(1, 2) for x in left], 2)  # contiguous (N, Dout, rows)
+            g = torch.bmm(lhs, torch.cat(right, 1))
+            gW.append(g if gWn is None else g.addcmul_(gWn, DL[:, None, None]))
+        # A_prev and D_prev are A and D shifted down a row; the end row is row L − 1
+        gA = F.pad(gA_prev[:, 1:], (0, 0, 0, 1))
+        gA[:, L - 1] += gaL
+        gD = F.pad(gD_prev[:, 1:], (0, 1))
+        gD[:, L - 1] += gDL
+        return gK, gV, gQ, gW[0], gW[1], gA, gD, None
+
+
+def dgd_spec(memory: Any, objective: Any, clip: float | None, self_target: bool) -> dict:
+    """The static part of a :class:`DGDWriteTile` call."""
+    return {"act": memory.activation, "act_grad": memory.activation_grad,
+            "act_name": getattr(memory, "activation_name", ""),
+            "residual": memory.structure == "residual-mlp",
+            "affine": tuple(float(x) for x in objective.affine_grad), "clip": clip,
+            "self_target": self_target}
