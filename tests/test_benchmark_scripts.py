@@ -16,13 +16,15 @@ def _load(name: str):
     return module
 
 
-def test_cms_levels_prints_a_row_per_chunk_size_and_inner_gradient(capsys):
+def test_fused_levels_prints_a_row_per_level_and_inner_gradient(capsys):
     from nlframe_plugins.backends import chunked_levels
 
-    script = _load("cms_levels")
+    script = _load("fused_levels")
     assert script.main(["--seq-len", "12", "--rounds", "1", "--dim", "8", "--hidden", "16",
                         "--chunks", "1", "2"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     assert [r.split("|")[1:3] for r in rows[1:]] == [
-        [" 1 ", " full "], [" 1 ", " truncated "], [" 2 ", " full "], [" 2 ", " truncated "]]
+        [" CMS, C = 1 ", " full "], [" CMS, C = 1 ", " truncated "],
+        [" CMS, C = 2 ", " full "], [" CMS, C = 2 ", " truncated "],
+        [" self-modifying Titans ", " full "], [" self-modifying Titans ", " truncated "]]
     assert chunked_levels.FUSED_TILES  # switched back on

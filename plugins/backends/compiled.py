@@ -29,7 +29,7 @@ from torch import Tensor
 from nlframe.interfaces import Backend, Objective, ScanRequest
 from nlframe.level import MemoryState
 
-from .chunked import TILE, chunked_scan, unsupported_reason
+from .chunked import chunked_scan, unsupported_reason
 
 COMPILE_LIMIT = 64
 """Default number of compiled configurations (``NLFRAME_COMPILE_LIMIT``)."""
@@ -89,7 +89,9 @@ class CompiledBackend(Backend):
     same combinations and the same results as ``chunked`` within float tolerance."""
 
     priority = 5
-    tile: int = TILE
+    tile: int = 32
+    """Tile length of the compiled graphs (every tile is unrolled into the graph; the
+    compile times and speed-ups of docs/performance.md were measured at 32)."""
 
     def unavailable_reason(self) -> str | None:
         try:

@@ -176,8 +176,11 @@ class DGDWriteTile(torch.autograd.Function):
             gQ = gzq @ W1
             if residual:
                 gQ = gQ + gy
-        gW = []
-        for gWn, left, right in ((gW1n, left1, right1), (gW2n, left2, right2)):
+        gW = []  # (truncated writes start from detached weights: no ∂W_b is asked for)
+        for i, (gWn, left, right) in enumerate(((gW1n, left1, right1), (gW2n, left2, right2))):
+            if not ctx.needs_input_grad[3 + i]:
+                gW.append(None)
+                continue
             lhs = torch.cat([x.transpose(1, 2) for x in left], 2)  # contiguous (N, Dout, rows)
             g = torch.bmm(lhs, torch.cat(right, 1))
             gW.append(g if gWn is None else g.addcmul_(gWn, DL[:, None, None]))
