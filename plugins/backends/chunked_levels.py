@@ -50,8 +50,8 @@ from torch import Tensor
 from nlframe.interfaces import Params, ScanRequest
 from nlframe.level import MemoryState, tree_map
 
-from .reference import clip_rows
 from .dgd_tile import DGDWriteTile, dgd_spec
+from .reference import clip_rows
 from .tile_recurrence import ChunkWriteTile, tile_spec
 from .tiles import TileGates, TilePlan, Tiles, per_tile
 
@@ -418,14 +418,12 @@ def _dgd_fused_spec(request: ScanRequest, view: LayerView) -> dict | None:
 def _fused_dgd_tile(W: Params, K: Tensor, V: Tensor, Q: Tensor | None, A: Tensor, D: Tensor,
                     spec: dict, norms: list, valid: Tensor) -> tuple[Params, Tensor | None]:
     """The new ``W`` and the read ``M_W(Q)`` (``Q`` given) of a tile that opens a chunk
-    by one :class:`~.dgd_tile.DGDWriteTile` call (heads folded into its batch)."""
+    by one :class:`~.dgd_tile.DGDWriteTile` call."""
     lead = K.shape[:2]
-    flat = lambda x: None if x is None else x.reshape(-1, *x.shape[2:])  # noqa: E731
-    W1, W2, y, nrm = DGDWriteTile.apply(flat(K), flat(V), flat(Q), flat(W["W1"]), flat(W["W2"]),
-                                        flat(A), flat(D), spec)
-    norms.append(nrm.view(*lead, -1) * valid.to(nrm.dtype))
-    out = {"W1": W1.view(*lead, *W1.shape[1:]), "W2": W2.view(*lead, *W2.shape[1:])}
-    return out, None if y is None else y.view(*lead, *y.shape[1:])
+    W1, W2 = (W[n].expand(*lead, *W[n].shape[-2:]) for n in ("W1", "W2"))
+    W1, W2, y, nrm = DGDWriteTile.apply(K, V, Q, W1, W2, A, D, spec)
+    norms.append(nrm * valid.to(nrm.dtype))
+    return {"W1": W1, "W2": W2}, y
 
 
 def _fused_tile(ct: "_ChunkTiles", t: int, chunks: int, W: Params, w_all: Tensor, D: Tensor,

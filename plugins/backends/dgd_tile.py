@@ -35,9 +35,12 @@ from .tile_recurrence import _activation_backward, _clip_scale, _second_derivati
 class DGDWriteTile(torch.autograd.Function):
     """``(K, V, Q, W1, W2, A, D) → (W1_L, W2_L, y, ‖δ‖)`` for one tile (see the module).
 
-    Shapes: ``K (N, L, Din)``, ``V (N, L, Dv)``, ``Q (N, Lq, Din)`` or ``None`` (then
-    ``y`` is ``None``), ``W1 (N, Dh, Din)``, ``W2 (N, Dout, Dh)``, ``A (N, L, L)``, ``D
-    (N, L)``; padded slots carry ``θ = α = 0``, so the tile's last row is its end.
+    Shapes, over any leading dims ``…`` (batch, heads): ``K (…, L, Din)``, ``V (…, L,
+    Dv)``, ``Q (…, Lq, Din)`` or ``None`` (then ``y`` is ``None``), ``W1 (…, Dh, Din)``,
+    ``W2 (…, Dout, Dh)``, ``A (…, L, L)``, ``D (…, L)``; padded slots carry ``θ = α =
+    0``, so the tile's last row is its end. The new weights and the weight gradients are
+    fresh tensors of their own (never views), so autograd adds the other gradients of a
+    weight into them in place.
     ``spec`` (:func:`dgd_spec`) holds the activation, ``residual``, the objective's
     affine gradient ``(a, b)``, the clip and ``self_target``. ``‖δ‖`` (the surprise,
     before the clip) is not differentiable.
@@ -49,6 +52,8 @@ class DGDWriteTile(torch.autograd.Function):
         act, residual = spec["act"], spec["residual"]
         a, b = spec["affine"]
         act_bwd = _activation_backward(spec["act_name"], spec["act_grad"])
+        lead = K.shape[:-2]
+        K, V, Q, W1, W2, A, D = (_flat(x, lead) for x in (K, V, Q, W1, W2, A, D))
         L = K.shape[1]
         W1T, W2T = W1.transpose(1, 2), W2.transpose(1, 2)
         st = spec["self_target"]
@@ -80,7 +85,10 @@ class DGDWriteTile(torch.autograd.Function):
             Minv = torch.linalg.solve_triangular(A_prev * gram + eye, eye, upper=False,
                                                  unitriangular=True)
             R = Minv @ P.mul(D_prev[..., None]).add_(E)
-            new.append(W.mul(DL).baddbmm_(R.transpose(1, 2), X * aL[..., None], alpha=-1))
+            out = W.new_empty(*lead, *W.shape[1:])
+            torch.mul(W, DL, out=_flat(out, lead)).baddbmm_(R.transpose(1, 2), X * aL[..., None],
+                                                          alpha=-1)
+            new.append(out)
             layers += [gram, Minv, P, R]
         y = zq = hq = None
         if Q is not None:
@@ -90,17 +98,21 @@ class DGDWriteTile(torch.autograd.Function):
             if residual:
                 y = y + Q
         norms = delta.norm(dim=-1)
-        ctx.spec, ctx.scale, ctx.has_q = spec, scale, Q is not None
+        ctx.spec, ctx.scale, ctx.has_q, ctx.lead = spec, scale, Q is not None, lead
         ctx.save_for_backward(K, V, Q, W1, W2, A, D, z, h, e2, t, zv, hv, zq, hq, *layers)
         ctx.mark_non_differentiable(norms)
         ctx.set_materialize_grads(False)
-        return new[0], new[1], y, norms
+        if y is not None:
+            y = y.view(*lead, *y.shape[1:])
+        return new[0], new[1], y, norms.view(*lead, L)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, gW1n: Tensor | None, gW2n: Tensor | None, gy: Tensor | None,  # type: ignore[override]
                  _gn: Tensor | None):
         K, V, Q, W1, W2, A, D, z, h, e2, t, zv, hv, zq, hq, *layers = ctx.saved_tensors
+        lead = ctx.lead
+        gW1n, gW2n, gy = (_flat(x, lead) for x in (gW1n, gW2n, gy))
         spec = ctx.spec
         residual = spec["residual"]
         a, b = spec["affine"]
@@ -119,7 +131,7 @@ class DGDWriteTile(torch.autograd.Function):
             if gWn is None:
                 continue
             gram, Minv, P, R = layers[4 * i:4 * i + 4]
-            gDL += torch.linalg.vecdot(gWn.flatten(1), W.flatten(1))
+            gDL += _dot(gWn, W)
             gY = torch.bmm(R, gWn).neg_()  # W_L = D_L W_b − Rᵀ Y,  Y = A_{L,:}ᵀ∘X
             gR = torch.bmm(X * aL.neg()[..., None], gWn.transpose(1, 2))
             gaL += (gY * X).sum(-1)
@@ -182,14 +194,34 @@ class DGDWriteTile(torch.autograd.Function):
                 gW.append(None)
                 continue
             lhs = torch.cat([x.transpose(1, 2) for x in left], 2)  # contiguous (N, Dout, rows)
-            g = torch.bmm(lhs, torch.cat(right, 1))
-            gW.append(g if gWn is None else g.addcmul_(gWn, DL[:, None, None]))
+            out = lhs.new_empty(*lead, lhs.shape[1], right[0].shape[2])
+            g = torch.bmm(lhs, torch.cat(right, 1), out=_flat(out, lead))
+            if gWn is not None:
+                g.addcmul_(gWn, DL[:, None, None])
+            gW.append(out)
         # A_prev and D_prev are A and D shifted down a row; the end row is row L − 1
         gA = F.pad(gA_prev[:, 1:], (0, 0, 0, 1))
         gA[:, L - 1] += gaL
         gD = F.pad(gD_prev[:, 1:], (0, 1))
         gD[:, L - 1] += gDL
+        gK, gV, gQ, gA, gD = (None if x is None else x.view(*lead, *x.shape[1:])
+                              for x in (gK, gV, gQ, gA, gD))
         return gK, gV, gQ, gW[0], gW[1], gA, gD, None
+
+
+def _flat(x: Tensor | None, lead: torch.Size) -> Tensor | None:
+    """``x (*lead, …)`` as ``(N, …)`` (a view where the layout allows)."""
+    return None if x is None else x.reshape(-1, *x.shape[len(lead):])
+
+
+def _dot(a: Tensor, b: Tensor) -> Tensor:
+    """``⟨a_n, b_n⟩`` per leading index of two ``(N, R, C)`` tensors. For a few large
+    matrices, one BLAS dot each: ``vecdot`` writes an ``a``-sized product first, and a
+    fresh parameter-sized buffer costs more than the sum on a CPU."""
+    a, b = a.flatten(1), b.flatten(1)
+    if a.shape[0] > 16:
+        return torch.linalg.vecdot(a, b)
+    return torch.stack([torch.dot(x, y) for x, y in zip(a, b)])
 
 
 def dgd_spec(memory: Any, objective: Any, clip: float | None, self_target: bool) -> dict:

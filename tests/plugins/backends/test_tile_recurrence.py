@@ -78,8 +78,15 @@ def test_fused_truncated_tiles_match_the_oracle(case, size, cuts):
     """``inner_grad = "truncated"``: the fused tiles' outputs, state and outer gradients
     equal the float64 oracle whose writes start from detached chunk-start states, the
     stream fed whole and in two pieces."""
-    inp = _without_eta(case)
-    calls, spy = _counting()
+    check_streamed_against_the_oracle(case, _without_eta(case), size, cuts, ChunkWriteTile)
+
+
+def check_streamed_against_the_oracle(case: Case, inp: dict, size: int, cuts: list[int],
+                                      function) -> None:
+    """The chunked scan of ``inp`` with tiles of ``size``, fed in the pieces between
+    ``cuts``: ``function`` ran, and outputs, final state and outer gradients equal the
+    float64 oracle."""
+    calls, spy = _counting(function)
     leaves = _leaves(inp)
     full = _with_leaves(inp, leaves)
     state, ys = None, []
@@ -87,7 +94,7 @@ def test_fused_truncated_tiles_match_the_oracle(case, size, cuts):
         for lo, hi in zip(cuts[:-1], cuts[1:]):
             y, state = scan("chunked", case, full, state=state, lo=lo, hi=hi)
             ys.append(y)
-    assert calls, "the fused tile loop did not run"
+    assert calls, f"{function.__name__} did not run"
     y = torch.cat(ys, 2)
     check_state(y, state, oracle(case, inp), T)
     got = dict(zip(leaves, torch.autograd.grad(_functional(y, state.params, state.momentum),
@@ -102,17 +109,26 @@ def test_fused_tiles_match_autograd_through_the_plain_loop(memory, clip, truncat
     """With a per-token surprise clip (rows both above and below it) the fused loop's
     outputs, surprise and gradients equal autograd through the loop it replaces."""
     case = Case(memory, "l2", chunk=1, truncate=truncate, **FAMILIES["c"])
-    inp = _without_eta(case)
+    compare_fused_with_plain(case, _without_eta(case), clip, ChunkWriteTile)
+
+
+def compare_fused_with_plain(case: Case, inp: dict, clip: float | None, function) -> None:
+    """``memory_scan`` of ``inp`` (tiles of 4) with ``FUSED_TILES`` on (``function`` runs)
+    and off (it does not): outputs, surprise, state and gradients agree."""
     results = []
     for fused in (True, False):
         leaves = _leaves(inp)
         full = _with_leaves(inp, leaves)
-        with tile(4), mock.patch.object(chunked_levels, "FUSED_TILES", fused):
+        gates = {n: full[n] for n in ("decay", "momentum") if full[n] is not None}
+        calls, spy = _counting(function)
+        with tile(4), spy, mock.patch.object(chunked_levels, "FUSED_TILES", fused):
             y, state = nlframe.memory_scan(
-                full["q"], full["k"], full["v"], memory=memory, objective="l2",
-                optimizer="momentum", lr=full["lr"], decay=full["decay"], chunk_size=1,
-                backend="chunked", read="chunk_start", write="chunk", grad_clip=clip,
-                memory_kwargs=case.mkw, state=build_state(case, full), truncate=truncate)
+                full["q"], full["k"], full["v"], memory=case.memory, objective=case.objective,
+                optimizer=case.optimizer, lr=full["lr"], chunk_size=case.chunk,
+                backend="chunked", read=case.read, write=case.write,
+                self_target=case.self_target, grad_clip=clip, memory_kwargs=case.mkw,
+                state=build_state(case, full), truncate=case.truncate, **gates)
+        assert bool(calls) == fused
         total = _functional(y, state.params, None)
         grads = dict(zip(leaves, torch.autograd.grad(total, list(leaves.values()), allow_unused=True)))
         results.append((y, state, grads))
