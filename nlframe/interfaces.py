@@ -180,11 +180,12 @@ class ScanRequest:
 
     __slots__ = ("q", "k", "v", "memory", "objective", "rule", "hyper", "static_hyper",
                  "chunk_size", "state", "names", "read", "write", "self_target", "grad_clip",
-                 "rule_structure", "outputs", "truncate")
+                 "rule_structure", "outputs", "truncate", "read_after")
 
     def __init__(self, *, q, k, v, memory, objective, rule, hyper, static_hyper, chunk_size,
                  state, names, read="after_write", write="token", self_target=False,
-                 grad_clip=None, rule_structure=None, outputs=True, truncate=False):
+                 grad_clip=None, rule_structure=None, outputs=True, truncate=False,
+                 read_after=None):
         self.q, self.k, self.v = q, k, v
         self.memory: Memory = memory
         self.objective: Objective = objective
@@ -207,11 +208,16 @@ class ScanRequest:
         self.rule_structure: str | None = rule_structure
         """``rule.scan_structure(static_hyper)`` (resolved at construction when not given)."""
         self.outputs: bool = outputs
+        """Whether ``y`` is wanted (a write-only level op passes ``False``; ``y`` is then empty)."""
         self.truncate: bool = truncate
         """Stop the outer gradient at every chunk's write: the state every chunk but the
         stream's first starts from is detached (truncated backpropagation through the
         inner level, chunk by chunk; ``W_0`` learns through the first chunk only)."""
-        """Whether ``y`` is wanted (a write-only level op passes ``False``; ``y`` is then empty)."""
+        self.read_after: Tensor | None = read_after
+        """Inputs ``(B, H, n, Dk)`` to read at the final state's read point, or ``None``. A
+        backend that computes this read with its last writes returns it as the new state's
+        ``read_after``; one that does not leaves that ``None``, and
+        :meth:`~nlframe.level.Level.write_only` reads it itself."""
 
     def hyper_at(self, t: int) -> dict[str, Any]:
         """Hyperparameters of token ``t``: tensors ``(B, H)`` and the static values."""

@@ -142,7 +142,9 @@ class MemoryState:
       ``dgd``), applied at the chunk's last token;
     * ``surprise``: not carried state but the last call's diagnostic — the mean
       write-time ``‖∂ℓ/∂pred_t‖`` per ``(B, H)`` over its tokens, computed by the scan
-      from the errors it already has (``None`` for an empty call).
+      from the errors it already has (``None`` for an empty call);
+    * ``read_after``: not carried state either — the read a :meth:`Level.write_only`
+      call was asked for, at this state's read point (``None`` otherwise).
     """
 
     params: Params
@@ -153,6 +155,7 @@ class MemoryState:
     step: int = 0
     pending: Params = attrs.field(factory=dict)
     surprise: Tensor | None = None
+    read_after: Tensor | None = None
 
     @classmethod
     def create(cls, params: Params, rule: Any, *, chunk_size: int | None = None) -> "MemoryState":
@@ -177,7 +180,7 @@ class MemoryState:
         return attrs.evolve(self, params=tree_map(fn, self.params),
                             opt_state=tree_map(fn, self.opt_state),
                             chunk_params=tree_map(fn, self.chunk_params),
-                            pending=tree_map(fn, self.pending), surprise=None)
+                            pending=tree_map(fn, self.pending), surprise=None, read_after=None)
 
     def detach(self) -> "MemoryState":
         """Cut the autograd history (truncated backprop through time)."""
@@ -287,7 +290,7 @@ class Level:
 
     @torch.compiler.disable
     def scan(self, flow: ContextFlow, state: MemoryState | None = None, *,
-             outputs: bool = True) -> tuple[Tensor, MemoryState]:
+             outputs: bool = True, read_after: Tensor | None = None) -> tuple[Tensor, MemoryState]:
         """``y, state`` of the scan contract over ``flow`` from ``state``.
 
         An outer ``torch.compile`` (``[train] compile = true``) compiles the code
@@ -300,11 +303,20 @@ class Level:
                         state=state, read=self.read, write=self.write,
                         self_target=self.self_target, optimizer_kwargs=self.optimizer_kwargs,
                         grad_clip=self.grad_clip, name=self.name, outputs=outputs,
-                        truncate=self.truncate)
+                        truncate=self.truncate, read_after=read_after)
 
-    def write_only(self, flow: ContextFlow, state: MemoryState | None = None) -> MemoryState:
-        """Only the writes of :meth:`scan` (no reads are computed)."""
-        return self.scan(flow, state, outputs=False)[1]
+    def write_only(self, flow: ContextFlow, state: MemoryState | None = None, *,
+                   read_after: Tensor | None = None) -> MemoryState:
+        """Only the writes of :meth:`scan` (no reads of ``flow.q``). With ``read_after``
+        ``(B, H, n, Dk)``, the new state's ``read_after`` is ``M_{W'}(read_after)`` at its
+        read point ``W'`` (:meth:`read_point`): the backend's, where it computes the read
+        with its last writes (the chunked backend's fused DGD tiles), else read here."""
+        if state is not None and state.read_after is not None:  # a read asked for earlier
+            state = attrs.evolve(state, read_after=None)
+        state = self.scan(flow, state, outputs=False, read_after=read_after)[1]
+        if read_after is not None and state.read_after is None:
+            state.read_after = self.memory.read(self.read_point(state), read_after)
+        return state
 
     def scan_routed(self, x: Tensor, state: MemoryState,
                     route: Callable[[Tensor], tuple[ContextFlow, Any]]
@@ -337,17 +349,22 @@ class Level:
             read = self.memory.read(self.read_point(state), x)
             return [read], [route(read)[1]], state
         reads, kept, surprise = [], [], 0.0
-        for xc in split_at(x, segments(state.position, T, (self.chunk_size,))):
-            read = self.memory.read(self.read_point(state), xc)
+        pieces = split_at(x, segments(state.position, T, (self.chunk_size,)))
+        read = self.memory.read(self.read_point(state), pieces[0])
+        for i, xc in enumerate(pieces):
             if not bool(torch.isfinite(read.detach().sum())):  # one reduction when finite
                 check_reads(read, state.step, f"level {self.name or 'scan_routed'!r}",
                             f"memory={self.names.get('memory')!r}, a routed read")
             flow, out = route(read)
-            state = self.write_only(flow, state)
-            surprise = surprise + state.surprise * (xc.shape[2] / T)
             reads.append(read)
             kept.append(out)
-        return reads, kept, attrs.evolve(state, surprise=surprise)
+            # the next piece's read comes with this piece's writes (one fused call where
+            # the backend can)
+            nxt = pieces[i + 1] if i + 1 < len(pieces) else None
+            state = self.write_only(flow, state, read_after=nxt)
+            surprise = surprise + state.surprise * (xc.shape[2] / T)
+            read = state.read_after
+        return reads, kept, attrs.evolve(state, surprise=surprise, read_after=None)
 
     def read_point(self, state: MemoryState) -> Params:
         """The parameters every read and gradient of the current chunk uses: ``W_c``."""

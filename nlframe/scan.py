@@ -352,19 +352,22 @@ def run_scan(q: Tensor, k: Tensor, v: Tensor, *, memory, objective, rule, names:
              write: str = "token", self_target: bool = False,
              optimizer_kwargs: Mapping[str, Any] | None = None, grad_clip: float | None = None,
              check_finite: bool = True, name: str | None = None,
-             outputs: bool = True, truncate: bool = False) -> tuple[Tensor, MemoryState]:
+             outputs: bool = True, truncate: bool = False,
+             read_after: Tensor | None = None) -> tuple[Tensor, MemoryState]:
     """:func:`memory_scan` with plugin *instances* (resolved once, e.g. by a
     :class:`~nlframe.level.Level`); ``names`` are their registered names, for messages.
     ``outputs=False`` skips the reads (a write-only level step): ``y`` is then empty.
     ``truncate=True`` starts every chunk's write (but the stream's first) from its
     detached start state while its reads keep the attached one, so the outer gradient
     reaches a chunk's inputs only through the chunk it writes into (``inner_grad =
-    "truncated"`` of the blocks; needs ``read="chunk_start"``)."""
+    "truncated"`` of the blocks; needs ``read="chunk_start"``). ``read_after``: see
+    :attr:`~nlframe.interfaces.ScanRequest.read_after`."""
     request = make_request(q, k, v, memory=memory, objective=objective, rule=rule, names=names,
                            lr=lr, decay=decay, momentum=momentum, chunk_size=chunk_size,
                            state=state, read=read, write=write, self_target=self_target,
                            optimizer_kwargs=optimizer_kwargs, grad_clip=grad_clip,
                            outputs=outputs, truncate=truncate)
+    request.read_after = read_after
     state = request.state
     if q.shape[2] == 0 or q.shape[0] == 0:
         return q.new_zeros(*q.shape[:2], q.shape[2] if outputs else 0, v.shape[-1]), state

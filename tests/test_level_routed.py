@@ -123,6 +123,51 @@ def test_a_route_that_ignores_the_read_is_the_scan_contract():
     torch.testing.assert_close(got.surprise, want.surprise, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("cuts", [(), (4,), (3, 7)])
+def test_an_mlp_level_reads_ahead_with_its_writes_like_the_reference(cuts):
+    """A self-target MLP level on ``chunked`` reads each next chunk inside the fused DGD
+    tile that writes the chunk before it (``Level.write_only(read_after=…)``); its reads,
+    state and gradients to x and W₀ equal the ``reference`` backend's, which reads
+    separately, the stream whole and split inside chunks."""
+    from unittest import mock
+
+    from nlframe_plugins.backends.dgd_tile import DGDWriteTile
+
+    T = 10
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(B, H, T, D, generator=gen, dtype=torch.float64, requires_grad=True)
+    init = {"W1": 0.5 * torch.randn(H, 5, D, generator=gen, dtype=torch.float64),
+            "W2": 0.5 * torch.randn(H, D, 5, generator=gen, dtype=torch.float64)}
+    init = {n: w.requires_grad_() for n, w in init.items()}
+    ahead, real = [], DGDWriteTile.apply
+
+    def spy(*args):
+        ahead.append(args[3] is not None)
+        return real(*args)
+
+    results = []
+    for backend in ("reference", "chunked"):
+        level = Level.build("residual-mlp", "l2", "dgd", dim_k=D, dim_v=D, chunk_size=C,
+                            read="chunk_start", write="token", self_target=True,
+                            backend=backend, memory_kwargs={"hidden": 5})
+        state = level.init_state(batch=B, heads=H, params=dict(init), dtype=torch.float64)
+        reads = []
+        with mock.patch.object(DGDWriteTile, "apply", spy):
+            for lo, hi in zip((0, *cuts), (*cuts, T)):
+                r, _, state = level.scan_routed(x[:, :, lo:hi], state, _route)
+                reads += r
+        y = torch.cat(reads, 2)
+        total = y.square().sum() + sum(p.square().sum() for p in state.params.values())
+        results.append((y, state, torch.autograd.grad(total, [x, *init.values()])))
+    assert any(ahead), "no fused tile read ahead"
+    (y0, s0, g0), (y1, s1, g1) = results
+    torch.testing.assert_close(y1, y0, rtol=1e-10, atol=1e-12)
+    for name in s0.params:
+        torch.testing.assert_close(s1.params[name], s0.params[name], rtol=1e-10, atol=1e-12)
+    for a, b in zip(g1, g0):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
 def test_an_empty_call_routes_one_empty_read_and_writes_nothing():
     level = _level("reference")
     state = level.init_state(batch=B, heads=H, dtype=torch.float64)

@@ -130,7 +130,8 @@ def _slice(request: ScanRequest, lo: int, hi: int, state: MemoryState | None = N
                        state=state or request.state, names=request.names, read=request.read,
                        write=request.write, self_target=request.self_target,
                        grad_clip=request.grad_clip, rule_structure=request.rule_structure,
-                       outputs=request.outputs, truncate=request.truncate)
+                       outputs=request.outputs, truncate=request.truncate,
+                       read_after=request.read_after if hi == request.q.shape[2] else None)
 
 
 def scan_chunk_writes(request: ScanRequest, *, tile: int) -> tuple[Tensor, MemoryState]:
@@ -415,15 +416,17 @@ def _dgd_fused_spec(request: ScanRequest, view: LayerView) -> dict | None:
     return dgd_spec(request.memory, request.objective, request.grad_clip, request.self_target)
 
 
-def _fused_dgd_tile(W: Params, K: Tensor, V: Tensor, Q: Tensor | None, A: Tensor, D: Tensor,
-                    spec: dict, norms: list, valid: Tensor) -> tuple[Params, Tensor | None]:
-    """The new ``W`` and the read ``M_W(Q)`` (``Q`` given) of a tile that opens a chunk
-    by one :class:`~.dgd_tile.DGDWriteTile` call."""
+def _fused_dgd_tile(W: Params, K: Tensor, V: Tensor, Q: Tensor | None, Qn: Tensor | None,
+                    A: Tensor, D: Tensor, spec: dict, norms: list,
+                    valid: Tensor) -> tuple[Params, Tensor | None, Tensor | None]:
+    """The new ``W``, the read ``M_W(Q)`` and the read ``M_{W_new}(Qn)`` (each when its
+    inputs are given) of a tile that opens a chunk, by one :class:`~.dgd_tile.DGDWriteTile`
+    call."""
     lead = K.shape[:2]
     W1, W2 = (W[n].expand(*lead, *W[n].shape[-2:]) for n in ("W1", "W2"))
-    W1, W2, y, nrm = DGDWriteTile.apply(K, V, Q, W1, W2, A, D, spec)
+    W1, W2, y, yn, nrm = DGDWriteTile.apply(K, V, Q, Qn, W1, W2, A, D, spec)
     norms.append(nrm * valid.to(nrm.dtype))
-    return {"W1": W1, "W2": W2}, y
+    return {"W1": W1, "W2": W2}, y, yn
 
 
 def _fused_tile(ct: "_ChunkTiles", t: int, chunks: int, W: Params, w_all: Tensor, D: Tensor,
@@ -658,6 +661,7 @@ def scan_within_chunk_tiles(request: ScanRequest, *, tile: int) -> tuple[Tensor,
     pending = dict(state.pending) if (p and not token_write) else {}
     cut = request.truncate and state.step - p > 0  # the chunk open at the call's start
     fused = _dgd_fused_spec(request, view)
+    ahead = None  # M_{W_new}(request.read_after), where the last tile computes it
     ys, norms = [], []
     qs, ks, vs, As, thetas = per_tile(tiles.q, tiles.k, tiles.v, g.A, tiles.theta)
     for t, opens in enumerate(plan.opens_chunk):
@@ -673,8 +677,10 @@ def scan_within_chunk_tiles(request: ScanRequest, *, tile: int) -> tuple[Tensor,
         Gw = {n: g.detach() for n, g in Gp.items()} if cut else Gp  # the write's gradient point
         Q, K, V = qs[t], ks[t], vs[t]  # (B, H, L, D)
         if fused is not None and opens:  # W = W_c: the whole tile by hand (dgd_tile.py)
-            W, y = _fused_dgd_tile(W, K, V, Q if request.outputs and not cut else None, As[t],
-                                   g.D[t], fused, norms, plan.valid[t])
+            last = t == plan.index.shape[0] - 1 and closes[t]  # ends the call at a chunk end
+            W, y, ahead = _fused_dgd_tile(
+                W, K, V, Q if request.outputs and not cut else None,
+                request.read_after if last else None, As[t], g.D[t], fused, norms, plan.valid[t])
             if request.outputs:
                 ys.append(view.read(Gp, Q) if cut else y)  # cut: the read sees the attached W_c
             continue
@@ -729,7 +735,7 @@ def scan_within_chunk_tiles(request: ScanRequest, *, tile: int) -> tuple[Tensor,
         opt_state = {} if dgd else {"momentum": S}
     return y, MemoryState(params=W, opt_state=opt_state, chunk_params=chunk_params,
                           position=position, chunk_size=C, step=state.step + T,
-                          pending=pending, surprise=surprise)
+                          pending=pending, surprise=surprise, read_after=ahead)
 
 
 def _dgd_residuals(W: Params, X: dict, E: dict, A: Tensor, D: Tensor) -> dict:

@@ -11,7 +11,7 @@ and the tile gates ``A, D`` of tiles.py (``η = 0``)::
     per layer (X, E) = (K, e1), (h, e2):
         (I + N) R = D̃∘(X W_bᵀ) + E,   N_{im} = A_{i−1,m} (x_m·x_i),   D̃_i = D_{i−1}
         W_L = D_L W_b − Rᵀ(A_{L,:}ᵀ∘X)
-    y = M_{W_b}(Q)                                   (the chunk-start read, optional)
+    y = M_{W_b}(Q),   y′ = M_{W_L}(Q′)               (reads at both ends, optional)
 
 (chunked_levels.py's module docstring derives the UT form.) Autograd would record
 some sixty nodes per tile and form one parameter-sized outer product per weight use;
@@ -33,10 +33,13 @@ from .tile_recurrence import _activation_backward, _clip_scale, _second_derivati
 
 
 class DGDWriteTile(torch.autograd.Function):
-    """``(K, V, Q, W1, W2, A, D) → (W1_L, W2_L, y, ‖δ‖)`` for one tile (see the module).
+    """``(K, V, Q, Q′, W1, W2, A, D) → (W1_L, W2_L, y, y′, ‖δ‖)`` for one tile (see the
+    module): ``y`` reads ``Q`` at the tile's start weights, ``y′`` reads ``Q′`` at its
+    end weights (the next chunk's start, when the tile closes a chunk).
 
     Shapes, over any leading dims ``…`` (batch, heads): ``K (…, L, Din)``, ``V (…, L,
-    Dv)``, ``Q (…, Lq, Din)`` or ``None`` (then ``y`` is ``None``), ``W1 (…, Dh, Din)``,
+    Dv)``, ``Q (…, Lq, Din)`` and ``Q′ (…, Lq′, Din)`` or ``None`` (then ``y``, ``y′`` are
+    ``None``), ``W1 (…, Dh, Din)``,
     ``W2 (…, Dout, Dh)``, ``A (…, L, L)``, ``D (…, L)``; padded slots carry ``θ = α =
     0``, so the tile's last row is its end. The new weights and the weight gradients are
     fresh tensors of their own (never views), so autograd adds the other gradients of a
@@ -47,13 +50,13 @@ class DGDWriteTile(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, K: Tensor, V: Tensor, Q: Tensor | None, W1: Tensor, W2: Tensor,  # type: ignore[override]
-                A: Tensor, D: Tensor, spec: dict) -> tuple:
+    def forward(ctx, K: Tensor, V: Tensor, Q: Tensor | None, Qn: Tensor | None,  # type: ignore[override]
+                W1: Tensor, W2: Tensor, A: Tensor, D: Tensor, spec: dict) -> tuple:
         act, residual = spec["act"], spec["residual"]
         a, b = spec["affine"]
         act_bwd = _activation_backward(spec["act_name"], spec["act_grad"])
         lead = K.shape[:-2]
-        K, V, Q, W1, W2, A, D = (_flat(x, lead) for x in (K, V, Q, W1, W2, A, D))
+        K, V, Q, Qn, W1, W2, A, D = (_flat(x, lead) for x in (K, V, Q, Qn, W1, W2, A, D))
         L = K.shape[1]
         W1T, W2T = W1.transpose(1, 2), W2.transpose(1, 2)
         st = spec["self_target"]
@@ -90,29 +93,26 @@ class DGDWriteTile(torch.autograd.Function):
                                                           alpha=-1)
             new.append(out)
             layers += [gram, Minv, P, R]
-        y = zq = hq = None
-        if Q is not None:
-            zq = Q @ W1T
-            hq = act(zq)
-            y = hq @ W2T
-            if residual:
-                y = y + Q
+        y, zq, hq = _read(act, residual, Q, W1, W2)
+        W1n, W2n = (_flat(w, lead) for w in new)
+        yn, zqn, hqn = _read(act, residual, Qn, W1n, W2n)
         norms = delta.norm(dim=-1)
-        ctx.spec, ctx.scale, ctx.has_q, ctx.lead = spec, scale, Q is not None, lead
-        ctx.save_for_backward(K, V, Q, W1, W2, A, D, z, h, e2, t, zv, hv, zq, hq, *layers)
+        ctx.spec, ctx.scale, ctx.lead = spec, scale, lead
+        ctx.save_for_backward(K, V, Q, W1, W2, A, D, z, h, e2, t, zv, hv, zq, hq,
+                              Qn, zqn, hqn, *new, *layers)
         ctx.mark_non_differentiable(norms)
         ctx.set_materialize_grads(False)
-        if y is not None:
-            y = y.view(*lead, *y.shape[1:])
-        return new[0], new[1], y, norms.view(*lead, L)
+        y, yn = (None if r is None else r.view(*lead, *r.shape[1:]) for r in (y, yn))
+        return new[0], new[1], y, yn, norms.view(*lead, L)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, gW1n: Tensor | None, gW2n: Tensor | None, gy: Tensor | None,  # type: ignore[override]
-                 _gn: Tensor | None):
-        K, V, Q, W1, W2, A, D, z, h, e2, t, zv, hv, zq, hq, *layers = ctx.saved_tensors
+                 gyn: Tensor | None, _gn: Tensor | None):
+        (K, V, Q, W1, W2, A, D, z, h, e2, t, zv, hv, zq, hq, Qn, zqn, hqn, W1n, W2n,
+         *layers) = ctx.saved_tensors
         lead = ctx.lead
-        gW1n, gW2n, gy = (_flat(x, lead) for x in (gW1n, gW2n, gy))
+        gW1n, gW2n, gy, gyn, W1n, W2n = (_flat(x, lead) for x in (gW1n, gW2n, gy, gyn, W1n, W2n))
         spec = ctx.spec
         residual = spec["residual"]
         a, b = spec["affine"]
@@ -127,13 +127,30 @@ class DGDWriteTile(torch.autograd.Function):
         gX = [torch.zeros_like(K), torch.zeros_like(h)]  # ∂ of the layer inputs K, h
         gE = [torch.zeros_like(h), torch.zeros_like(e2)]  # ∂e1, ∂e2
         gP = [None, None]  # ∂(X W_bᵀ) per layer
+        # the end read y′ = M_{W_L}(Q′) adds low-rank pairs lᵀr to ∂W_L, kept as pairs
+        end: list[tuple[Tensor, Tensor] | None] = [None, None]
+        gQn = None
+        if gyn is not None and Qn is not None:
+            gzn = act_bwd(gyn @ W2n, zqn)
+            end = [(gzn, Qn), (gyn, hqn)]
+            gQn = gzn @ W1n
+            if residual:
+                gQn = gQn + gyn
         for i, (X, W, gWn) in enumerate(((K, W1, gW1n), (h, W2, gW2n))):
-            if gWn is None:
+            if gWn is None and end[i] is None:
                 continue
             gram, Minv, P, R = layers[4 * i:4 * i + 4]
-            gDL += _dot(gWn, W)
-            gY = torch.bmm(R, gWn).neg_()  # W_L = D_L W_b − Rᵀ Y,  Y = A_{L,:}ᵀ∘X
-            gR = torch.bmm(X * aL.neg()[..., None], gWn.transpose(1, 2))
+            Y = X * aL[..., None]  # W_L = D_L W_b − Rᵀ Y
+            gY, gR = torch.zeros_like(X), torch.zeros_like(R)
+            if gWn is not None:
+                gDL += _dot(gWn, W)
+                gY.baddbmm_(R, gWn, alpha=-1)
+                gR.baddbmm_(Y, gWn.transpose(1, 2), alpha=-1)
+            if end[i] is not None:  # the same products with lᵀr, through the rank of Q′
+                el, er = end[i]
+                gDL += ((er @ W.transpose(1, 2)) * el).sum((1, 2))
+                gY.baddbmm_(R @ el.transpose(1, 2), er, alpha=-1)
+                gR.baddbmm_(Y @ er.transpose(1, 2), el, alpha=-1)
             gaL += (gY * X).sum(-1)
             gX[i].addcmul_(aL[..., None], gY)
             g_rhs = Minv.transpose(1, 2) @ gR  # R = (I + N)⁻¹ (D̃∘P + E)
@@ -179,7 +196,7 @@ class DGDWriteTile(torch.autograd.Function):
             gK.baddbmm_(gz_all, W1)
             gV = gtarget
         gQ = None
-        if gy is not None and ctx.has_q:
+        if gy is not None and Q is not None:
             left2.append(gy)
             right2.append(hq)
             gzq = act_bwd(gy @ W2, zq)
@@ -190,9 +207,12 @@ class DGDWriteTile(torch.autograd.Function):
                 gQ = gQ + gy
         gW = []  # (truncated writes start from detached weights: no ∂W_b is asked for)
         for i, (gWn, left, right) in enumerate(((gW1n, left1, right1), (gW2n, left2, right2))):
-            if not ctx.needs_input_grad[3 + i]:
+            if not ctx.needs_input_grad[4 + i]:
                 gW.append(None)
                 continue
+            if end[i] is not None:  # D_L (lᵀr): the end read's part of D_L ∂W_L
+                left.append(end[i][0] * DL[:, None, None])
+                right.append(end[i][1])
             lhs = torch.cat([x.transpose(1, 2) for x in left], 2)  # contiguous (N, Dout, rows)
             out = lhs.new_empty(*lead, lhs.shape[1], right[0].shape[2])
             g = torch.bmm(lhs, torch.cat(right, 1), out=_flat(out, lead))
@@ -204,9 +224,20 @@ class DGDWriteTile(torch.autograd.Function):
         gA[:, L - 1] += gaL
         gD = F.pad(gD_prev[:, 1:], (0, 1))
         gD[:, L - 1] += gDL
-        gK, gV, gQ, gA, gD = (None if x is None else x.view(*lead, *x.shape[1:])
-                              for x in (gK, gV, gQ, gA, gD))
-        return gK, gV, gQ, gW[0], gW[1], gA, gD, None
+        gK, gV, gQ, gQn, gA, gD = (None if x is None else x.view(*lead, *x.shape[1:])
+                                   for x in (gK, gV, gQ, gQn, gA, gD))
+        return gK, gV, gQ, gQn, gW[0], gW[1], gA, gD, None
+
+
+def _read(act, residual: bool, Q: Tensor | None, W1: Tensor, W2: Tensor) -> tuple:
+    """``M_W(Q) = W2 σ(W1 Q) (+ Q)`` with its pre-activation and hidden rows (``None``s
+    for ``Q = None``)."""
+    if Q is None:
+        return None, None, None
+    z = Q @ W1.transpose(1, 2)
+    h = act(z)
+    y = h @ W2.transpose(1, 2)
+    return (y + Q if residual else y), z, h
 
 
 def _flat(x: Tensor | None, lead: torch.Size) -> Tensor | None:

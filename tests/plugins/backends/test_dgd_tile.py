@@ -48,13 +48,15 @@ def test_fused_dgd_tiles_match_autograd_through_the_plain_tile(memory, clip, tru
     compare_fused_with_plain(case, make_inputs(case), clip, DGDWriteTile)
 
 
-@pytest.mark.parametrize("read", [False, True])
+@pytest.mark.parametrize("read", ["none", "and weights", "only"])
 @pytest.mark.parametrize("self_target", [False, True])
 @pytest.mark.parametrize("clip", [None, 0.5])
 @pytest.mark.parametrize("residual,objective", [(False, "l2"), (True, "l2"), (False, "dot")])
 def test_dgd_write_tile_gradcheck(residual, objective, clip, self_target, read):
-    """Finite differences of every input, float64: keys, values, the read's queries, both
-    weights and the gates θ, α (through the tile kernel ``A, D`` they build)."""
+    """Finite differences of every input, float64: keys, values, the queries of the reads
+    at both ends, both weights and the gates θ, α (through the tile kernel ``A, D`` they
+    build); ``read="only"`` differentiates the reads alone (no gradient reaches the new
+    weights but through the end read)."""
     gen = torch.Generator().manual_seed(5)
     N, L, Din, Dh = (2, 2), 4, 3, 5  # leading dims: batch, heads
     memory = make_memory("residual-mlp" if residual else "mlp", Din, Din, hidden=Dh)
@@ -62,16 +64,19 @@ def test_dgd_write_tile_gradcheck(residual, objective, clip, self_target, read):
     args = [torch.nn.functional.normalize(torch.randn(*N, L, Din, generator=gen, dtype=DT), dim=-1),
             torch.randn(*N, L, Din, generator=gen, dtype=DT),
             torch.randn(*N, 3, Din, generator=gen, dtype=DT),
+            torch.randn(*N, 2, Din, generator=gen, dtype=DT),
             0.5 * torch.randn(*N, Dh, Din, generator=gen, dtype=DT),
             0.5 * torch.randn(*N, Din, Dh, generator=gen, dtype=DT),
             0.4 * torch.rand(*N, L, generator=gen, dtype=DT),
             0.2 * torch.rand(*N, L, generator=gen, dtype=DT)]
     args = [a.requires_grad_() for a in args]
 
-    def f(K, V, Q, W1, W2, theta, alpha):
+    def f(K, V, Q, Qn, W1, W2, theta, alpha):
         g = TileGates.build(theta, alpha, torch.zeros_like(theta))
-        W1n, W2n, y, _ = DGDWriteTile.apply(K, V, Q if read else None, W1, W2, g.A, g.D, spec)
-        return (W1n, W2n, y) if read else (W1n, W2n)
+        reads = read != "none"
+        W1n, W2n, y, yn, _ = DGDWriteTile.apply(K, V, Q if reads else None, Qn if reads else None,
+                                                W1, W2, g.A, g.D, spec)
+        return {"none": (W1n, W2n), "and weights": (W1n, W2n, y, yn), "only": (y, yn)}[read]
 
     assert torch.autograd.gradcheck(f, args, eps=1e-6, atol=1e-7, rtol=1e-5)
 
