@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .tile_recurrence import _activation_backward, _clip_scale, _second_derivative, _unclip
+from .tile_recurrence import (_activation_backward, _clip_scale, _second_derivative, _unclip,
+                              mlp_spec)
 
 
 class DGDWriteTile(torch.autograd.Function):
@@ -257,8 +258,4 @@ def _dot(a: Tensor, b: Tensor) -> Tensor:
 
 def dgd_spec(memory: Any, objective: Any, clip: float | None, self_target: bool) -> dict:
     """The static part of a :class:`DGDWriteTile` call."""
-    return {"act": memory.activation, "act_grad": memory.activation_grad,
-            "act_name": getattr(memory, "activation_name", ""),
-            "residual": memory.structure == "residual-mlp",
-            "affine": tuple(float(x) for x in objective.affine_grad), "clip": clip,
-            "self_target": self_target}
+    return {**mlp_spec(memory, objective, clip), "self_target": self_target}

@@ -268,7 +268,14 @@ def _chunks(x: Tensor | None, n: int) -> tuple:
 def tile_spec(memory: Any, objective: Any, chunk: int, clip: float | None,
               truncate: bool = False) -> dict[str, Any]:
     """The static part of a :class:`ChunkWriteTile` call."""
-    return {"C": chunk, "truncate": truncate, "act": memory.activation, "act_grad": memory.activation_grad,
+    return {"C": chunk, "truncate": truncate, **mlp_spec(memory, objective, clip)}
+
+
+def mlp_spec(memory: Any, objective: Any, clip: float | None) -> dict[str, Any]:
+    """What a hand-differentiated tile needs of an MLP memory and an affine objective:
+    the activation, its derivative and name, ``residual``, the objective's affine
+    gradient ``(a, b)`` and the clip."""
+    return {"act": memory.activation, "act_grad": memory.activation_grad,
             "act_name": getattr(memory, "activation_name", ""),
             "residual": memory.structure == "residual-mlp",
             "affine": tuple(float(x) for x in objective.affine_grad), "clip": clip}
