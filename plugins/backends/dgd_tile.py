@@ -165,7 +165,7 @@ class DGDWriteTile(torch.autograd.Function):
         gK, gh = gX
         # e1 = σ′(z) ∘ t,  t = e2 W2;  e2 = clip(a·pred + b·target)
         gt = act_bwd(gE[0], z)
-        gz = gE[0] * t * _second_derivative(spec["act_grad"], z)
+        gz = gE[0] * t * _second_derivative(spec, z)
         ge2 = gE[1].baddbmm_(gt, W2.transpose(1, 2))
         gdelta = _unclip(ge2, e2, ctx.scale, spec["clip"])
         gp = gdelta if a == 1.0 else a * gdelta

@@ -34,6 +34,26 @@ def _sigmoid_grad(z: Tensor) -> Tensor:
     return s * (1.0 - s)
 
 
+def _gelu_grad2(z: Tensor) -> Tensor:
+    # d/dz (Φ(z) + z φ(z)) = 2 φ(z) − z² φ(z)
+    return torch.exp(-0.5 * z * z).mul_(2.0 - z * z).mul_(_INV_SQRT_2PI)
+
+
+def _silu_grad2(z: Tensor) -> Tensor:
+    s = torch.sigmoid(z)
+    return s * (1.0 - s) * (2.0 + z * (1.0 - 2.0 * s))
+
+
+def _sigmoid_grad2(z: Tensor) -> Tensor:
+    s = torch.sigmoid(z)
+    return s * (1.0 - s) * (1.0 - 2.0 * s)
+
+
+def _tanh_grad2(z: Tensor) -> Tensor:
+    t = torch.tanh(z)
+    return -2.0 * t * (1.0 - t * t)
+
+
 ACTIVATIONS: dict[str, tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]] = {
     "gelu": (_gelu, _gelu_grad),
     "silu": (torch.nn.functional.silu, _silu_grad),
@@ -43,6 +63,13 @@ ACTIVATIONS: dict[str, tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tens
     "identity": (lambda z: z, torch.ones_like),
 }
 """Activation name → ``(σ, σ′)``; σ′ in closed form (matches autograd, also at 0 for relu)."""
+
+SECOND_DERIVATIVES: dict[str, Callable[[Tensor], Tensor]] = {
+    "gelu": _gelu_grad2, "silu": _silu_grad2, "relu": torch.zeros_like, "tanh": _tanh_grad2,
+    "sigmoid": _sigmoid_grad2, "identity": torch.zeros_like,
+}
+"""Activation name → σ″ in closed form, for the hand-written backward passes of the chunked
+backend's fused tiles (a memory without ``activation_grad2`` gets σ″ by autograd of σ′)."""
 
 
 class _TwoLayer(Memory):
@@ -68,6 +95,7 @@ class _TwoLayer(Memory):
         self.dim_h = hidden
         self.activation_name = activation
         self.activation, self.activation_grad = ACTIVATIONS[activation]
+        self.activation_grad2 = SECOND_DERIVATIVES[activation]
         self.seed = int(seed)
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:

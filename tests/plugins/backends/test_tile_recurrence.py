@@ -147,29 +147,40 @@ def compare_fused_with_plain(case: Case, inp: dict, clip: float | None, function
 @pytest.mark.parametrize("C,residual,objective", [(1, False, "l2"), (2, True, "l2"), (1, False, "dot")])
 def test_chunk_write_tile_gradcheck(C, residual, objective, clip, retention):
     """Finite differences of every input, float64: keys, targets, both weights, the kernel
-    weights (block lower triangular) and the retention factors (``None``: none)."""
+    weights (drawn dense: only the block-lower part may matter) and the retention factors
+    (``None``: none)."""
     gen = torch.Generator().manual_seed(3)
     N, chunks, Din, Dh = 2, 3, 3, 5
     R = chunks * C
     memory = make_memory("residual-mlp" if residual else "mlp", Din, Din, hidden=Dh)
     spec = tile_spec(memory, make_objective(objective), C, clip)
-    chunk = torch.arange(R) // C
-    earlier = (chunk[:, None] > chunk[None, :]).to(DT)
     args = [torch.randn(N, R, Din, generator=gen, dtype=DT),
             torch.randn(N, R, Din, generator=gen, dtype=DT),
             0.5 * torch.randn(N, Dh, Din, generator=gen, dtype=DT),
             0.5 * torch.randn(N, Din, Dh, generator=gen, dtype=DT),
-            0.4 * torch.rand(N, R, R, generator=gen, dtype=DT) * earlier,
+            0.4 * torch.rand(N, R, R, generator=gen, dtype=DT),
             0.5 + 0.5 * torch.rand(N, R, 1, generator=gen, dtype=DT)]
     if not retention:
         args.pop()
     args = [a.requires_grad_() for a in args]
 
     def f(U, V, W1, W2, Mw, Dr=None):
-        H, E1, E2, _ = ChunkWriteTile.apply(U, V, W1, W2, Mw * earlier, Dr, spec)
+        H, E1, E2, _ = ChunkWriteTile.apply(U, V, W1, W2, Mw, Dr, spec)
         return H, E1, E2
 
     assert torch.autograd.gradcheck(f, args, eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.parametrize("activation", ["gelu", "silu", "tanh"])
+def test_a_memory_without_a_closed_form_second_derivative_gets_it_by_autograd(activation):
+    from nlframe_plugins.backends.tile_recurrence import _second_derivative
+
+    spec = tile_spec(make_memory("mlp", 3, 3, hidden=4, activation=activation),
+                     make_objective("l2"), 1, None)
+    z = torch.linspace(-3, 3, 13, dtype=DT)
+    closed = _second_derivative(spec, z)
+    assert torch.allclose(_second_derivative({**spec, "act_grad2": None}, z), closed,
+                          rtol=1e-12, atol=1e-14)
 
 
 def test_plain_loop_is_what_runs_where_the_fused_one_does_not_apply():

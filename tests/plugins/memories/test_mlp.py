@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from nlframe.registry import get_registry
-from nlframe_plugins.memories.mlp import ACTIVATIONS, MLPMemory, ResidualMLPMemory
+from nlframe_plugins.memories.mlp import ACTIVATIONS, SECOND_DERIVATIVES, MLPMemory, ResidualMLPMemory
 
 DT = torch.float64
 
@@ -46,6 +46,17 @@ def test_activation_grad_matches_autograd(name):
     z = torch.cat([torch.linspace(-4, 4, 41, dtype=DT), torch.zeros(1, dtype=DT)]).requires_grad_()
     (auto,) = torch.autograd.grad(act(z).sum(), z)
     assert torch.allclose(act_grad(z.detach()), auto, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_second_derivative_matches_autograd_of_the_first(name):
+    act_grad, grad2 = ACTIVATIONS[name][1], SECOND_DERIVATIVES[name]
+    z = torch.cat([torch.linspace(-4, 4, 41, dtype=DT), torch.tensor([0.0, 0.3], dtype=DT)])
+    x = z.clone().requires_grad_()
+    d1 = act_grad(x)  # relu's and identity's σ′ are piecewise constant: no graph, σ″ = 0
+    auto = torch.autograd.grad(d1.sum(), x)[0] if d1.requires_grad else torch.zeros_like(z)
+    assert torch.allclose(grad2(z), auto, rtol=1e-12, atol=1e-14)
+    assert MLPMemory(2, 2, activation=name).activation_grad2 is grad2
 
 
 def test_gelu_is_exact_gelu():
