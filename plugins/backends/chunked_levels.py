@@ -53,7 +53,7 @@ from nlframe.level import MemoryState, tree_map
 from .dgd_tile import DGDWriteTile, dgd_spec
 from .reference import clip_rows
 from .tile_recurrence import ChunkWriteTile, tile_spec
-from .tiles import TileGates, TilePlan, Tiles, per_tile
+from .tiles import TileGates, TilePlan, Tiles, per_tile, segment_products
 
 
 class LayerView:
@@ -418,15 +418,43 @@ def _dgd_fused_spec(request: ScanRequest, view: LayerView) -> dict | None:
 
 def _fused_dgd_tile(W: Params, K: Tensor, V: Tensor, Q: Tensor | None, Qn: Tensor | None,
                     A: Tensor, D: Tensor, spec: dict, norms: list,
-                    valid: Tensor) -> tuple[Params, Tensor | None, Tensor | None]:
+                    valid: Tensor | None) -> tuple[Params, Tensor | None, Tensor | None]:
     """The new ``W``, the read ``M_W(Q)`` and the read ``M_{W_new}(Qn)`` (each when its
     inputs are given) of a tile that opens a chunk, by one :class:`~.dgd_tile.DGDWriteTile`
-    call."""
+    call (``valid``: the tile's real slots, ``None`` when all are)."""
     lead = K.shape[:2]
     W1, W2 = (W[n].expand(*lead, *W[n].shape[-2:]) for n in ("W1", "W2"))
     W1, W2, y, yn, nrm = DGDWriteTile.apply(K, V, Q, Qn, W1, W2, A, D, spec)
-    norms.append(nrm * valid.to(nrm.dtype))
+    norms.append(nrm if valid is None else nrm * valid.to(nrm.dtype))
     return {"W1": W1, "W2": W2}, y, yn
+
+
+def _one_dgd_chunk(request: ScanRequest, view: LayerView, spec: dict) -> tuple[Tensor, MemoryState]:
+    """A call that is exactly one chunk from its start, no longer than a tile (a routed
+    level's per-chunk write, :meth:`~nlframe.level.Level.scan_routed`): the one fused DGD
+    tile of :func:`scan_within_chunk_tiles` on the request's own tensors, without the tile
+    plan, gathers and scatter, which are identities here. The gates are those of
+    :class:`~.tiles.TileGates` at ``η = 0``: ``A_{ji} = Π_{i<r≤j}(1−α_r) θ_i``,
+    ``D_j = Π_{r≤j}(1−α_r)``."""
+    q, state = request.q, request.state
+    B, H, T, _ = q.shape
+    theta = request.hyper["lr"]
+    keep = 1.0 - request.hyper["decay"] if "decay" in request.hyper else torch.ones_like(theta)
+    A = segment_products(keep) * theta.unsqueeze(-2)
+    W = dict(state.params)
+    cut = request.truncate and state.step > 0  # truncated: the write starts detached
+    Wb = {n: w.detach() for n, w in W.items()} if cut else W
+    norms: list[Tensor] = []
+    new, y, ahead = _fused_dgd_tile(Wb, request.k, request.v,
+                                    q if request.outputs and not cut else None,
+                                    request.read_after, A, keep.cumprod(-1), spec, norms, None)
+    if not request.outputs:
+        y = q.new_zeros(B, H, 0, request.v.shape[-1])
+    elif cut:
+        y = view.read(W, q)  # the read sees the attached W_c
+    return y, MemoryState(params=new, opt_state={}, chunk_params=dict(new), position=0,
+                          chunk_size=request.chunk_size, step=state.step + T, pending={},
+                          surprise=(norms[0].sum(-1) / T).detach(), read_after=ahead)
 
 
 def _fused_tile(ct: "_ChunkTiles", t: int, chunks: int, W: Params, w_all: Tensor, D: Tensor,
@@ -640,13 +668,16 @@ def scan_within_chunk_tiles(request: ScanRequest, *, tile: int) -> tuple[Tensor,
     """Every mode, tile by tile inside chunks (module docstring)."""
     q, k, v, state, C = request.q, request.k, request.v, request.state, request.chunk_size
     view, objective, clip = LayerView(request.memory), request.objective, request.grad_clip
+    fused = _dgd_fused_spec(request, view)
+    T, p = q.shape[2], state.position
+    if fused is not None and p == 0 and T == C <= tile:
+        return _one_dgd_chunk(request, view, fused)
     dgd = request.rule_structure == "dgd"
     token_write, after = request.write == "token", request.read == "after_write"
     zeros = torch.zeros_like(request.hyper["lr"])
     theta = request.hyper["lr"]
     alpha = request.hyper.get("decay", zeros)
     eta = zeros if dgd else request.hyper.get("momentum", zeros)
-    T, p = q.shape[2], state.position
     plan = TilePlan.within_chunks(T, C, p, tile, q.device)
     tiles = Tiles.gather(plan, q, k, v, theta, alpha, eta)
     g = tiles.gates
@@ -660,7 +691,6 @@ def scan_within_chunk_tiles(request: ScanRequest, *, tile: int) -> tuple[Tensor,
     Gp = dict(state.chunk_params) if p else dict(W)
     pending = dict(state.pending) if (p and not token_write) else {}
     cut = request.truncate and state.step - p > 0  # the chunk open at the call's start
-    fused = _dgd_fused_spec(request, view)
     ahead = None  # M_{W_new}(request.read_after), where the last tile computes it
     ys, norms = [], []
     qs, ks, vs, As, thetas = per_tile(tiles.q, tiles.k, tiles.v, g.A, tiles.theta)

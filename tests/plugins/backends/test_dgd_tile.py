@@ -4,10 +4,13 @@ autograd through the plain tile, and against finite differences (``gradcheck``).
 
 from __future__ import annotations
 
+from unittest import mock
+
 import pytest
 import torch
 
 from nlframe.scan import make_memory, make_objective
+from nlframe_plugins.backends import chunked_levels
 from nlframe_plugins.backends.dgd_tile import DGDWriteTile, _dot, dgd_spec
 from nlframe_plugins.backends.tiles import TileGates
 
@@ -36,6 +39,23 @@ def test_fused_dgd_tiles_match_the_oracle(case, size, cuts):
     read at chunk starts, with the tiles that open a chunk run by ``DGDWriteTile``, equal
     the float64 oracle of NL eqs. 88, 90 (T = 11), the stream whole and split inside a chunk."""
     check_streamed_against_the_oracle(case, make_inputs(case), size, cuts, DGDWriteTile)
+
+
+@pytest.mark.parametrize("case,cuts", [
+    (Case("residual-mlp", "l2", chunk=4, **FAMILIES["b"]), [0, 4, 8, 11]),
+    (Case("mlp", "l2", chunk=3, truncate=True, **FAMILIES["b"]), [0, 3, 6, 9, 11]),
+    (Case("mlp", "l2", chunk=2, exact=True, **FAMILIES["b"]), [0, 2, 4, 6, 8, 10, 11]),
+    (Case("mlp", "l2", chunk=4, self_target=False, read="chunk_start", write="token",
+          optimizer="dgd"), [0, 4, 8, 11]),
+], ids=str)
+def test_calls_of_one_whole_chunk_skip_the_tile_plan_like_the_oracle(case, cuts):
+    """Pieces that are exactly one chunk from its start (a routed level's writes) take
+    the one-tile path, and the stream still equals the float64 oracle: outputs, state
+    and outer gradients."""
+    real = chunked_levels._one_dgd_chunk
+    with mock.patch.object(chunked_levels, "_one_dgd_chunk", side_effect=real) as lean:
+        check_streamed_against_the_oracle(case, make_inputs(case), 4, cuts, DGDWriteTile)
+    assert lean.call_count == len(cuts) - 2  # every piece but the last, shorter one
 
 
 @pytest.mark.parametrize("truncate", [False, True])
