@@ -176,13 +176,17 @@ def scan_chunk_writes(request: ScanRequest, *, tile: int) -> tuple[Tensor, Memor
         a_row = (gates.A[t][..., jl, :chunks, None] * ct.theta[t][..., :chunks, :]).flatten(-2)
         b_row = (gates.Btheta[t][..., jl, :chunks, None] * ct.theta[t][..., :chunks, :]).flatten(-2)
         DL, cL, PL = (x[..., jl, None, None] for x in (gates.D[t], gates.c[t], gates.P[t]))
-        newW, newS = {}, {}
+        # without momentum (η = 0: P_L = c = 0) S_L is −θ G of the tile's last chunk alone
+        # and no later tile reads it: only the call's last tile forms it, for the state
+        need_S = has_mom or t == ct.n - 1
+        newW, newS = {}, dict(S)
         for name in view.names:  # one fresh parameter-sized buffer per result, updated in place
             EaT = E[name].transpose(-1, -2)
             newW[name] = (EaT @ (X[name] * a_row.neg()[..., None])).addcmul_(DL, W[name])
             if has_mom:
                 newW[name].addcmul_(cL, S[name])
-            newS[name] = (EaT @ (X[name] * b_row.neg()[..., None])).addcmul_(PL, S[name])
+            if need_S:
+                newS[name] = (EaT @ (X[name] * b_row.neg()[..., None])).addcmul_(PL, S[name])
         W, S = newW, newS
     return ct.finish(ys, norms, W, S)
 
@@ -274,8 +278,9 @@ def scan_chunk_writes_truncated(request: ScanRequest, *, tile: int) -> tuple[Ten
                     X_l = Xs[name][..., :prev_tokens, :]
                     W_l = (ET @ (X_l * wa[..., jl, :prev_tokens, None].neg())) \
                         .addcmul_(D[..., jl, None, None], W_l).addcmul_(c[..., jl, None, None], S_l)
-                    S_l = (ET @ (X_l * wb[..., jl, :prev_tokens, None].neg())) \
-                        .addcmul_(P[..., jl, None, None], S_l)
+                    if has_mom:  # else η_l = 0: the new S does not read S⁽ˡᵃˢᵗ⁾
+                        S_l = (ET @ (X_l * wb[..., jl, :prev_tokens, None].neg())) \
+                            .addcmul_(P[..., jl, None, None], S_l)
             neg_G = E[name][..., prev_tokens:, :].transpose(-1, -2) \
                 @ (X[name][..., prev_tokens:, :] * neg_th)
             newS[name] = neg_G.addcmul_(eta_l, S_l)  # the matmul's own buffer
