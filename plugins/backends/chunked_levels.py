@@ -53,7 +53,7 @@ from nlframe.level import MemoryState, tree_map
 from .dgd_tile import DGDWriteTile, dgd_spec
 from .reference import clip_rows
 from .tile_recurrence import ChunkWriteTile, tile_spec
-from .tiles import TileGates, TilePlan, Tiles, per_tile, segment_products
+from .tiles import TileGates, TilePlan, Tiles, per_tile
 
 
 class LayerView:
@@ -438,21 +438,17 @@ def _one_dgd_chunk(request: ScanRequest, view: LayerView, spec: dict) -> tuple[T
     """A call that is exactly one chunk from its start, no longer than a tile (a routed
     level's per-chunk write, :meth:`~nlframe.level.Level.scan_routed`): the one fused DGD
     tile of :func:`scan_within_chunk_tiles` on the request's own tensors, without the tile
-    plan, gathers and scatter, which are identities here. The gates are those of
-    :class:`~.tiles.TileGates` at ``η = 0``: ``A_{ji} = Π_{i<r≤j}(1−α_r) θ_i``,
-    ``D_j = Π_{r≤j}(1−α_r)``."""
+    plan, gathers and scatter, which are identities here."""
     q, state = request.q, request.state
     B, H, T, _ = q.shape
-    theta = request.hyper["lr"]
-    keep = 1.0 - request.hyper["decay"] if "decay" in request.hyper else torch.ones_like(theta)
-    A = segment_products(keep) * theta.unsqueeze(-2)
+    A, D = TileGates.without_momentum(request.hyper["lr"], request.hyper.get("decay"))
     W = dict(state.params)
     cut = request.truncate and state.step > 0  # truncated: the write starts detached
     Wb = {n: w.detach() for n, w in W.items()} if cut else W
     norms: list[Tensor] = []
     new, y, ahead = _fused_dgd_tile(Wb, request.k, request.v,
                                     q if request.outputs and not cut else None,
-                                    request.read_after, A, keep.cumprod(-1), spec, norms, None)
+                                    request.read_after, A, D, spec, norms, None)
     if not request.outputs:
         y = q.new_zeros(B, H, 0, request.v.shape[-1])
     elif cut:

@@ -75,6 +75,14 @@ class TileGates:
         return cls(D=keep.cumprod(-1), c=(decay @ P.unsqueeze(-1)).squeeze(-1), P=P,
                    A=decay @ btheta, Btheta=btheta)
 
+    @staticmethod
+    def without_momentum(theta: Tensor, alpha: Tensor | None) -> tuple[Tensor, Tensor]:
+        """``A, D`` of :meth:`build` at ``η = 0`` (DGD), without the momentum terms:
+        ``A_{ji} = Π_{i<r≤j}(1−α_r) θ_i`` and ``D_j = Π_{r≤j}(1−α_r)`` (``α = None``: no
+        retention)."""
+        keep = torch.ones_like(theta) if alpha is None else 1.0 - alpha
+        return segment_products(keep) * theta.unsqueeze(-2), keep.cumprod(-1)
+
     def rows(self, last: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """End-of-tile coefficients at slot ``last`` (``(n,)`` over the first leading dim):
         ``D_L, c_L, P_L`` as ``(..., 1, 1)`` and the rows ``A_{L,:}``, ``(Bθ)_{L,:}`` as ``(..., L)``."""

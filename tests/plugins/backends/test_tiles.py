@@ -35,6 +35,17 @@ def test_gate_kernel_matches_recurrences(L, seed):
         assert_close(g.Btheta[b], Bm * th[b][None, :], "Btheta")
 
 
+@given(L=st.integers(1, 12), seed=st.integers(0, 2**16))
+def test_gate_kernel_without_momentum_is_the_kernel_at_zero_eta(L, seed):
+    th, al, _ = gates(torch.Generator().manual_seed(seed), (2, L))
+    g = TileGates.build(th, al, torch.zeros_like(th))
+    A, D = TileGates.without_momentum(th, al)
+    assert torch.equal(A, g.A) and torch.equal(D, g.D)
+    A, D = TileGates.without_momentum(th, None)
+    g = TileGates.build(th, torch.zeros_like(th), torch.zeros_like(th))
+    assert torch.equal(A, g.A) and torch.equal(D, g.D)
+
+
 def test_segment_products_with_zeros_have_finite_gradients():
     x = torch.tensor([0.5, 0.0, 2.0, 0.0, 0.3], dtype=DT, requires_grad=True)
     m = segment_products(x)
