@@ -53,6 +53,7 @@ from nlframe.level import MemoryState, tree_map
 from .dgd_tile import DGDWriteTile, dgd_spec
 from .reference import clip_rows
 from .tile_recurrence import ChunkWriteTile, tile_spec
+from .tile_end import tile_end
 from .tiles import TileGates, TilePlan, Tiles, per_tile
 
 
@@ -90,15 +91,17 @@ class LayerView:
 
 def scan_levels(request: ScanRequest, *, tile: int) -> tuple[Tensor, MemoryState]:
     """Run ``request`` (linear / mlp / residual-mlp; momentum or dgd; any read, write,
-    self target, clip). Chunk writes of a momentum rule read at the chunk start with
-    chunks shorter than a tile take :func:`scan_chunk_writes` (full inner gradient) or
-    :func:`scan_chunk_writes_truncated` on whole chunks; the chunk open at the call's
-    start is finished first, and a truncated call that opens the stream writes its first
-    chunk from the attached start state, tile by tile."""
+    self target, clip). With a momentum rule and chunks shorter than half a tile, whole
+    chunks run several to a tile: chunk writes read at the chunk start take
+    :func:`scan_chunk_writes` (full inner gradient) or :func:`scan_chunk_writes_truncated`,
+    token writes (full inner gradient, either read) :func:`scan_token_writes`. The chunk
+    open at the call's start is finished first, and a truncated call that opens the
+    stream writes its first chunk from the attached start state, tile by tile."""
     C, p, T = request.chunk_size, request.state.position, request.q.shape[2]
-    if not (request.write == "chunk" and request.read == "chunk_start"
-            and request.rule_structure == "momentum" and not request.static_hyper
-            and 2 * C <= tile):
+    chunk_writes = request.write == "chunk" and request.read == "chunk_start"
+    token_writes = request.write == "token" and not request.truncate
+    if not ((chunk_writes or token_writes) and request.rule_structure == "momentum"
+            and not request.static_hyper and 2 * C <= tile):
         return scan_within_chunk_tiles(request, tile=tile)
     if p:
         lo = C - p  # the open chunk's remaining tokens
@@ -107,7 +110,10 @@ def scan_levels(request: ScanRequest, *, tile: int) -> tuple[Tensor, MemoryState
     hi = lo + max(T - lo, 0) // C * C
     if hi - lo < 2 * C:
         return scan_within_chunk_tiles(request, tile=tile)
-    fast = scan_chunk_writes_truncated if request.truncate else scan_chunk_writes
+    if token_writes:
+        fast = scan_token_writes
+    else:
+        fast = scan_chunk_writes_truncated if request.truncate else scan_chunk_writes
     pieces = [(lo, hi, lambda r: fast(r, tile=tile))]
     if lo:
         pieces.insert(0, (0, lo, lambda r: scan_within_chunk_tiles(r, tile=tile)))
@@ -175,19 +181,13 @@ def scan_chunk_writes(request: ScanRequest, *, tile: int) -> tuple[Tensor, Memor
         jl = chunks - 1
         a_row = (gates.A[t][..., jl, :chunks, None] * ct.theta[t][..., :chunks, :]).flatten(-2)
         b_row = (gates.Btheta[t][..., jl, :chunks, None] * ct.theta[t][..., :chunks, :]).flatten(-2)
-        DL, cL, PL = (x[..., jl, None, None] for x in (gates.D[t], gates.c[t], gates.P[t]))
         # without momentum (η = 0: P_L = c = 0) S_L is −θ G of the tile's last chunk alone
         # and no later tile reads it: only the call's last tile forms it, for the state
         need_S = has_mom or t == ct.n - 1
-        newW, newS = {}, dict(S)
-        for name in view.names:  # one fresh parameter-sized buffer per result, updated in place
-            EaT = E[name].transpose(-1, -2)
-            newW[name] = (EaT @ (X[name] * a_row.neg()[..., None])).addcmul_(DL, W[name])
-            if has_mom:
-                newW[name].addcmul_(cL, S[name])
-            if need_S:
-                newS[name] = (EaT @ (X[name] * b_row.neg()[..., None])).addcmul_(PL, S[name])
-        W, S = newW, newS
+        # (P_L = 0 then, but it keeps S_b in the graph of the returned state: ∂S_b = 0)
+        W, S = tile_end(W, S, E, X, gates.D[t][..., jl], gates.c[t][..., jl] if has_mom else None,
+                        gates.P[t][..., jl] if need_S else None, a_row.neg(),
+                        b_row.neg() if need_S else None)
     return ct.finish(ys, norms, W, S)
 
 
@@ -286,6 +286,55 @@ def scan_chunk_writes_truncated(request: ScanRequest, *, tile: int) -> tuple[Ten
             newS[name] = neg_G.addcmul_(eta_l, S_l)  # the matmul's own buffer
             newW[name] = torch.addcmul(newS[name], keep, W_l)
         W, S = newW, newS
+    return ct.finish(ys, norms, W, S)
+
+
+def scan_token_writes(request: ScanRequest, *, tile: int) -> tuple[Tensor, MemoryState]:
+    """Token writes of the momentum rule (full inner gradient, either read), ``m =
+    ⌊tile/C⌋`` whole chunks per tile, the fast weights materialised only at tile ends.
+
+    Every token's gradient is taken at its chunk start. With the token-level tile gates
+    (tiles.py; ``A`` holds θ) chunk ``j`` starts at the tile's row ``jC − 1``, so its
+    gradients with layer input ``u`` (``k``, then the hidden ``h``) are::
+
+        W⁽ʲ⁾ u = D_{jC−1} W_b u + c_{jC−1} S_b u − Σ_{i<jC} A_{jC−1,i} (x_i·u) e_i
+
+    — the chunk loop of :func:`scan_chunk_writes` with token-level kernel weights, where
+    :func:`scan_within_chunk_tiles` forms a parameter-sized ``W`` and ``S`` at every
+    chunk end. Reads after every write take the whole tile's token kernel at once
+    (:func:`_read_after`), chunk-start reads row ``jC − 1`` (:meth:`_ChunkTiles.reads`).
+    The tile ends at ``W_L = D_L W_b + c_L S_b − Eᵀ(A_{L,:}ᵀ∘X)``, ``S_L = P_L S_b −
+    Eᵀ((Bθ)_{L,:}ᵀ∘X)``.
+    """
+    state, view = request.state, LayerView(request.memory)
+    ct = _ChunkTiles.cut(request, tile)
+    gates = ct.token_gates()
+    C, has_mom = ct.C, ct.has_mom
+    W, S = dict(state.params), dict(state.opt_state["momentum"])
+    fused = _fused_spec(request, view)
+    ys, norms = [], []
+    for t in range(ct.n):
+        A, D, c = gates.A[t], gates.D[t], gates.c[t]  # (B, H, L, L), (B, H, L)
+        # chunk j's start is the token row jC − 1 (row −1: the tile start, D = 1, c = 0)
+        Dj = F.pad(D, (1, 0), value=1.0)[..., ::C]  # (B, H, m+1)
+        cj = F.pad(c, (1, 0))[..., ::C]
+        w_all = F.pad(A, (0, 0, 1, 0))[..., ::C, :]  # (B, H, m+1, L): A_{jC−1, i}
+        chunks = ct.chunks_in(t)
+        R = chunks * C
+        if fused is not None:  # no momentum: the loop of the CMS tiles, by hand
+            X, E = _fused_tile(ct, t, chunks, W, w_all, Dj, fused, norms)
+        else:
+            X, E = _autograd_tile(ct, t, chunks, view, W, S, w_all, Dj, cj, norms)
+        if request.outputs and request.read == "after_write":
+            Q = ct.Q[t][:, :, :chunks].flatten(2, 3)
+            ys.append(_read_after(view, W, S if has_mom else None, E, X, Q, A[..., :R, :R],
+                                  D[..., :R], c[..., :R]))
+        elif request.outputs:
+            ys.append(ct.reads(t, chunks, view, W, S, X, E, w_all, Dj, cj))
+        need_S = has_mom or t == ct.n - 1  # as in scan_chunk_writes
+        W, S = tile_end(W, S, E, X, D[..., R - 1], c[..., R - 1] if has_mom else None,
+                        gates.P[t][..., R - 1] if need_S else None, A[..., R - 1, :R].neg(),
+                        gates.Btheta[t][..., R - 1, :R].neg() if need_S else None)
     return ct.finish(ys, norms, W, S)
 
 
@@ -513,17 +562,10 @@ class _ChunkTiles:
     @classmethod
     def cut(cls, request: ScanRequest, tile: int) -> "_ChunkTiles":
         C = request.chunk_size
-        B, H, T, _ = request.q.shape
+        T = request.q.shape[2]
         m = tile // C
-        L = m * C
-        n = -(-T // L)
-        pad = n * L - T
-
-        def tiles_of(x: Tensor) -> Tensor:  # (B, H, T, …) → (n, B, H, m, C, …)
-            if pad:
-                x = torch.cat([x, x.new_zeros(B, H, pad, *x.shape[3:])], 2)
-            return x.reshape(B, H, n, m, C, *x.shape[3:]).movedim(2, 0)
-
+        n = -(-T // (m * C))
+        tiles_of = lambda x: _tiles_of(x, n, m, C)  # noqa: E731
         zeros = torch.zeros_like(request.hyper["lr"])
         K, Q, V, th = per_tile(*(tiles_of(x) for x in (request.k, request.q, request.v,
                                                         request.hyper["lr"])))
@@ -531,6 +573,14 @@ class _ChunkTiles:
                    alpha=tiles_of(request.hyper.get("decay", zeros))[..., -1],
                    eta=tiles_of(request.hyper.get("momentum", zeros))[..., -1],
                    has_mom="momentum" in request.hyper)
+
+    def token_gates(self) -> TileGates:
+        """The token-level gate kernel of every tile, ``(n, B, H, m·C)`` slots (padded
+        slots carry ``θ = α = η = 0``)."""
+        hyper, zeros = self.request.hyper, torch.zeros_like(self.request.hyper["lr"])
+        theta, alpha, eta = (_tiles_of(x, self.n, self.m, self.C).flatten(-2) for x in
+                             (hyper["lr"], hyper.get("decay", zeros), hyper.get("momentum", zeros)))
+        return TileGates.build(theta, alpha, eta)
 
     def chunks_in(self, t: int) -> int:
         """Whole chunks in tile ``t`` (the padding is never read)."""
@@ -585,6 +635,16 @@ class _ChunkTiles:
         return y, MemoryState(params=W, opt_state={"momentum": S}, chunk_params=dict(W),
                               position=0, chunk_size=self.C, step=state.step + T,
                               surprise=surprise)
+
+
+def _tiles_of(x: Tensor, n: int, m: int, C: int) -> Tensor:
+    """``x (B, H, T, …)`` as ``n`` tiles of ``m`` chunks of ``C`` slots, ``(n, B, H, m, C,
+    …)``, zero-padded at the end."""
+    B, H, T = x.shape[:3]
+    pad = n * m * C - T
+    if pad:
+        x = torch.cat([x, x.new_zeros(B, H, pad, *x.shape[3:])], 2)
+    return x.reshape(B, H, n, m, C, *x.shape[3:]).movedim(2, 0)
 
 
 class _TileWeight:

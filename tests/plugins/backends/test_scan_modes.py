@@ -568,6 +568,36 @@ def test_a_call_starting_inside_a_chunk_finishes_it_then_takes_the_tile_form(tru
     check_grads(got, oracle_grads(case, inp))
 
 
+TOKEN_WRITES = [Case("mlp", "l2", chunk=2, **FAMILIES["a"]),
+                Case("residual-mlp", "l2", chunk=3, **FAMILIES["a"]),
+                Case("mlp", "l2", chunk=2, exact=True, **FAMILIES["a"]),
+                Case("mlp", "dot", chunk=2, read="chunk_start", write="token", self_target=True),
+                Case("linear", "l2", chunk=3, read="chunk_start", write="token")]
+
+
+@pytest.mark.parametrize("cuts", [[0, 11], [0, 3, 11], [0, 1, 9, 11]], ids=str)
+@pytest.mark.parametrize("case", TOKEN_WRITES, ids=str)
+def test_token_writes_of_many_chunks_per_tile_match_oracle(case, cuts):
+    """Token writes of the momentum rule with two whole chunks per tile and several tiles
+    (tile 2C over T = 11), fed in pieces that start inside chunks: the multi-chunk tiles
+    run (a spy counts them), and outputs, final state and the outer gradients to q, k, v,
+    θ, α, η, W0, S0 equal the float64 oracle."""
+    from nlframe_plugins.backends import chunked_levels
+
+    inp = make_inputs(case)
+    real, calls = chunked_levels.scan_token_writes, []
+
+    def spy(request, *, tile):
+        calls.append(request.q.shape[2])
+        return real(request, tile=tile)
+
+    with tile(2 * case.chunk), mock.patch.object(chunked_levels, "scan_token_writes", spy):
+        y, state, got = _stream_grads("chunked", case, inp, cuts)
+    assert calls and all(n % case.chunk == 0 and n >= 2 * case.chunk for n in calls), calls
+    check_state(y, state, oracle(case, inp), T)
+    check_grads(got, oracle_grads(case, inp))
+
+
 # -- 4. streaming --------------------------------------------------------------------------------
 STREAM_T = 17
 
