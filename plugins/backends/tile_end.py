@@ -53,6 +53,9 @@ class TileEnd(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, gW: Tensor | None, gS: Tensor | None):  # type: ignore[override]
         W, S, E, X, D, c, P, a, b = ctx.saved_tensors
+        # the next tile's products often hand the gradients over transposed: one copy into
+        # the weights' layout, where every dot product below would copy again
+        gW, gS = (None if g is None else g.contiguous() for g in (gW, gS))
         need = ctx.needs_input_grad
         lead = W.shape[:-2]
         grads: list[Tensor | None] = [None] * 9
