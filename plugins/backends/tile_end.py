@@ -36,18 +36,9 @@ class TileEnd(torch.autograd.Function):
     @staticmethod
     def forward(ctx, W: Tensor, S: Tensor | None, E: Tensor, X: Tensor, D: Tensor,  # type: ignore[override]
                 c: Tensor | None, P: Tensor | None, a: Tensor, b: Tensor | None) -> tuple:
-        ET = E.transpose(-1, -2)
-        newW = (ET @ (X * a[..., None])).addcmul_(D[..., None, None], W)
-        if c is not None:
-            newW.addcmul_(c[..., None, None], S)
-        newS = None
-        if b is not None:
-            newS = ET @ (X * b[..., None])
-            if P is not None:
-                newS.addcmul_(P[..., None, None], S)
         ctx.save_for_backward(W, S, E, X, D, c, P, a, b)
         ctx.set_materialize_grads(False)
-        return newW, newS
+        return _end(W, S, E, X, D, c, P, a, b)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -99,14 +90,31 @@ class TileEnd(torch.autograd.Function):
         return tuple(grads)
 
 
+def _end(W: Tensor, S: Tensor | None, E: Tensor, X: Tensor, D: Tensor, c: Tensor | None,
+         P: Tensor | None, a: Tensor, b: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """The formula of the module, one fresh parameter-sized buffer per result."""
+    ET = E.transpose(-1, -2)
+    newW = (ET @ (X * a[..., None])).addcmul_(D[..., None, None], W)
+    if c is not None:
+        newW.addcmul_(c[..., None, None], S)
+    newS = None
+    if b is not None:
+        newS = ET @ (X * b[..., None])
+        if P is not None:
+            newS.addcmul_(P[..., None, None], S)
+    return newW, newS
+
+
 def tile_end(W: dict, S: dict | None, E: dict, X: dict, D: Tensor, c: Tensor | None,
              P: Tensor | None, a: Tensor, b: Tensor | None) -> tuple[dict, dict | None]:
     """:class:`TileEnd` for every weight matrix of a memory: the new ``W`` and the new
-    ``S`` (``b = None``: ``S`` is not formed, the given one is returned)."""
+    ``S`` (``b = None``: ``S`` is not formed, the given one is returned). Under
+    ``torch.compile`` (the ``compiled`` backend) the formula itself, which the compiler
+    differentiates."""
+    run = _end if torch.compiler.is_compiling() else TileEnd.apply
     newW, newS = {}, (dict(S) if S is not None else None)
     for name in W:
-        w, s = TileEnd.apply(W[name], None if S is None else S[name], E[name], X[name], D, c, P,
-                             a, b)
+        w, s = run(W[name], None if S is None else S[name], E[name], X[name], D, c, P, a, b)
         newW[name] = w
         if s is not None:
             newS[name] = s
