@@ -598,6 +598,29 @@ def test_token_writes_of_many_chunks_per_tile_match_oracle(case, cuts):
     check_grads(got, oracle_grads(case, inp))
 
 
+@pytest.mark.parametrize("dim,hidden,multi", [(32, 64, False), (256, 1024, True)])
+def test_token_writes_take_multi_chunk_tiles_where_the_weights_outweigh_the_loop(dim, hidden,
+                                                                                 multi):
+    """chunked_levels.TOKEN_TILE_RATIO: titans-tiny's memory (32 → 64 → 32, C = 16, tile 64)
+    keeps chunk-by-chunk tiles, titans-pytorch's width (256 → 1024 → 256) takes the
+    multi-chunk ones."""
+    from nlframe_plugins.backends import chunked_levels
+
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 1, 64, dim, generator=gen) / dim ** 0.5 for _ in range(3))
+    calls, real = [], chunked_levels.scan_token_writes
+
+    def spy(request, *, tile):
+        calls.append(tile)
+        return real(request, tile=tile)
+
+    with mock.patch.object(chunked_levels, "scan_token_writes", spy):
+        nlframe.memory_scan(q, k, v, memory="mlp", objective="l2", optimizer="momentum",
+                            lr=torch.full((1, 1, 64), 0.01), momentum=torch.full((1, 1, 64), 0.9),
+                            chunk_size=16, backend="chunked", memory_kwargs={"hidden": hidden})
+    assert bool(calls) == multi, calls
+
+
 # -- 4. streaming --------------------------------------------------------------------------------
 STREAM_T = 17
 
