@@ -598,11 +598,12 @@ def test_token_writes_of_many_chunks_per_tile_match_oracle(case, cuts):
     check_grads(got, oracle_grads(case, inp))
 
 
-@pytest.mark.parametrize("case", TOKEN_WRITES[:2] + TOKEN_WRITES[3:4], ids=str)
-def test_clipped_token_writes_of_many_chunks_per_tile_match_the_reference(case):
-    """``grad_clip = 1`` (7–11% of the rows below it in the l2 cases, 11% above it in the
-    dot case, at the start weights) in the multi-chunk token-write tiles:
-    outputs, surprise, final state and outer gradients equal the ``reference`` loop's."""
+@pytest.mark.parametrize("case,clip", [(TOKEN_WRITES[0], 1.0), (TOKEN_WRITES[1], 1.0),
+                                       (TOKEN_WRITES[3], 0.2)], ids=str)
+def test_clipped_token_writes_of_many_chunks_per_tile_match_the_reference(case, clip):
+    """``grad_clip`` in the multi-chunk token-write tiles, at a clip that changes the
+    reference's outputs: outputs, surprise, final state and outer gradients equal the
+    ``reference`` loop's."""
     from nlframe_plugins.backends import chunked_levels
 
     inp = make_inputs(case)
@@ -612,18 +613,20 @@ def test_clipped_token_writes_of_many_chunks_per_tile_match_the_reference(case):
         calls.append(request.q.shape[2])
         return real(request, tile=tile)
 
-    for backend in ("chunked", "reference"):
+    for backend, tau in (("chunked", clip), ("reference", clip), ("unclipped", None)):
         leaves = _leaves(inp)
         full = _with_leaves(inp, leaves)
         gates = {n: full[n] for n in ("decay", "momentum") if full[n] is not None}
         with tile(2 * case.chunk), mock.patch.object(chunked_levels, "scan_token_writes", spy):
             y, state = nlframe.memory_scan(
                 full["q"], full["k"], full["v"], memory=case.memory, objective=case.objective,
-                optimizer=case.optimizer, lr=full["lr"], chunk_size=case.chunk, backend=backend,
-                read=case.read, write=case.write, self_target=case.self_target, grad_clip=1.0,
+                optimizer=case.optimizer, lr=full["lr"], chunk_size=case.chunk,
+                backend="reference" if backend == "unclipped" else backend, read=case.read,
+                write=case.write, self_target=case.self_target, grad_clip=tau,
                 memory_kwargs=case.mkw, state=build_state(case, full), **gates)
         results[backend] = (y, state, _grads(_functional(y, state.params, state.momentum), leaves))
     assert calls, "the multi-chunk tiles did not run"
+    assert not torch.allclose(results["reference"][0], results["unclipped"][0]), "clip inactive"
     (y1, s1, g1), (y0, s0, g0) = results["chunked"], results["reference"]
     close(y1, y0, "y")
     close(s1.surprise, s0.surprise, "surprise")
