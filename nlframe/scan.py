@@ -366,8 +366,7 @@ def run_scan(q: Tensor, k: Tensor, v: Tensor, *, memory, objective, rule, names:
                            lr=lr, decay=decay, momentum=momentum, chunk_size=chunk_size,
                            state=state, read=read, write=write, self_target=self_target,
                            optimizer_kwargs=optimizer_kwargs, grad_clip=grad_clip,
-                           outputs=outputs, truncate=truncate)
-    request.read_after = read_after
+                           outputs=outputs, truncate=truncate, read_after=read_after)
     state = request.state
     if q.shape[2] == 0 or q.shape[0] == 0:
         return q.new_zeros(*q.shape[:2], q.shape[2] if outputs else 0, v.shape[-1]), state
@@ -385,10 +384,11 @@ def make_request(q: Tensor, k: Tensor, v: Tensor, *, memory, objective, rule,
                  read: str = "after_write", write: str = "token", self_target: bool = False,
                  optimizer_kwargs: Mapping[str, Any] | None = None,
                  grad_clip: float | None = None, outputs: bool = True,
-                 truncate: bool = False) -> ScanRequest:
+                 truncate: bool = False, read_after: Tensor | None = None) -> ScanRequest:
     """The validated :class:`~nlframe.interfaces.ScanRequest` of a :func:`run_scan` call
     (``ValueError`` / ``TypeError`` naming the argument otherwise); no backend is chosen
-    and nothing is computed. ``nlframe backends list`` probes backends with these."""
+    and nothing is computed. ``nlframe backends list`` probes backends with these (no
+    ``read_after``)."""
     _check_qkv(q, k, v)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
@@ -433,7 +433,8 @@ def make_request(q: Tensor, k: Tensor, v: Tensor, *, memory, objective, rule,
                        hyper=per_token, static_hyper=static, chunk_size=chunk_size, state=state,
                        names=dict(names), read=read, write=write, self_target=self_target,
                        grad_clip=None if grad_clip is None else float(grad_clip),
-                       rule_structure=structure, outputs=outputs, truncate=bool(truncate))
+                       rule_structure=structure, outputs=outputs, truncate=bool(truncate),
+                       read_after=read_after)
 
 
 def check_reads(y: Tensor, step: int, where: str, what: str) -> None:
