@@ -20,6 +20,7 @@ write), and the hand-written delta rule.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import zlib
 from unittest import mock
@@ -568,6 +569,22 @@ def test_a_call_starting_inside_a_chunk_finishes_it_then_takes_the_tile_form(tru
     check_grads(got, oracle_grads(case, inp))
 
 
+@contextlib.contextmanager
+def _token_write_calls():
+    """Count the calls of ``chunked_levels.scan_token_writes`` (the multi-chunk token-write
+    tiles): yields the list of their token counts."""
+    from nlframe_plugins.backends import chunked_levels
+
+    real, calls = chunked_levels.scan_token_writes, []
+
+    def spy(request, *, tile):
+        calls.append(request.q.shape[2])
+        return real(request, tile=tile)
+
+    with mock.patch.object(chunked_levels, "scan_token_writes", spy):
+        yield calls
+
+
 TOKEN_WRITES = [Case("mlp", "l2", chunk=2, **FAMILIES["a"]),
                 Case("residual-mlp", "l2", chunk=3, **FAMILIES["a"]),
                 Case("mlp", "l2", chunk=2, exact=True, **FAMILIES["a"]),
@@ -582,16 +599,8 @@ def test_token_writes_of_many_chunks_per_tile_match_oracle(case, cuts):
     (tile 2C over T = 11), fed in pieces that start inside chunks: the multi-chunk tiles
     run (a spy counts them), and outputs, final state and the outer gradients to q, k, v,
     θ, α, η, W0, S0 equal the float64 oracle."""
-    from nlframe_plugins.backends import chunked_levels
-
     inp = make_inputs(case)
-    real, calls = chunked_levels.scan_token_writes, []
-
-    def spy(request, *, tile):
-        calls.append(request.q.shape[2])
-        return real(request, tile=tile)
-
-    with tile(2 * case.chunk), mock.patch.object(chunked_levels, "scan_token_writes", spy):
+    with tile(2 * case.chunk), _token_write_calls() as calls:
         y, state, got = _stream_grads("chunked", case, inp, cuts)
     assert calls and all(n % case.chunk == 0 and n >= 2 * case.chunk for n in calls), calls
     check_state(y, state, oracle(case, inp), T)
@@ -604,20 +613,13 @@ def test_clipped_token_writes_of_many_chunks_per_tile_match_the_reference(case, 
     """``grad_clip`` in the multi-chunk token-write tiles, at a clip that changes the
     reference's outputs: outputs, surprise, final state and outer gradients equal the
     ``reference`` loop's."""
-    from nlframe_plugins.backends import chunked_levels
-
     inp = make_inputs(case)
-    results, calls, real = {}, [], chunked_levels.scan_token_writes
-
-    def spy(request, *, tile):
-        calls.append(request.q.shape[2])
-        return real(request, tile=tile)
-
+    results = {}
     for backend, tau in (("chunked", clip), ("reference", clip), ("unclipped", None)):
         leaves = _leaves(inp)
         full = _with_leaves(inp, leaves)
         gates = {n: full[n] for n in ("decay", "momentum") if full[n] is not None}
-        with tile(2 * case.chunk), mock.patch.object(chunked_levels, "scan_token_writes", spy):
+        with tile(2 * case.chunk), _token_write_calls() as got_calls:
             y, state = nlframe.memory_scan(
                 full["q"], full["k"], full["v"], memory=case.memory, objective=case.objective,
                 optimizer=case.optimizer, lr=full["lr"], chunk_size=case.chunk,
@@ -625,7 +627,7 @@ def test_clipped_token_writes_of_many_chunks_per_tile_match_the_reference(case, 
                 write=case.write, self_target=case.self_target, grad_clip=tau,
                 memory_kwargs=case.mkw, state=build_state(case, full), **gates)
         results[backend] = (y, state, _grads(_functional(y, state.params, state.momentum), leaves))
-    assert calls, "the multi-chunk tiles did not run"
+        assert bool(got_calls) == (backend == "chunked"), (backend, got_calls)
     assert not torch.allclose(results["reference"][0], results["unclipped"][0]), "clip inactive"
     (y1, s1, g1), (y0, s0, g0) = results["chunked"], results["reference"]
     close(y1, y0, "y")
@@ -642,17 +644,9 @@ def test_token_writes_take_multi_chunk_tiles_where_the_weights_outweigh_the_loop
     """chunked_levels.TOKEN_TILE_RATIO: titans-tiny's memory (32 → 64 → 32, C = 16, tile 64)
     keeps chunk-by-chunk tiles, titans-pytorch's width (256 → 1024 → 256) takes the
     multi-chunk ones."""
-    from nlframe_plugins.backends import chunked_levels
-
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 1, 64, dim, generator=gen) / dim ** 0.5 for _ in range(3))
-    calls, real = [], chunked_levels.scan_token_writes
-
-    def spy(request, *, tile):
-        calls.append(tile)
-        return real(request, tile=tile)
-
-    with mock.patch.object(chunked_levels, "scan_token_writes", spy):
+    with _token_write_calls() as calls:
         nlframe.memory_scan(q, k, v, memory="mlp", objective="l2", optimizer="momentum",
                             lr=torch.full((1, 1, 64), 0.01), momentum=torch.full((1, 1, 64), 0.9),
                             chunk_size=16, backend="chunked", memory_kwargs={"hidden": hidden})
