@@ -179,7 +179,6 @@ def scan_chunk_writes(request: ScanRequest, *, tile: int) -> tuple[Tensor, Memor
     ct = _ChunkTiles.cut(request, tile)
     gates = TileGates.build(torch.ones_like(ct.alpha), ct.alpha, ct.eta)  # chunk level, θ = 1
     W, S = dict(state.params), dict(state.opt_state["momentum"])
-    has_mom = ct.has_mom
     fused = _fused_spec(request, view)
     ys, norms = [], []
     for t in range(ct.n):
@@ -200,13 +199,8 @@ def scan_chunk_writes(request: ScanRequest, *, tile: int) -> tuple[Tensor, Memor
         jl = chunks - 1
         a_row = (gates.A[t][..., jl, :chunks, None] * ct.theta[t][..., :chunks, :]).flatten(-2)
         b_row = (gates.Btheta[t][..., jl, :chunks, None] * ct.theta[t][..., :chunks, :]).flatten(-2)
-        # without momentum (η = 0: P_L = c = 0) S_L is −θ G of the tile's last chunk alone
-        # and no later tile reads it: only the call's last tile forms it, for the state
-        need_S = has_mom or t == ct.n - 1
-        # (P_L = 0 then, but it keeps S_b in the graph of the returned state: ∂S_b = 0)
-        W, S = tile_end(W, S, E, X, gates.D[t][..., jl], gates.c[t][..., jl] if has_mom else None,
-                        gates.P[t][..., jl] if need_S else None, a_row.neg(),
-                        b_row.neg() if need_S else None)
+        W, S = ct.end(t, W, S, E, X, gates.D[t][..., jl], gates.c[t][..., jl],
+                      gates.P[t][..., jl], a_row, b_row)
     return ct.finish(ys, norms, W, S)
 
 
@@ -350,10 +344,8 @@ def scan_token_writes(request: ScanRequest, *, tile: int) -> tuple[Tensor, Memor
                                   D[..., :R], c[..., :R]))
         elif request.outputs:
             ys.append(ct.reads(t, chunks, view, W, S, X, E, w_all, Dj, cj))
-        need_S = has_mom or t == ct.n - 1  # as in scan_chunk_writes
-        W, S = tile_end(W, S, E, X, D[..., R - 1], c[..., R - 1] if has_mom else None,
-                        gates.P[t][..., R - 1] if need_S else None, A[..., R - 1, :R].neg(),
-                        gates.Btheta[t][..., R - 1, :R].neg() if need_S else None)
+        W, S = ct.end(t, W, S, E, X, D[..., R - 1], c[..., R - 1], gates.P[t][..., R - 1],
+                      A[..., R - 1, :R], gates.Btheta[t][..., R - 1, :R])
     return ct.finish(ys, norms, W, S)
 
 
@@ -597,9 +589,21 @@ class _ChunkTiles:
         """The token-level gate kernel of every tile, ``(n, B, H, m·C)`` slots (padded
         slots carry ``θ = α = η = 0``)."""
         hyper, zeros = self.request.hyper, torch.zeros_like(self.request.hyper["lr"])
-        theta, alpha, eta = (_tiles_of(x, self.n, self.m, self.C).flatten(-2) for x in
-                             (hyper["lr"], hyper.get("decay", zeros), hyper.get("momentum", zeros)))
-        return TileGates.build(theta, alpha, eta)
+        alpha, eta = (_tiles_of(x, self.n, self.m, self.C).flatten(-2) for x in
+                      (hyper.get("decay", zeros), hyper.get("momentum", zeros)))
+        return TileGates.build(torch.stack(self.theta).flatten(-2), alpha, eta)
+
+    def end(self, t: int, W: Params, S: Params, E: dict, X: dict, D: Tensor, c: Tensor,
+            P: Tensor, a: Tensor, b: Tensor) -> tuple[Params, Params]:
+        """The end of tile ``t`` from the gates of its last row, ``D, c, P (B, H)`` and the
+        token weights ``a, b (B, H, R)``: ``W_L = D W_b + c S_b − Eᵀ(a∘X)``, ``S_L = P S_b −
+        Eᵀ(b∘X)`` (:func:`~.tile_end.tile_end`). Without momentum (η = 0: ``c = P = 0``)
+        ``S_L`` is ``−θ G`` of the tile's last token or chunk alone and no later tile reads
+        it: only the call's last tile forms it, for the returned state (its ``P``, 0, keeps
+        ``S_b`` in that state's graph: ``∂S_b = 0``)."""
+        need_S = self.has_mom or t == self.n - 1
+        return tile_end(W, S, E, X, D, c if self.has_mom else None, P if need_S else None,
+                        a.neg(), b.neg() if need_S else None)
 
     def chunks_in(self, t: int) -> int:
         """Whole chunks in tile ``t`` (the padding is never read)."""
