@@ -214,11 +214,9 @@ class DGDWriteTile(torch.autograd.Function):
             if end[i] is not None:  # D_L (lᵀr): the end read's part of D_L ∂W_L
                 left.append(end[i][0] * DL[:, None, None])
                 right.append(end[i][1])
-            lhs = torch.cat([x.transpose(1, 2) for x in left], 2)  # contiguous (N, Dout, rows)
-            out = lhs.new_empty(*lead, lhs.shape[1], right[0].shape[2])
-            g = torch.bmm(lhs, torch.cat(right, 1), out=_flat(out, lead))
-            if gWn is not None:
-                g.addcmul_(gWn, DL[:, None, None])
+            out = K.new_empty(*lead, left[0].shape[2], right[0].shape[2])
+            _sum_of_products(left, right, _flat(out, lead),
+                             None if gWn is None else (gWn, DL[:, None, None]))
             gW.append(out)
         # A_prev and D_prev are A and D shifted down a row; the end row is row L − 1
         gA = F.pad(gA_prev[:, 1:], (0, 0, 0, 1))
@@ -228,6 +226,31 @@ class DGDWriteTile(torch.autograd.Function):
         gK, gV, gQ, gQn, gA, gD = (None if x is None else x.view(*lead, *x.shape[1:])
                                    for x in (gK, gV, gQ, gQn, gA, gD))
         return gK, gV, gQ, gQn, gW[0], gW[1], gA, gD, None
+
+
+def _sum_of_products(left: list[Tensor], right: list[Tensor], out: Tensor,
+                     scaled: tuple[Tensor, Tensor] | None) -> None:
+    """``out = Σ_p l_pᵀ r_p (+ g·s)`` for pairs ``l_p (N, n_p, R)``, ``r_p (N, n_p, C)``
+    and ``scaled = (g (N, R, C), s)``. Either one matmul of the stacked rows (a copy of
+    every row) or one accumulating matmul per pair (a pass over ``out`` each), whichever
+    moves less memory: the CPU paths here are bound by it, not by the FLOPs."""
+    rows = sum(x.shape[1] for x in left)
+    R, C = out.shape[1], out.shape[2]
+    passes = len(left) - (scaled is None)
+    if passes * R * C <= rows * (R + C):
+        if scaled is None:
+            torch.bmm(left[0].transpose(1, 2), right[0], out=out)
+        else:
+            torch.mul(scaled[0], scaled[1], out=out)
+        for i, (x, y) in enumerate(zip(left, right)):
+            if i or scaled is not None:
+                out.baddbmm_(x.transpose(1, 2), y)
+        return
+    # the rows stacked, then read transposed (a concatenation of transposes is a
+    # strided copy, slower than the matmul's transposed read)
+    torch.bmm(torch.cat(left, 1).transpose(1, 2), torch.cat(right, 1), out=out)
+    if scaled is not None:
+        out.addcmul_(*scaled)
 
 
 def _read(act, residual: bool, Q: Tensor | None, W1: Tensor, W2: Tensor) -> tuple:

@@ -11,7 +11,7 @@ import torch
 
 from nlframe.scan import make_memory, make_objective
 from nlframe_plugins.backends import chunked_levels
-from nlframe_plugins.backends.dgd_tile import DGDWriteTile, _dot, dgd_spec
+from nlframe_plugins.backends.dgd_tile import DGDWriteTile, _dot, _sum_of_products, dgd_spec
 from nlframe_plugins.backends.tiles import TileGates
 
 from .scan_cases import tile
@@ -120,3 +120,18 @@ def test_batched_dot_takes_either_form(N):
     gen = torch.Generator().manual_seed(N)
     a, b = (torch.randn(N, 4, 5, generator=gen, dtype=DT) for _ in range(2))
     torch.testing.assert_close(_dot(a, b), (a * b).sum((1, 2)), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("scaled", [False, True])
+@pytest.mark.parametrize("rows,R,C", [(16, 3, 4), (2, 16, 16)], ids=["accumulated", "stacked"])
+def test_sum_of_products_takes_either_form(rows, R, C, scaled):
+    """``Σ_p l_pᵀ r_p (+ g·s)``, by one accumulating matmul per pair (many rows, a small
+    output) or by one matmul of the stacked rows (few rows, a large output)."""
+    gen = torch.Generator().manual_seed(rows)
+    left = [torch.randn(2, rows, R, generator=gen, dtype=DT) for _ in range(3)]
+    right = [torch.randn(2, rows, C, generator=gen, dtype=DT) for _ in range(3)]
+    g, s = torch.randn(2, R, C, generator=gen, dtype=DT), torch.rand(2, 1, 1, generator=gen, dtype=DT)
+    want = sum(x.transpose(1, 2) @ y for x, y in zip(left, right)) + (g * s if scaled else 0)
+    out = torch.full((2, R, C), float("nan"), dtype=DT)
+    _sum_of_products(left, right, out, (g, s) if scaled else None)
+    torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12)
