@@ -73,7 +73,8 @@ class DGDWriteTile(torch.autograd.Function):
             target = V
         pred = p + K if residual else p
         delta = pred.mul(a).add_(target, alpha=b) if a != 1.0 else pred.add(target, alpha=b)
-        scale = _clip_scale(delta, spec["clip"])
+        norms = delta.norm(dim=-1)
+        scale = _clip_scale(delta, spec["clip"], norms)
         e2 = delta if scale is None else delta * scale
         t = e2 @ W2
         e1 = act_bwd(t, z)
@@ -97,7 +98,6 @@ class DGDWriteTile(torch.autograd.Function):
         y, zq, hq = _read(act, residual, Q, W1, W2)
         W1n, W2n = (_flat(w, lead) for w in new)
         yn, zqn, hqn = _read(act, residual, Qn, W1n, W2n)
-        norms = delta.norm(dim=-1)
         ctx.spec, ctx.scale, ctx.lead = spec, scale, lead
         ctx.save_for_backward(K, V, Q, W1, W2, A, D, z, h, e2, t, zv, hv, zq, hq,
                               Qn, zqn, hqn, *new, *layers)

@@ -54,19 +54,21 @@ def _second_derivative(spec: dict, z: Tensor) -> Tensor:
     return d2
 
 
-def _clip_scale(delta: Tensor, clip: float | None) -> Tensor | None:
+def _clip_scale(delta: Tensor, clip: float | None, norm: Tensor | None = None) -> Tensor | None:
+    """``τ / max(‖δ‖, τ)`` per row, ``(…, 1)`` (``norm``: ``‖δ‖ (…)`` where already taken)."""
     if clip is None:
         return None
-    return clip / delta.norm(dim=-1, keepdim=True).clamp_min(clip)
+    norm = delta.norm(dim=-1) if norm is None else norm
+    return clip / norm[..., None].clamp_min(clip)
 
 
 def _unclip(grad: Tensor, e2: Tensor, scale: Tensor | None, clip: float | None) -> Tensor:
-    """Backward of ``e2 = δ · τ / max(‖δ‖, τ)``: ``δ̄ = s (ē − [‖δ‖ > τ] (ē·ê) ê)``."""
+    """Backward of ``e2 = δ · τ / max(‖δ‖, τ)``: ``δ̄ = s (ē − [‖δ‖ > τ] (ē·ê) ê)``, where a
+    clipped row has ``‖e2‖ = τ``, so ``(ē·ê) ê = (ē·e2) e2 / τ²`` (no norm to take)."""
     if scale is None:
         return grad
-    unit = e2 / e2.norm(dim=-1, keepdim=True).clamp_min(1e-30)
-    clipped = (scale < 1).to(grad.dtype)
-    return scale * (grad - clipped * (grad * unit).sum(-1, keepdim=True) * unit)
+    k = (scale < 1).to(grad.dtype) * scale * (grad * e2).sum(-1, keepdim=True) / (clip * clip)
+    return (scale * grad).addcmul_(k, e2, value=-1)
 
 
 class ChunkWriteTile(torch.autograd.Function):
