@@ -238,13 +238,14 @@ def _sum_of_products(left: list[Tensor], right: list[Tensor], out: Tensor,
     R, C = out.shape[1], out.shape[2]
     passes = len(left) - (scaled is None)
     if passes * R * C <= rows * (R + C):
+        pairs = list(zip(left, right))
         if scaled is None:
-            torch.bmm(left[0].transpose(1, 2), right[0], out=out)
+            x, y = pairs.pop(0)
+            torch.bmm(x.transpose(1, 2), y, out=out)
         else:
-            torch.mul(scaled[0], scaled[1], out=out)
-        for i, (x, y) in enumerate(zip(left, right)):
-            if i or scaled is not None:
-                out.baddbmm_(x.transpose(1, 2), y)
+            torch.mul(*scaled, out=out)
+        for x, y in pairs:
+            out.baddbmm_(x.transpose(1, 2), y)
         return
     # the rows stacked, then read transposed (a concatenation of transposes is a
     # strided copy, slower than the matmul's transposed read)

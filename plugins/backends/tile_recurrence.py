@@ -106,6 +106,7 @@ class ChunkWriteTile(torch.autograd.Function):
         S2, S3 = torch.empty_like(Mw), torch.empty_like(Mw)  # h Hᵀ, e2 E2ᵀ (backward)
         HT, E2T = H.transpose(1, 2), E2.transpose(1, 2)
         scales = [] if clip is not None else None
+        chunk_norms = []  # ‖δ‖ per chunk, taken once for the clip (clipped tiles only)
         # per-chunk views, one op per buffer (slicing inside the loop costs more than its math)
         Uc, Vc, Dc, Zsc, Zc, Hc, E1c, E2c, Bc, A1c, Mc, S2c, S3c = (
             _chunks(x, n) for x in (U, V, Dr, Zs, Z, H, E1, E2, Bk, A1, Mw, S2, S3))
@@ -122,7 +123,8 @@ class ChunkWriteTile(torch.autograd.Function):
                 p = p.add_(Uc[j])
             delta = p.add_(Vc[j], alpha=b) if a == 1.0 else p.mul_(a).add_(Vc[j], alpha=b)
             if scales is not None:
-                scale = _clip_scale(delta, clip)
+                chunk_norms.append(delta.norm(dim=-1))
+                scale = _clip_scale(delta, clip, chunk_norms[-1])
                 scales.append(scale)
                 delta = delta.mul_(scale)
             e2 = E2c[j].copy_(delta)
@@ -135,9 +137,7 @@ class ChunkWriteTile(torch.autograd.Function):
             E1c[j].copy_(act_bwd(bk, z))
         ctx.spec = spec
         ctx.scales = torch.cat(scales, 1) if scales else None
-        norms = E2.norm(dim=-1)  # ‖δ‖ = ‖e2‖ / scale
-        if ctx.scales is not None:
-            norms = norms / ctx.scales.squeeze(-1)
+        norms = torch.cat(chunk_norms, 1) if scales else E2.norm(dim=-1)  # ‖δ‖ (E2 = δ unclipped)
         ctx.save_for_backward(U, W1, W2, Mw, Dr, A1, Z, H, E1, E2, Bk, S2, S3)
         ctx.mark_non_differentiable(norms)
         ctx.set_materialize_grads(False)
