@@ -23,12 +23,12 @@ from typing import Any, Callable, Iterable
 
 import attrs
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .datasets import open_data
 from .distributed import Distributed
+from .losses import token_nll
 from .rundir import RunDir
 from .train_config import TrainConfig
 
@@ -45,8 +45,7 @@ def lm_loss_sum(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[t
     """``(Σ −log p(target), number of positions)`` over the positions where ``mask`` is set
     (the parts of :func:`lm_loss`, so micro-batches add up to the whole batch's mean)."""
     targets = batch["targets"]
-    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
-                         reduction="none")
+    ce = token_nll(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
     mask = batch.get("mask")
     if mask is None:
         return ce.sum(), torch.tensor(float(ce.numel()), device=ce.device)
