@@ -290,13 +290,15 @@ def n_params(module) -> int:
 
 
 def interleaved(steps: dict[str, Callable[[], object]], repeats: int,
-                budget_s: float) -> dict[str, list[float]]:
-    """Seconds of each timed call, in rounds A, B, A, B, … after one warm-up each; stops
-    after the round that passes ``budget_s`` (at least one round)."""
+                budget_s: float, warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds of each timed call, in rounds A, B, A, B, … after ``warmup`` untimed calls
+    each; stops after the round that passes ``budget_s`` (at least one round)."""
     for name, fn in steps.items():
         t0 = time.perf_counter()
-        fn()
-        print(f"  warm-up {name}: {time.perf_counter() - t0:.2f} s", flush=True)
+        for _ in range(max(1, warmup)):
+            fn()
+        print(f"  warm-up {name} ({max(1, warmup)}×): {time.perf_counter() - t0:.2f} s",
+              flush=True)
     times: dict[str, list[float]] = {n: [] for n in steps}
     start = time.perf_counter()
     for r in range(repeats):
@@ -399,6 +401,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="shared vocabulary of the two HOPE models (default 15000: ≈10M each)")
     ap.add_argument("--pairs", nargs="+", choices=sorted(PAIRS), default=["hope", "titans"])
     ap.add_argument("--repeats", type=int, default=3, help="timed rounds per shape (median)")
+    ap.add_argument("--warmup", type=int, default=3,
+                    help="untimed steps of each side before the rounds (nlframe's first steps "
+                         "are slower while the allocator's heap grows to its working set)")
     ap.add_argument("--budget-s", type=float, default=120.0,
                     help="stop adding timed rounds to a shape after this many seconds")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
@@ -444,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{_version('nested-learning')}, "
           f"titans-pytorch {_version('titans-pytorch')}; B={args.batch_size}, "
           f"T={' '.join(map(str, args.seq_len))}, median of ≤{args.repeats} interleaved rounds "
-          f"after 1 warm-up each; denormals {'kept' if args.keep_denormals else 'flushed'}; "
+          f"after {args.warmup} warm-up step(s) each; denormals {'kept' if args.keep_denormals else 'flushed'}; "
           f"memory: {'not measured' if args.no_memory else 'a subprocess per side and T'}")
     rows = []
     for pair in args.pairs:
@@ -483,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
                 steps = {side: (lambda st=st, b=batches[side]: st(b))
                          for side, (_, st, _) in built.items()}
                 try:
-                    times = interleaved(steps, args.repeats, args.budget_s)
+                    times = interleaved(steps, args.repeats, args.budget_s, args.warmup)
                 except Exception as exc:  # noqa: BLE001 - one row fails, the others still run
                     row["status"] = _status(exc)
                     print(f"  timing failed: {row['status']}")
