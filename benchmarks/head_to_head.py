@@ -293,12 +293,12 @@ def interleaved(steps: dict[str, Callable[[], object]], repeats: int,
                 budget_s: float, warmup: int = 1) -> dict[str, list[float]]:
     """Seconds of each timed call, in rounds A, B, A, B, … after ``warmup`` untimed calls
     each; stops after the round that passes ``budget_s`` (at least one round)."""
+    warmup = max(1, warmup)
     for name, fn in steps.items():
         t0 = time.perf_counter()
-        for _ in range(max(1, warmup)):
+        for _ in range(warmup):
             fn()
-        print(f"  warm-up {name} ({max(1, warmup)}×): {time.perf_counter() - t0:.2f} s",
-              flush=True)
+        print(f"  warm-up {name} ({warmup}×): {time.perf_counter() - t0:.2f} s", flush=True)
     times: dict[str, list[float]] = {n: [] for n in steps}
     start = time.perf_counter()
     for r in range(repeats):
