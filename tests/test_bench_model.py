@@ -6,9 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from nlframe.bench.model import (
+    add_ratios,
     is_oom,
     shown_status,
     status_of_exception,
@@ -31,8 +33,14 @@ def test_bench_model_json_records():
     assert rec["status"] == "ok", rec
     assert rec["spec"] == "transformer-tiny" and rec["batch_size"] == 1 and rec["seq_len"] == 16
     assert rec["params"] > 0
-    for key in ("forward_tok_s", "train_tok_s", "peak_rss_mb"):
+    for key in ("forward_tok_s", "train_tok_s", "peak_rss_mb", "forward_gflop", "train_gflop",
+                "train_gflop_s", "peak_gflop_s", "train_pct_of_peak"):
         assert rec[key] > 0, (key, rec)
+    assert rec["flops_from"] == "counted"
+    # one train step = forward + backward (about twice the forward) + the optimizer step
+    assert 2.5 * rec["forward_gflop"] < rec["train_gflop"] < 4 * rec["forward_gflop"], rec
+    assert rec["train_gflop_s"] == pytest.approx(
+        rec["train_gflop"] * rec["train_tok_s"] / (rec["batch_size"] * rec["seq_len"]))
     assert rec["peak_rss_delta_mb"] >= 0
     assert rec["peak_rss_mb"] >= rec["build_rss_mb"] > 0
 
@@ -71,6 +79,36 @@ def test_bench_model_rows_per_backend_name_the_backends_that_ran():
     for rec in records:
         assert rec["status"] == "ok", rec
         assert set(rec["levels"]) == {rec["backend"]} and rec["levels"][rec["backend"]] > 0
+        assert rec["forward_gflop"] > 0 and rec["flops_from"] == "counted"
+    reference, chunked = records
+    assert reference["forward_vs_reference"] == 1.0 and chunked["forward_vs_chunked"] == 1.0
+    assert chunked["forward_vs_reference"] == pytest.approx(
+        chunked["forward_tok_s"] / reference["forward_tok_s"])
+    assert chunked["train_vs_reference"] is None  # --mode forward: no training rows
+
+
+def test_add_ratios_divide_by_the_same_spec_and_length_and_borrow_the_eager_count():
+    def row(backend, T, fwd, train, **kw):
+        return dict(spec="s", seq_len=T, batch_size=2, backend=backend, status="ok",
+                    forward_tok_s=fwd, train_tok_s=train, **kw)
+
+    rows = [row("chunked", 8, 400.0, 100.0, forward_gflop=1.0, train_gflop=3.0,
+                forward_gflop_s=25.0, train_gflop_s=18.75, flops_from="counted"),
+            row("compiled", 8, 800.0, 200.0, forward_gflop=None, train_gflop=None),
+            row("reference", 8, 40.0, 10.0),
+            row("chunked", 16, 300.0, 50.0)]
+    add_ratios(rows, peak_gflop_s=100.0)
+    chunked, compiled, reference, other = rows
+    assert chunked["train_vs_reference"] == 10.0 and chunked["train_vs_chunked"] == 1.0
+    assert compiled["forward_vs_chunked"] == 2.0 and compiled["forward_vs_reference"] == 20.0
+    assert reference["train_vs_chunked"] == 0.1
+    assert other["train_vs_reference"] is None and other["forward_vs_chunked"] == 1.0
+    # 3 GFLOP per step of 2 × 8 tokens at 200 tok/s = 37.5 GFLOP/s
+    assert compiled["train_gflop"] == 3.0 and compiled["train_gflop_s"] == pytest.approx(37.5)
+    assert compiled["flops_from"].startswith("chunked")
+    assert compiled["train_pct_of_peak"] == pytest.approx(37.5)
+    assert chunked["forward_pct_of_peak"] == pytest.approx(25.0)
+    assert reference["train_pct_of_peak"] is None  # no count: no rate
 
 
 def test_bench_model_unknown_backend_lists_the_registered_ones():

@@ -11,12 +11,26 @@ random tokens of shape ``(batch_size, seq_len)``:
 
 One warm-up step each, then the median of ``--steps`` timed steps.
 
-Backends (``--backends``, default ``auto``; ``all`` = every registered backend
-available here): a row per spec, length and backend. A named backend is
+Backends (``--backends``, default ``all`` = every registered backend available
+here; ``auto`` = the registry's choice per level): a row per spec, length and
+backend, measured one after another (``reference`` only for ``T ≤
+--reference-max-T``). A named backend is
 *preferred* in its worker — it runs every level it supports, and the others run on
 ``auto``'s choice — and the row's ``levels`` column counts the scan calls of one
 forward pass per backend that ran them (e.g. ``compiled 4, chunked 2``), so a row
-never claims a backend that did not run. Memory: on
+never claims a backend that did not run. A spec without scan levels (a
+transformer) gets one row per length: no backend applies to it.
+
+Ratios: ``*_vs_reference`` and ``*_vs_chunked`` divide a row's tokens/s by those of
+the ``reference`` / ``chunked`` row of the same spec and length (``None`` where that
+row is absent or failed). FLOPs (``--flops``, default on): the worker counts one
+forward and one training step with ``torch.utils.flop_counter`` after timing them,
+when every level ran on ``reference`` or ``chunked`` (eager torch, countable); a
+``compiled`` row is given its eager twin ``chunked``'s count for the same spec and
+length (the graph it compiles), and ``flops_from`` says which. Achieved GFLOP/s is
+that count over the measured step time, and ``*_pct_of_peak`` compares it with the
+best GFLOP/s of square float32 matmuls (N = 512, 1024, 2048) timed on the same
+device, with the workers' thread count, at the start of the same run. Memory: on
 CPU the worker's peak RSS (a process per row, so peaks never mix between
 lengths; ``VmHWM`` on Linux, where ``getrusage(RUSAGE_SELF).ru_maxrss`` of an
 exec'd child would start at its parent's peak, ``ru_maxrss`` elsewhere) and its
@@ -43,7 +57,7 @@ from typing import Any
 
 import torch
 
-from .scan import load_average
+from .scan import _ratio, counted_flops, load_average, matmul_peak_gflops
 
 try:
     import resource
@@ -53,7 +67,11 @@ except ImportError:  # pragma: no cover - not on Windows
 DEFAULT_SPECS = ("transformer-tiny", "titans-tiny", "hope-tiny")
 _RESULT = "NLFRAME_BENCH_RESULT "
 FIELDS = ("spec", "backend", "params", "batch_size", "seq_len", "forward_tok_s", "train_tok_s",
+          "forward_vs_reference", "forward_vs_chunked", "train_vs_reference", "train_vs_chunked",
+          "forward_gflop", "train_gflop", "forward_gflop_s", "train_gflop_s", "flops_from",
+          "peak_gflop_s", "forward_pct_of_peak", "train_pct_of_peak",
           "peak_rss_mb", "peak_rss_delta_mb", "levels", "status")
+COUNTABLE = frozenset({"reference", "chunked"})  # eager torch: every FLOP goes through dispatch
 
 
 # -- helpers shared by parent and worker ----------------------------------------
@@ -182,7 +200,8 @@ def prefer_backend(name: str) -> dict[str, int]:
 
 def measure(spec_source: Any, *, seq_len: int, batch_size: int, steps: int, mode: str,
             device: str = "cpu", threads: int | None = None, label: str | None = None,
-            memory_limit_mb: float | None = None, backend: str = "auto") -> dict:
+            memory_limit_mb: float | None = None, backend: str = "auto",
+            flops: bool = True) -> dict:
     """One record, measured in this process (the worker's body; call it in a fresh process
     for a meaningful peak RSS). Never raises for failures of the model: they go to ``status``."""
     from ..build import build
@@ -199,7 +218,9 @@ def measure(spec_source: Any, *, seq_len: int, batch_size: int, steps: int, mode
                                peak_rss_mb=None, peak_rss_delta_mb=None, status="ok",
                                device=str(dev), threads=torch.get_num_threads(), mode=mode,
                                build_rss_mb=None, forward_peak_rss_mb=None, peak_cuda_mb=None,
-                               failed_phase=None, ru_maxrss_mb=None)
+                               failed_phase=None, ru_maxrss_mb=None, forward_gflop=None,
+                               train_gflop=None, forward_gflop_s=None, train_gflop_s=None,
+                               flops_from=None)
     phase = "build"
     try:
         spec = load_spec(spec_source)
@@ -225,8 +246,10 @@ def measure(spec_source: Any, *, seq_len: int, batch_size: int, steps: int, mode
 
             fwd()  # one pass counts the levels' backends
             rec["levels"] = dict(used)
-            rec["forward_tok_s"] = n / timed_median(fwd, steps, dev)
+            seconds = timed_median(fwd, steps, dev)
+            rec["forward_tok_s"] = n / seconds
             rec["forward_peak_rss_mb"] = peak_rss_mb()
+            count_flops(rec, "forward", fwd, seconds, flops)
         if mode in ("train", "both"):
             phase = "train"
             model.train()
@@ -245,7 +268,9 @@ def measure(spec_source: Any, *, seq_len: int, batch_size: int, steps: int, mode
                     model(batch["tokens"])
                 rec["levels"] = dict(used)
 
-            rec["train_tok_s"] = n / timed_median(train_step, steps, dev)
+            seconds = timed_median(train_step, steps, dev)
+            rec["train_tok_s"] = n / seconds
+            count_flops(rec, "train", train_step, seconds, flops)
     except BaseException as exc:  # every failure becomes the row's status
         if isinstance(exc, KeyboardInterrupt):
             raise
@@ -259,6 +284,30 @@ def measure(spec_source: Any, *, seq_len: int, batch_size: int, steps: int, mode
         if dev.type == "cuda" and torch.cuda.is_available():
             rec["peak_cuda_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
     return rec
+
+
+def count_flops(rec: dict, phase: str, step: Callable[[], object], seconds: float,
+                enabled: bool) -> None:
+    """Fill ``rec[phase + "_gflop"]`` / ``_gflop_s`` from one counted, untimed call of
+    ``step`` — only where every level ran on an eager backend (``COUNTABLE``): FLOPs inside
+    a compiled graph or a fused kernel are invisible to the counter, and a partial count
+    would read as a low FLOP rate. ``flops_from`` says why a row has no count."""
+    if not enabled:
+        rec["flops_from"] = "not counted (--no-flops)"
+        return
+    ran = set(rec.get("levels") or {})
+    if not ran <= COUNTABLE:
+        rec["flops_from"] = (f"not counted here: {', '.join(sorted(ran - COUNTABLE))} runs "
+                             "outside torch's dispatcher")
+        return
+    try:
+        total = counted_flops(step)
+    except Exception as exc:  # noqa: BLE001 - a count that fails leaves the timings standing
+        rec["flops_from"] = f"count failed: {type(exc).__name__}: {one_line(exc)}"
+        return
+    rec[phase + "_gflop"] = total / 1e9
+    rec[phase + "_gflop_s"] = total / seconds / 1e9
+    rec["flops_from"] = "counted"
 
 
 def _limit_address_space(extra_mb: float) -> None:
@@ -291,10 +340,9 @@ def _worker(job_json: str) -> int:
 def run_worker(job: dict, timeout: float | None) -> dict:
     """``measure(**job)`` in a fresh ``python -m nlframe.bench.model --worker`` process."""
     cmd = [sys.executable, "-m", "nlframe.bench.model", "--worker", json.dumps(job)]
-    base = {k: job.get(k) for k in ("batch_size", "seq_len")}
+    base: dict[str, Any] = dict.fromkeys(FIELDS)
     base.update(spec=job.get("label") or job["spec"], backend=job.get("backend", "auto"),
-                levels=None, params=None, forward_tok_s=None,
-                train_tok_s=None, peak_rss_mb=None, peak_rss_delta_mb=None)
+                batch_size=job.get("batch_size"), seq_len=job.get("seq_len"))
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
@@ -335,12 +383,50 @@ def shown_status(r: dict) -> str:
     return f"{st} (in {phase})" if st != "ok" and phase in ("train",) else st
 
 
+def add_ratios(records: list[dict], peak_gflop_s: float | None) -> None:
+    """Each record's tokens/s over the ``reference`` / ``chunked`` row of its spec and
+    length, and its GFLOP/s over the matmul peak (``None`` where either side is missing);
+    a ``compiled`` row without a count gets its ``chunked`` twin's."""
+    ok = {(r["spec"], r["seq_len"], r.get("backend")): r for r in records if r["status"] == "ok"}
+    for r in records:
+        twin = ok.get((r["spec"], r["seq_len"], "chunked"))
+        borrow = (r.get("backend") == "compiled" and r.get("train_gflop") is None
+                  and r.get("forward_gflop") is None and twin is not None
+                  and twin.get("flops_from") == "counted")
+        r["peak_gflop_s"] = peak_gflop_s
+        for phase in ("forward", "train"):
+            tok_s = r.get(f"{phase}_tok_s")
+            for base in ("reference", "chunked"):
+                other = ok.get((r["spec"], r["seq_len"], base))
+                b_tok_s = None if other is None else other.get(f"{phase}_tok_s")
+                r[f"{phase}_vs_{base}"] = (tok_s / b_tok_s if tok_s and b_tok_s else None)
+            if borrow and tok_s and twin.get(f"{phase}_gflop") is not None:
+                gflop = twin[f"{phase}_gflop"]
+                r[f"{phase}_gflop"] = gflop
+                r[f"{phase}_gflop_s"] = gflop * tok_s / (r["batch_size"] * r["seq_len"])
+                r["flops_from"] = "chunked (the eager graph compiled builds)"
+            rate = r.get(f"{phase}_gflop_s")
+            r[f"{phase}_pct_of_peak"] = (100 * rate / peak_gflop_s if rate is not None
+                                         and peak_gflop_s else None)
+
+
+def _pair(r: dict, key: str, fmt: Callable[[Any], str]) -> str:
+    """``forward / train`` of ``key`` (``forward_<key>``, ``train_<key>``)."""
+    return f"{fmt(r.get('forward_' + key))} / {fmt(r.get('train_' + key))}"
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{x:.1f}%"
+
+
 def format_table(records: list[dict], device: str) -> str:
     cuda = device.startswith("cuda")
     mem = "peak CUDA MB" if cuda else "peak RSS MB"
-    lines = [(f"| spec | backend | params | B | T | forward tok/s | train tok/s | {mem} | "
+    lines = [(f"| spec | backend | params | B | T | forward tok/s | train tok/s | "
+              "× reference (fwd / train) | × chunked (fwd / train) | GFLOP per step (fwd / train) "
+              f"| GFLOP/s (fwd / train) | % of matmul peak (fwd / train) | {mem} | "
               "Δ RSS over built model MB | levels | status |"),
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for r in records:
         peak = r.get("peak_cuda_mb") if cuda else r.get("peak_rss_mb")
         at_least = "" if r["status"] == "ok" or peak is None else "≥"  # stopped early
@@ -348,7 +434,11 @@ def format_table(records: list[dict], device: str) -> str:
         lines.append(f"| {r['spec']} | {r.get('backend', 'auto')} | {_fmt(r.get('params'))} | "
                      f"{r['batch_size']} | "
                      f"{r['seq_len']} | {_fmt(r.get('forward_tok_s'))} | "
-                     f"{_fmt(r.get('train_tok_s'))} | {at_least}{_fmt(peak, ',.1f')} | "
+                     f"{_fmt(r.get('train_tok_s'))} | {_pair(r, 'vs_reference', _ratio)} | "
+                     f"{_pair(r, 'vs_chunked', _ratio)} | "
+                     f"{_pair(r, 'gflop', lambda x: _fmt(x, '.3g'))} | "
+                     f"{_pair(r, 'gflop_s', lambda x: _fmt(x, ',.1f'))} | "
+                     f"{_pair(r, 'pct_of_peak', _pct)} | {at_least}{_fmt(peak, ',.1f')} | "
                      f"{_fmt(r.get('peak_rss_delta_mb'), ',.1f')} | {levels} | {shown_status(r)} |")
     return "\n".join(lines)
 
@@ -374,9 +464,13 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--memory-limit-mb", type=float, default=None,
                     help="cap each worker's address space at its size after building + this "
                          "(CPU, Linux): larger lengths report OOM instead of swapping")
-    ap.add_argument("--backends", nargs="+", default=["auto"], metavar="NAME",
-                    help="scan backends to prefer, a row each: auto (default), backend names, "
-                         "or all (every registered backend available here)")
+    ap.add_argument("--backends", nargs="+", default=["all"], metavar="NAME",
+                    help="scan backends to prefer, a row each: all (default: every registered "
+                         "backend available here), auto (the registry's choice) or backend names")
+    ap.add_argument("--reference-max-T", type=int, default=512,
+                    help="run the reference backend's rows only for T up to this (default 512)")
+    ap.add_argument("--flops", action=argparse.BooleanOptionalAction, default=True,
+                    help="count FLOPs and time the matmul peak (default: on)")
     ap.add_argument("--json", action="store_true", help="print one JSON list of records")
     ap.add_argument("--quick", action="store_true", help="T=16, 1 timed step (smoke test)")
     ap.add_argument("--worker", metavar="JOB", help=argparse.SUPPRESS)
@@ -416,11 +510,18 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         specs.append((path, spec))
     threads = args.threads or torch.get_num_threads()
+    peak = None
+    if args.flops:
+        own = torch.get_num_threads()
+        torch.set_num_threads(threads)  # the workers' count, so the peak is theirs
+        peak = matmul_peak_gflops(torch.device(device))
+        torch.set_num_threads(own)
     header = (f"# nlframe bench model: torch {torch.__version__}, device {device}, "
               f"{threads} threads ({os.cpu_count()} CPUs), load average {load_average()}, "
               f"python {platform.python_version()}; B={args.batch_size}, "
               f"T={' '.join(map(str, args.seq_len))}, mode {args.mode}, median of {args.steps} "
-              "step(s) after 1 warm-up, a fresh process per row")
+              "step(s) after 1 warm-up, a fresh process per row"
+              + (f"; float32 matmul peak {peak:.1f} GFLOP/s" if peak else ""))
     log = sys.stderr if args.json else sys.stdout
     print(header, file=log, flush=True)
     records = []
@@ -430,9 +531,14 @@ def main(argv: list[str] | None = None) -> int:
         first = True
         for T in args.seq_len:
             for backend in backends:
+                if backend == "reference" and T > args.reference_max_T:
+                    print(f"{label} T={T}: reference not run (T > --reference-max-T "
+                          f"{args.reference_max_T})", file=log, flush=True)
+                    continue
                 job = dict(spec=path, label=label, seq_len=T, batch_size=args.batch_size,
                            steps=args.steps, mode=args.mode, device=device, threads=threads,
-                           memory_limit_mb=args.memory_limit_mb, backend=backend)
+                           memory_limit_mb=args.memory_limit_mb, backend=backend,
+                           flops=args.flops)
                 rec = run_worker(job, args.timeout)
                 if first and rec.get("params") is not None:
                     print(f"## {label}: {rec['params']:,} parameters"
@@ -443,6 +549,12 @@ def main(argv: list[str] | None = None) -> int:
                       f"{_fmt(rec.get('peak_rss_mb'), ',.1f')} MB, {shown_status(rec)}", file=log,
                       flush=True)
                 records.append(rec)
+                if rec["status"] == "ok" and rec.get("levels") == {}:
+                    if len(backends) > 1:
+                        print(f"{label} has no scan levels: one row per length (no backend "
+                              "applies)", file=log, flush=True)
+                    break
+    add_ratios(records, peak)
     if args.json:
         print(json.dumps(records, indent=2))
     else:
