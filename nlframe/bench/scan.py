@@ -1,11 +1,13 @@
 """Throughput of every scan backend side by side, against ``reference``, ``chunked`` and
 the machine's matmul peak.
 
-Workload (``--memory``): the Titans level — per-token θ ∈ [0, 0.5], α ∈ [0, 0.01],
-η ∈ [0, 0.9] with momentum, unit-norm keys, read after write, float32 — on a
-``linear`` memory (the delta rule with momentum at ``--chunk-size 1``) or an ``mlp``
-memory of hidden width ``--hidden``. For every shape and every backend that is
-available here and supports the request (``--backends``, default all registered):
+Workload (``--memory``): the Titans level — per-token θ ∈ [0, 0.5], α ∈ [0,
+``--decay``] (default 0.01), η ∈ [0, 0.9] with momentum (``--rule momentum``) or η = 0
+(``--rule gd``), unit-norm keys, read after write, in ``--dtype`` (default float32) —
+on a ``linear`` memory (at ``--chunk-size 1`` the delta rule, with momentum or, with
+``gd``, the gated delta rule) or an ``mlp`` memory of hidden width ``--hidden``. For
+every shape and every backend that is available here and supports the request
+(``--backends``, default all registered):
 
 * **forward**: ``memory_scan`` under ``torch.no_grad()``;
 * **train**: forward with every input and the initial state requiring gradients,
@@ -25,8 +27,17 @@ recurrence itself, per token and head: linear ``3 · 2DkDv`` (read ``W_c k``, th
 rank-1 gradient, read ``W q``), MLP ``4 · 2(DkDh + DhDv)`` (the memory's forward and
 backward at ``k``, the read at ``q``); training ×3. ``useful GFLOP/s`` is that count
 per second and is what the peak column compares: the matmul peak is the best
-GFLOP/s of square ``N×N`` float32 matmuls (N = 512, 1024, 2048) on the same device,
-timed in the same run.
+GFLOP/s of square ``N×N`` matmuls of ``--dtype`` (N = 512, 1024, 2048) on the same
+device, timed in the same run.
+
+Error: ``rel_err`` is ``‖y − y₆₄‖ / ‖y₆₄‖`` of each row's forward read against the
+``reference`` loop run in float64 on the same inputs (for ``T ≤ --reference-max-T``).
+
+Yardstick: with ``--rule gd`` on the delta rule, flash-linear-attention's chunk
+kernels join as rows ``fla-delta-rule`` and ``fla-gated-delta-rule`` where they are
+installed and can run (a CUDA device, half precision; :mod:`nlframe.bench.fla` says
+how they are given the same function), and every row gets ``vs_fla``, its tokens/s
+over the faster of them (``--no-fla``: leave them out).
 """
 
 from __future__ import annotations
@@ -42,8 +53,10 @@ import torch
 
 from ..registry import get_registry
 from ..scan import make_memory, make_objective, make_request, make_rule, memory_scan
+from .fla import KERNELS as FLA_ROWS
 
 MODES = ("forward", "train")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def load_average() -> str:
@@ -119,14 +132,24 @@ class Workload:
         q, k, v = (torch.randn(B, H, T, D, generator=gen) for _ in range(3))
         k = k / k.norm(dim=-1, keepdim=True)
         self.tensors = dict(q=q, k=k, v=v, lr=0.5 * torch.rand(B, H, T, generator=gen),
-                            decay=0.01 * torch.rand(B, H, T, generator=gen),
+                            decay=args.decay * torch.rand(B, H, T, generator=gen),
                             momentum=0.9 * torch.rand(B, H, T, generator=gen))
-        self.tensors = {n: x.to(device) for n, x in self.tensors.items()}
+        if args.rule == "gd":
+            del self.tensors["momentum"]  # η = 0
+        self.dtype = DTYPES[args.dtype]
+        self.tensors = {n: x.to(device, self.dtype) for n, x in self.tensors.items()}
         self.memory_kwargs = {"hidden": args.hidden} if args.memory == "mlp" else {}
         mem = make_memory(args.memory, D, D, **self.memory_kwargs)
-        self.init = {n: p.to(device) for n, p in mem.init_params(generator=gen).items()}
-        self.weight = torch.randn(B, H, T, D, generator=gen).to(device)
+        self.init = {n: p.to(device, self.dtype) for n, p in mem.init_params(generator=gen).items()}
+        self.weight = torch.randn(B, H, T, D, generator=gen).to(device, self.dtype)
         self.B, self.H, self.T, self.D = B, H, T, D
+
+    def scan_kwargs(self, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """``memory_scan``'s keyword arguments of this workload, on ``tensors``."""
+        return dict(memory=self.args.memory, objective=self.args.objective, optimizer="momentum",
+                    lr=tensors["lr"], decay=tensors["decay"],
+                    momentum=tensors.get("momentum", 0.0), chunk_size=self.args.chunk_size,
+                    memory_kwargs=self.memory_kwargs)
 
     def request(self):
         """The request a call makes, for ``Backend.supports``."""
@@ -136,30 +159,60 @@ class Workload:
                             objective=make_objective(self.args.objective), rule=make_rule("momentum"),
                             names={"memory": self.args.memory, "objective": self.args.objective,
                                    "optimizer": "momentum"},
-                            lr=t["lr"], decay=t["decay"], momentum=t["momentum"],
+                            lr=t["lr"], decay=t["decay"], momentum=t.get("momentum", 0.0),
                             chunk_size=self.args.chunk_size)
 
-    def call(self, backend: str, mode: str) -> Callable[[], None]:
+    def state(self, init: dict[str, torch.Tensor]):
+        """A fresh scan state from the initial parameters ``init``."""
         from ..scan import initial_state
+
+        mem = make_memory(self.args.memory, self.D, self.D, **self.memory_kwargs)
+        return initial_state(mem, make_rule("momentum"), batch=self.B, heads=self.H,
+                             params=init, chunk_size=self.args.chunk_size)
+
+    def output(self, backend: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The forward read of ``backend`` (inputs cast to ``dtype`` if given), no gradients."""
+        cast = (lambda x: x.to(dtype)) if dtype is not None else (lambda x: x)
+        t = {n: cast(x) for n, x in self.tensors.items()}
+        with torch.no_grad():
+            y, _ = memory_scan(t["q"], t["k"], t["v"], **self.scan_kwargs(t), backend=backend,
+                               state=self.state({n: cast(p) for n, p in self.init.items()}),
+                               check_finite=False)
+        return y
+
+    def fla(self, name: str):
+        """flash-linear-attention's row ``name`` on these inputs (:mod:`nlframe.bench.fla`)."""
+        from .fla import FlaCall
+
+        return FlaCall(name, self.tensors, self.init["W"], self.weight)
+
+    def call(self, backend: str, mode: str) -> Callable[[], None]:
+        if backend in FLA_ROWS:
+            return self.fla(backend).call(mode, lambda: _sync(self.device))
 
         def run() -> None:
             train = mode == "train"
             t = {n: x.detach().requires_grad_(train) for n, x in self.tensors.items()}
             init = {n: p.detach().requires_grad_(train) for n, p in self.init.items()}
-            mem = make_memory(self.args.memory, self.D, self.D, **self.memory_kwargs)
-            state = initial_state(mem, make_rule("momentum"), batch=self.B, heads=self.H,
-                                  params=init, chunk_size=self.args.chunk_size)
+            state = self.state(init)
             with torch.set_grad_enabled(train):
-                y, _ = memory_scan(t["q"], t["k"], t["v"], memory=self.args.memory,
-                                   objective=self.args.objective, lr=t["lr"], decay=t["decay"],
-                                   momentum=t["momentum"], chunk_size=self.args.chunk_size,
-                                   backend=backend, state=state, memory_kwargs=self.memory_kwargs,
-                                   check_finite=False)
+                y, _ = memory_scan(t["q"], t["k"], t["v"], **self.scan_kwargs(t),
+                                   backend=backend, state=state, check_finite=False)
                 if train:
                     (y * self.weight).sum().backward()
             _sync(self.device)
 
         return run
+
+
+def relative_errors(work: Workload, names: list[str]) -> dict[str, float]:
+    """``‖y − y₆₄‖ / ‖y₆₄‖`` of each row's forward read against the float64 reference loop."""
+    exact = work.output("reference", torch.float64)
+    errors = {}
+    for n in names:
+        y = work.fla(n).output() if n in FLA_ROWS else work.output(n)
+        errors[n] = float((y.double() - exact).norm() / exact.norm().clamp_min(1e-300))
+    return errors
 
 
 def counted_flops(run: Callable[[], None]) -> float:
@@ -169,6 +222,15 @@ def counted_flops(run: Callable[[], None]) -> float:
     with FlopCounterMode(display=False) as counter:
         run()
     return float(counter.get_total_flops())
+
+
+def fla_reason(args: argparse.Namespace, name: str, device: torch.device) -> str | None:
+    """Why flash-linear-attention's row ``name`` cannot time this run (``None``: it can)."""
+    from .fla import unavailable_reason
+
+    return unavailable_reason(name, memory=args.memory, objective=args.objective, rule=args.rule,
+                              chunk_size=args.chunk_size, decay=args.decay, device=device,
+                              dtype=DTYPES[args.dtype])
 
 
 def backends_for(work: Workload, names: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -191,15 +253,18 @@ def measure(args: argparse.Namespace, B: int, T: int, D: int, device: torch.devi
     """Records of every backend and mode at one shape."""
     work = Workload(args, B, T, D, device)
     names, skipped = backends_for(work, args.backends)
+    names += args.fla_rows
     for name, why in skipped.items():
         print(f"# B={B} T={T} D={D}: {name} skipped: {why}", flush=True)
-    if T > args.reference_max_T and "reference" in names:
+    checked = T <= args.reference_max_T
+    if not checked and "reference" in names:
         names.remove("reference")
         print(f"# B={B} T={T} D={D}: reference not timed (T > --reference-max-T "
               f"{args.reference_max_T})", flush=True)
     if not names:
         print(f"# B={B} T={T} D={D}: no backend asked for runs this workload", flush=True)
         return []
+    errors = relative_errors(work, names) if checked else dict.fromkeys(names)
     per_token = useful_flops(args.memory, D, D, args.hidden) * args.heads
     records = []
     for mode in args.modes:
@@ -220,7 +285,8 @@ def measure(args: argparse.Namespace, B: int, T: int, D: int, device: torch.devi
                 backend=n, mode=mode, memory=args.memory, objective=args.objective,
                 chunk_size=args.chunk_size, B=B, H=args.heads, T=T, D=D,
                 hidden=args.hidden if args.memory == "mlp" else None,
-                seconds=times[n], tok_s=tok_s,
+                rule=args.rule, dtype=args.dtype, seconds=times[n], tok_s=tok_s,
+                rel_err=errors[n],
                 counted_gflop=None if counts[n] is None else counts[n] / 1e9,
                 useful_gflop=useful / 1e9, useful_gflop_s=useful / times[n] / 1e9,
                 peak_gflop_s=peak, pct_of_peak=100 * useful / times[n] / 1e9 / peak,
@@ -230,6 +296,8 @@ def measure(args: argparse.Namespace, B: int, T: int, D: int, device: torch.devi
             if r["mode"] == mode:
                 r["vs_reference"] = r["tok_s"] / by["reference"] if "reference" in by else None
                 r["vs_chunked"] = r["tok_s"] / by["chunked"] if "chunked" in by else None
+                fla_best = max((by[n] for n in FLA_ROWS if n in by), default=None)
+                r["vs_fla"] = r["tok_s"] / fla_best if fla_best else None
         if not args.json:
             shown = ", ".join(f"{n} {by[n]:,.0f}" for n in names)
             print(f"B={B} H={args.heads} T={T} D={D} {mode}: tok/s {shown}; load {load_average()}",
@@ -242,15 +310,19 @@ def _ratio(x: float | None) -> str:
 
 
 def format_table(records: list[dict[str, Any]]) -> str:
-    lines = ["| backend | mode | B | H | T | D | tok/s | × reference | × chunked | counted GFLOP | "
-             "useful GFLOP/s | % of matmul peak |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    fla = any(r.get("vs_fla") is not None for r in records)
+    head = ["backend", "mode", "B", "H", "T", "D", "tok/s", "× reference", "× chunked",
+            *(["× FLA"] if fla else []), "counted GFLOP", "useful GFLOP/s", "% of matmul peak",
+            "rel. error"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in records:
         counted = "—" if r["counted_gflop"] is None else f"{r['counted_gflop']:.3g}"
-        lines.append(f"| {r['backend']} | {r['mode']} | {r['B']} | {r['H']} | {r['T']} | {r['D']} "
-                     f"| {r['tok_s']:,.0f} | {_ratio(r['vs_reference'])} | "
-                     f"{_ratio(r['vs_chunked'])} | {counted} | {r['useful_gflop_s']:.1f} | "
-                     f"{r['pct_of_peak']:.1f}% |")
+        error = "—" if r["rel_err"] is None else f"{r['rel_err']:.1e}"
+        cells = [r["backend"], r["mode"], r["B"], r["H"], r["T"], r["D"], f"{r['tok_s']:,.0f}",
+                 _ratio(r["vs_reference"]), _ratio(r["vs_chunked"]),
+                 *([_ratio(r["vs_fla"])] if fla else []), counted,
+                 f"{r['useful_gflop_s']:.1f}", f"{r['pct_of_peak']:.1f}%", error]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines)
 
 
@@ -261,6 +333,14 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--memory", choices=("linear", "mlp"), default="linear")
     ap.add_argument("--hidden", type=int, default=256, help="MLP memory hidden width")
     ap.add_argument("--objective", default="l2", choices=["l2", "dot"])
+    ap.add_argument("--rule", choices=("momentum", "gd"), default="momentum",
+                    help="momentum η ∈ [0, 0.9] per token, or gd (η = 0: the gated delta rule "
+                         "at chunk size 1 on a linear memory)")
+    ap.add_argument("--decay", type=float, default=0.01,
+                    help="per-token retention gates α are drawn from [0, DECAY]")
+    ap.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
+    ap.add_argument("--no-fla", action="store_true",
+                    help="leave out flash-linear-attention's kernels as yardstick rows")
     ap.add_argument("--chunk-size", type=int, default=1)
     ap.add_argument("--batch", type=int, nargs="+", default=[2])
     ap.add_argument("--heads", type=int, default=4)
@@ -288,19 +368,27 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in args.backends if n not in known]
     if unknown:
         ap.error(f"unknown backend(s) {', '.join(unknown)}; registered: {', '.join(known)}")
+    if not 0 <= args.decay < 1:
+        ap.error(f"--decay {args.decay}: retention gates must lie in [0, 1)")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: CUDA is not available here")
     args.modes = MODES if args.mode == "both" else (args.mode,)
-    peak = matmul_peak_gflops(device)
+    fla_skipped = {} if args.no_fla else {n: fla_reason(args, n, device) for n in FLA_ROWS}
+    args.fla_rows = [n for n, why in fla_skipped.items() if why is None]
+    peak = matmul_peak_gflops(device, DTYPES[args.dtype])
     if not args.json:
-        print(f"# scan benchmark: {args.memory}/{args.objective}/momentum, chunk_size="
-              f"{args.chunk_size}, H={args.heads}, float32 on {device}, backends "
+        print(f"# scan benchmark: {args.memory}/{args.objective}/{args.rule}, decay ≤ "
+              f"{args.decay}, chunk_size={args.chunk_size}, H={args.heads}, {args.dtype} on "
+              f"{device}, backends "
               f"{', '.join(args.backends)}; {torch.get_num_threads()} threads, load average "
               f"{load_average()} on {os.cpu_count()} CPUs, torch {torch.__version__}; matmul "
               f"peak {peak:.1f} GFLOP/s")
+        for n, why in fla_skipped.items():
+            if why:
+                print(f"# {n} not timed: {why}")
     records = []
     for D in args.dim:
         for B in args.batch:
