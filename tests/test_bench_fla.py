@@ -151,3 +151,12 @@ def test_bad_decay_is_a_usage_error(capsys):
     with pytest.raises(SystemExit):
         main(["--quick", "--decay", "1.5"])
     assert "--decay 1.5: retention gates must lie in [0, 1)" in capsys.readouterr().err
+
+
+def test_json_stays_parseable_beside_skipped_rows(capsys):
+    """Skips and the yardstick's reasons go to stderr under ``--json``."""
+    assert main(["--quick", "--backends", "chunked", "--seq", "64", "--reference-max-T", "8",
+                 "--memory", "mlp", "--chunk-size", "1", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == []
+    assert "chunked skipped" in captured.err and "fla-delta-rule not timed" in captured.err

@@ -46,6 +46,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 from typing import Any, Callable
 
@@ -57,6 +58,11 @@ from .fla import KERNELS as FLA_ROWS
 
 MODES = ("forward", "train")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def say(args: argparse.Namespace, line: str) -> None:
+    """A diagnostic line: to stdout beside the table, to stderr beside ``--json``."""
+    print(line, file=sys.stderr if args.json else sys.stdout, flush=True)
 
 
 def load_average() -> str:
@@ -255,14 +261,14 @@ def measure(args: argparse.Namespace, B: int, T: int, D: int, device: torch.devi
     names, skipped = backends_for(work, args.backends)
     names += args.fla_rows
     for name, why in skipped.items():
-        print(f"# B={B} T={T} D={D}: {name} skipped: {why}", flush=True)
+        say(args, f"# B={B} T={T} D={D}: {name} skipped: {why}")
     checked = T <= args.reference_max_T
     if not checked and "reference" in names:
         names.remove("reference")
-        print(f"# B={B} T={T} D={D}: reference not timed (T > --reference-max-T "
-              f"{args.reference_max_T})", flush=True)
+        say(args, f"# B={B} T={T} D={D}: reference not timed (T > --reference-max-T "
+                  f"{args.reference_max_T})")
     if not names:
-        print(f"# B={B} T={T} D={D}: no backend asked for runs this workload", flush=True)
+        say(args, f"# B={B} T={T} D={D}: no backend asked for runs this workload")
         return []
     errors = relative_errors(work, names) if checked else dict.fromkeys(names)
     per_token = useful_flops(args.memory, D, D, args.hidden) * args.heads
@@ -386,9 +392,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{', '.join(args.backends)}; {torch.get_num_threads()} threads, load average "
               f"{load_average()} on {os.cpu_count()} CPUs, torch {torch.__version__}; matmul "
               f"peak {peak:.1f} GFLOP/s")
-        for n, why in fla_skipped.items():
-            if why:
-                print(f"# {n} not timed: {why}")
+    for n, why in fla_skipped.items():
+        if why:
+            say(args, f"# {n} not timed: {why}")
     records = []
     for D in args.dim:
         for B in args.batch:
