@@ -344,7 +344,9 @@ def parser() -> argparse.ArgumentParser:
                          "at chunk size 1 on a linear memory)")
     ap.add_argument("--decay", type=float, default=0.01,
                     help="per-token retention gates α are drawn from [0, DECAY]")
-    ap.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
+    ap.add_argument("--dtype", choices=tuple(DTYPES), default="float32",
+                    help="inputs, state and the matmul peak in this dtype (backends that "
+                         "take only float32 are skipped with the reason)")
     ap.add_argument("--no-fla", action="store_true",
                     help="leave out flash-linear-attention's kernels as yardstick rows")
     ap.add_argument("--chunk-size", type=int, default=1)
