@@ -10,7 +10,6 @@ against nlframe's float64 reference scan.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import types
@@ -19,7 +18,7 @@ import pytest
 import torch
 
 from nlframe.bench import fla
-from nlframe.bench.scan import Workload, main
+from nlframe.bench.scan import Workload, main, parser
 from nlframe.scan import memory_scan
 
 
@@ -67,10 +66,9 @@ def fake_fla(monkeypatch):
     monkeypatch.setattr(fla, "DEVICE_TYPES", ("cuda", "cpu"))
 
 
-def _args(**over):
-    base = dict(heads=3, hidden=0, memory="linear", objective="l2", chunk_size=1, rule="gd",
-                decay=0.05, dtype="float32")
-    return argparse.Namespace(**{**base, **over})
+def _args(decay: float = 0.05):
+    """``bench scan``'s own arguments: the gated delta rule over 3 heads."""
+    return parser().parse_args(["--rule", "gd", "--heads", "3", "--decay", str(decay)])
 
 
 @pytest.mark.parametrize("name, decay", [("fla-delta-rule", 0.0), ("fla-gated-delta-rule", 0.05),

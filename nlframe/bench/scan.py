@@ -145,10 +145,12 @@ class Workload:
         self.dtype = DTYPES[args.dtype]
         self.tensors = {n: x.to(device, self.dtype) for n, x in self.tensors.items()}
         self.memory_kwargs = {"hidden": args.hidden} if args.memory == "mlp" else {}
-        mem = make_memory(args.memory, D, D, **self.memory_kwargs)
-        self.init = {n: p.to(device, self.dtype) for n, p in mem.init_params(generator=gen).items()}
+        self.memory = make_memory(args.memory, D, D, **self.memory_kwargs)
+        self.init = {n: p.to(device, self.dtype)
+                     for n, p in self.memory.init_params(generator=gen).items()}
         self.weight = torch.randn(B, H, T, D, generator=gen).to(device, self.dtype)
         self.B, self.H, self.T, self.D = B, H, T, D
+        self._fla: dict[str, Any] = {}
 
     def scan_kwargs(self, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
         """``memory_scan``'s keyword arguments of this workload, on ``tensors``."""
@@ -161,7 +163,7 @@ class Workload:
         """The request a call makes, for ``Backend.supports``."""
         t = self.tensors
         return make_request(t["q"], t["k"], t["v"],
-                            memory=make_memory(self.args.memory, self.D, self.D, **self.memory_kwargs),
+                            memory=self.memory,
                             objective=make_objective(self.args.objective), rule=make_rule("momentum"),
                             names={"memory": self.args.memory, "objective": self.args.objective,
                                    "optimizer": "momentum"},
@@ -172,8 +174,7 @@ class Workload:
         """A fresh scan state from the initial parameters ``init``."""
         from ..scan import initial_state
 
-        mem = make_memory(self.args.memory, self.D, self.D, **self.memory_kwargs)
-        return initial_state(mem, make_rule("momentum"), batch=self.B, heads=self.H,
+        return initial_state(self.memory, make_rule("momentum"), batch=self.B, heads=self.H,
                              params=init, chunk_size=self.args.chunk_size)
 
     def output(self, backend: str, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -190,7 +191,9 @@ class Workload:
         """flash-linear-attention's row ``name`` on these inputs (:mod:`nlframe.bench.fla`)."""
         from .fla import FlaCall
 
-        return FlaCall(name, self.tensors, self.init["W"], self.weight)
+        if name not in self._fla:  # inputs laid out once per row
+            self._fla[name] = FlaCall(name, self.tensors, self.init["W"], self.weight)
+        return self._fla[name]
 
     def call(self, backend: str, mode: str) -> Callable[[], None]:
         if backend in FLA_ROWS:
@@ -213,12 +216,11 @@ class Workload:
 
 def relative_errors(work: Workload, names: list[str]) -> dict[str, float]:
     """``‖y − y₆₄‖ / ‖y₆₄‖`` of each row's forward read against the float64 reference loop."""
+    from ..testing.assertions import rel_rmse
+
     exact = work.output("reference", torch.float64)
-    errors = {}
-    for n in names:
-        y = work.fla(n).output() if n in FLA_ROWS else work.output(n)
-        errors[n] = float((y.double() - exact).norm() / exact.norm().clamp_min(1e-300))
-    return errors
+    return {n: rel_rmse(work.fla(n).output() if n in FLA_ROWS else work.output(n), exact)
+            for n in names}
 
 
 def counted_flops(run: Callable[[], None]) -> float:

@@ -26,6 +26,7 @@ import torch
 
 import nlframe
 from nlframe.scan import make_memory, make_rule
+from nlframe.testing.assertions import rel_rmse
 
 pytest.importorskip("triton")
 
@@ -73,27 +74,21 @@ def run(backend: str, x: dict[str, torch.Tensor], dtype: torch.dtype, family: di
     """Reads and final parameters, and the gradients of ``Σ y·w`` w.r.t. every input."""
     leaves = {n: t.detach().to(dtype).requires_grad_() for n, t in x.items()}
     D = x["q"].shape[-1]
-    kw = dict(family)
-    memory_kwargs = {"hidden": 2 * D} if kw["memory"] == "mlp" else {}
+    memory_kwargs = {"hidden": 2 * D} if family["memory"] == "mlp" else {}
     gen = torch.Generator().manual_seed(7)
-    memory = make_memory(kw["memory"], D, D, **memory_kwargs)
+    memory = make_memory(family["memory"], D, D, **memory_kwargs)
     params = {n: p + 0.5 * torch.randn(p.shape, generator=gen) / D**0.5  # W0 ≠ 0 (linear's is 0)
               for n, p in memory.init_params(generator=gen).items()}
     state = nlframe.initial_state(memory,
-                                  make_rule(kw["optimizer"]), batch=B, heads=H,
+                                  make_rule(family["optimizer"]), batch=B, heads=H,
                                   params={n: p.to(DEVICE, dtype) for n, p in params.items()},
-                                  chunk_size=kw["chunk_size"])
+                                  chunk_size=family["chunk_size"])
     gates = {n: t for n, t in leaves.items() if n not in ("q", "k", "v")}
-    y, new = nlframe.memory_scan(leaves["q"], leaves["k"], leaves["v"], **gates, **kw,
+    y, new = nlframe.memory_scan(leaves["q"], leaves["k"], leaves["v"], **gates, **family,
                                  memory_kwargs=memory_kwargs, state=state, backend=backend)
     grads = torch.autograd.grad((y * weight.to(dtype)).sum(), list(leaves.values()))
     out = {"y": y, **{f"W.{n}": p for n, p in new.params.items()}}
     return out, dict(zip(leaves, grads))
-
-
-def rel(a: torch.Tensor, e: torch.Tensor) -> float:
-    a, e = a.detach().double(), e.detach().double()
-    return float((a - e).norm() / e.norm().clamp_min(1e-30))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
@@ -108,6 +103,7 @@ def test_half_precision_at_real_sizes(name, D, dtype):
     read_tol, grad_tol = TOL[dtype]
     for key in exact:
         assert got[key].dtype == dtype
-        assert rel(got[key], exact[key]) <= read_tol, (key, rel(got[key], exact[key]))
+        assert rel_rmse(got[key], exact[key]) <= read_tol, (key, rel_rmse(got[key], exact[key]))
     for key in exact_g:
-        assert rel(got_g[key], exact_g[key]) <= grad_tol, (f"d/d{key}", rel(got_g[key], exact_g[key]))
+        err = rel_rmse(got_g[key], exact_g[key])
+        assert err <= grad_tol, (f"d/d{key}", err)
