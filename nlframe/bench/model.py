@@ -19,7 +19,7 @@ backend, measured one after another (``reference`` only for ``T ≤
 ``auto``'s choice — and the row's ``levels`` column counts the scan calls of one
 forward pass per backend that ran them (e.g. ``compiled 4, chunked 2``), so a row
 never claims a backend that did not run. A spec without scan levels (a
-transformer) gets one row per length: no backend applies to it.
+transformer) gets one row per length, of no backend (``backend`` null): none applies to it.
 
 Ratios: ``*_vs_reference`` and ``*_vs_chunked`` divide a row's tokens/s by those of
 the ``reference`` / ``chunked`` row of the same spec and length (``None`` where that
@@ -431,7 +431,7 @@ def format_table(records: list[dict], device: str) -> str:
         peak = r.get("peak_cuda_mb") if cuda else r.get("peak_rss_mb")
         at_least = "" if r["status"] == "ok" or peak is None else "≥"  # stopped early
         levels = ", ".join(f"{b} {n}" for b, n in (r.get("levels") or {}).items()) or "—"
-        lines.append(f"| {r['spec']} | {r.get('backend', 'auto')} | {_fmt(r.get('params'))} | "
+        lines.append(f"| {r['spec']} | {r.get('backend') or '—'} | {_fmt(r.get('params'))} | "
                      f"{r['batch_size']} | "
                      f"{r['seq_len']} | {_fmt(r.get('forward_tok_s'))} | "
                      f"{_fmt(r.get('train_tok_s'))} | {_pair(r, 'vs_reference', _ratio)} | "
@@ -548,8 +548,11 @@ def main(argv: list[str] | None = None) -> int:
                       f"tok/s, train {_fmt(rec.get('train_tok_s'))} tok/s, peak RSS "
                       f"{_fmt(rec.get('peak_rss_mb'), ',.1f')} MB, {shown_status(rec)}", file=log,
                       flush=True)
+                no_levels = rec["status"] == "ok" and rec.get("levels") == {}
+                if no_levels:  # no backend ran: the row is of none, and no ratio to itself
+                    rec["backend"] = None
                 records.append(rec)
-                if rec["status"] == "ok" and rec.get("levels") == {}:
+                if no_levels:
                     if len(backends) > 1:
                         print(f"{label} has no scan levels: one row per length (no backend "
                               "applies)", file=log, flush=True)
