@@ -92,7 +92,8 @@ def chunked_scan(request: ScanRequest, *, tile: int = TILE) -> tuple[Tensor, Mem
         if T > head:
             L = C * (tile // C)
             tiles = Tiles.gather(TilePlan.aligned(T - head, L, q.device), *cut(head, T))
-            y, W, S, Wg, n = chunked_linear.scan_aligned(tiles, W, S, C, *affine)
+            y, W, S, Wg, n = chunked_linear.scan_aligned(tiles, W, S, C, *affine,
+                                                         momentum="momentum" in request.hyper)
             ys.append(tiles.plan.scatter(y))
             norms.append(masked(n, tiles.plan))
         y = torch.cat(ys, 2)

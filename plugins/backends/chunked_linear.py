@@ -64,7 +64,8 @@ def scan_within_chunks(tiles: Tiles, W: Tensor, S: Tensor, Wg: Tensor,
             torch.stack(norms))
 
 
-def scan_aligned(tiles: Tiles, W: Tensor, S: Tensor, chunk: int, a: float, b: float):
+def scan_aligned(tiles: Tiles, W: Tensor, S: Tensor, chunk: int, a: float, b: float,
+                 momentum: bool = True):
     """Chunk-aligned tiles (``L`` a multiple of ``C``), affine ``ψ(p, v) = a p + b v``.
 
     Token i of a tile takes its gradient at ``W_{s(i)}``, ``s(i) = C⌊i/C⌋ − 1``
@@ -84,29 +85,21 @@ def scan_aligned(tiles: Tiles, W: Tensor, S: Tensor, chunk: int, a: float, b: fl
         E = E_V + (I+N)⁻¹ ([aD̃∘K | ac̃∘K] Xᵀ),   Y = [D∘Q | c∘Q] Xᵀ − (A∘(Q Kᵀ)) E,
         X ← Γ∘X + Eᵀ[−A_{L,:}ᵀ∘K | −(Bθ)_{L,:}ᵀ∘K]
 
+    ``momentum=False`` (``η ≡ 0``: the delta rule, DeltaNet, linear attention): then
+    ``c = P = 0`` and ``Bθ = diag(θ)``, so ``S_b`` enters nothing and the loop carries
+    ``W`` alone (half the state products); the returned ``S = −θ_T e_T k_Tᵀ`` is the
+    last token's step.
+
     Returns ``y (n, B, H, L, Dv)``, final ``W, S``, the parameters at the start
     of the last (possibly unfinished) chunk, and ``‖e_i‖ (n, B, H, L)``.
     """
+    if not momentum:
+        return _scan_aligned_without_momentum(tiles, W, chunk, a, b)
     g = tiles.gates
     n, B, H, L, Dk = tiles.k.shape
     Dv, BH = W.shape[-2], B * H
     Q, K, V = (x.reshape(n, BH, L, -1) for x in (tiles.q, tiles.k, tiles.v))  # views
-    M = (g.A.reshape(n, BH, L, L) * (Q @ K.transpose(-1, -2))).neg_()  # −A∘(Q Kᵀ)
-    if a != 0.0:
-        slot = torch.arange(L, device=Q.device)
-        s = chunk * (slot // chunk) - 1  # (L,) gradient point of each slot
-        opened = s >= 0
-        sc = s.clamp(min=0)
-        Ds = torch.where(opened, g.D[..., sc], torch.ones_like(g.D)).reshape(n, BH, L)
-        cs = torch.where(opened, g.c[..., sc], torch.zeros_like(g.c)).reshape(n, BH, L)
-        N = g.A[..., sc, :].reshape(n, BH, L, L) * (a * opened.to(Q.dtype))[:, None] \
-            * (K @ K.transpose(-1, -2))
-        eye = torch.eye(L, dtype=Q.dtype, device=Q.device).expand_as(N)
-        Tinv = torch.linalg.solve_triangular(N, eye, upper=False, unitriangular=True)
-        KDC = side_by_side(K, a * Ds, a * cs)  # [a D̃∘K | a c̃∘K]: (n, BH, L, 2Dk)
-        EV = (Tinv @ V).mul_(b)  # (n, BH, L, Dv)
-    else:  # dot: E = b V does not depend on the state
-        EV = V * b
+    M, Tinv, KDC, EV = _solve_rows(tiles, chunk, a, b, Q, K, V, with_momentum=True)
     QDC = tiles.qdc.reshape(n, BH, L, 2 * Dk)
     KAB = side_by_side(K, -tiles.aL.reshape(n, BH, L), -tiles.bL.reshape(n, BH, L))
     # Γ∘X = [D_L W | P_L S] + [c_L S | 0]: per-tile coefficient rows (n, BH, 1, 2Dk)
@@ -132,13 +125,83 @@ def scan_aligned(tiles: Tiles, W: Tensor, S: Tensor, chunk: int, a: float, b: fl
     W, S = (X[..., i:i + Dk].reshape(B, H, Dv, Dk).contiguous() for i in (0, Dk))
     W_b, S_b = (X_b[..., i:i + Dk].reshape(B, H, Dv, Dk) for i in (0, Dk))
     E = E.reshape(B, H, L, Dv)
-    # parameters at the start of the last chunk: W_s for s = its first slot − 1
+    W_cs = _last_chunk_start(tiles, chunk, W_b, S_b, E)
+    return y, W, S, W_cs, torch.stack(norms).reshape(n, B, H, L)
+
+
+def _scan_aligned_without_momentum(tiles: Tiles, W: Tensor, chunk: int, a: float, b: float):
+    """:func:`scan_aligned` at ``η ≡ 0``: the loop carries ``W`` alone::
+
+        E = E_V + (I+N)⁻¹ ((aD̃∘K) W_bᵀ),   Y = (D∘Q) W_bᵀ − (A∘(Q Kᵀ)) E,
+        W ← D_L W_b − Eᵀ(A_{L,:}ᵀ∘K),       S = −θ_T e_T k_Tᵀ (the last step)
+    """
+    g = tiles.gates
+    n, B, H, L, Dk = tiles.k.shape
+    Dv, BH = W.shape[-2], B * H
+    Q, K, V = (x.reshape(n, BH, L, -1) for x in (tiles.q, tiles.k, tiles.v))  # views
+    M, Tinv, KD, EV = _solve_rows(tiles, chunk, a, b, Q, K, V, with_momentum=False)
+    QD = Q * g.D.reshape(n, BH, L, 1)  # D∘Q
+    KA = K * tiles.aL.reshape(n, BH, L, 1).neg()  # −A_{L,:}ᵀ∘K
+    DL = tiles.DL.reshape(n, BH, 1, 1)
+    X = W.reshape(BH, Dv, Dk)
+    ys: list[Tensor] = []
+    norms: list[Tensor] = []
+    EV, QD, M, KA = per_tile(EV, QD, M, KA)
+    if a != 0.0:
+        Tinv, KD = per_tile(Tinv, KD)
+    for t in range(n):
+        X_b = X
+        Xt = X.transpose(-1, -2)  # (BH, Dk, Dv)
+        E = torch.baddbmm(EV[t], Tinv[t], torch.bmm(KD[t], Xt)) if a != 0.0 else EV[t]
+        norms.append(E.norm(dim=-1))
+        ys.append(torch.baddbmm(torch.bmm(QD[t], Xt), M[t], E))  # Y: (BH, L, Dv)
+        X = torch.bmm(E.transpose(-1, -2), KA[t]).addcmul_(DL[t], X_b)  # (BH, Dv, Dk)
+    y = torch.stack(ys).reshape(n, B, H, L, Dv)
+    W_b = X_b.reshape(B, H, Dv, Dk)
+    E = E.reshape(B, H, L, Dv)
+    # S_T = −θ_T g_T: the last tile's row of Bθ = diag(θ) holds θ at the last token only
+    S = E.transpose(-1, -2) @ (tiles.k[-1] * tiles.bL[-1, ..., None].neg())
+    W_cs = _last_chunk_start(tiles, chunk, W_b, None, E)
+    return y, X.reshape(B, H, Dv, Dk), S, W_cs, torch.stack(norms).reshape(n, B, H, L)
+
+
+def _last_chunk_start(tiles: Tiles, chunk: int, W_b: Tensor, S_b: Tensor | None,
+                      E: Tensor) -> Tensor:
+    """The parameters at the start of the last tile's last chunk, ``W_s`` for ``s`` its
+    first slot − 1: ``D_s W_b + c_s S_b − Eᵀ(A_{s,:}ᵀ∘K)`` (``S_b = None``: ``c = 0``)."""
+    g = tiles.gates
     last = tiles.plan.last_slots[-1]
     start = chunk * (last // chunk) - 1
     if start < 0:
-        W_cs = W_b.contiguous()
+        return W_b.contiguous()
+    row = g.A[-1, ..., start, :, None] * tiles.k[-1]  # (B, H, L, Dk): A_{s,:}ᵀ∘K
+    W_cs = g.D[-1, ..., start, None, None] * W_b
+    if S_b is not None:
+        W_cs = W_cs + g.c[-1, ..., start, None, None] * S_b
+    return W_cs - E.transpose(-1, -2) @ row
+
+
+def _solve_rows(tiles: Tiles, chunk: int, a: float, b: float, Q: Tensor, K: Tensor, V: Tensor,
+                with_momentum: bool) -> tuple:
+    """The state-independent part of :func:`scan_aligned` for all tiles at once: ``−A∘(Q Kᵀ)``,
+    ``(I+N)⁻¹``, ``[aD̃∘K | ac̃∘K]`` (``aD̃∘K`` alone without momentum) and ``E_V``."""
+    g = tiles.gates
+    n, BH, L, _ = K.shape
+    M = (g.A.reshape(n, BH, L, L) * (Q @ K.transpose(-1, -2))).neg_()  # −A∘(Q Kᵀ)
+    if a == 0.0:  # dot: E = b V does not depend on the state
+        return M, None, None, V * b
+    slot = torch.arange(L, device=Q.device)
+    s = chunk * (slot // chunk) - 1  # (L,) gradient point of each slot
+    opened = s >= 0
+    sc = s.clamp(min=0)
+    Ds = torch.where(opened, g.D[..., sc], torch.ones_like(g.D)).reshape(n, BH, L)
+    N = g.A[..., sc, :].reshape(n, BH, L, L) * (a * opened.to(Q.dtype))[:, None] \
+        * (K @ K.transpose(-1, -2))
+    eye = torch.eye(L, dtype=Q.dtype, device=Q.device).expand_as(N)
+    Tinv = torch.linalg.solve_triangular(N, eye, upper=False, unitriangular=True)
+    if with_momentum:
+        cs = torch.where(opened, g.c[..., sc], torch.zeros_like(g.c)).reshape(n, BH, L)
+        KD = side_by_side(K, a * Ds, a * cs)  # [a D̃∘K | a c̃∘K]: (n, BH, L, 2Dk)
     else:
-        row = g.A[-1, ..., start, :, None] * tiles.k[-1]  # (B, H, L, Dk): A_{s,:}ᵀ∘K
-        W_cs = g.D[-1, ..., start, None, None] * W_b + g.c[-1, ..., start, None, None] * S_b \
-            - E.transpose(-1, -2) @ row
-    return y, W, S, W_cs, torch.stack(norms).reshape(n, B, H, L)
+        KD = K * (a * Ds)[..., None]  # a D̃∘K: (n, BH, L, Dk)
+    return M, Tinv, KD, (Tinv @ V).mul_(b)

@@ -115,12 +115,13 @@ def with_leaves(state: MemoryState, leaves: dict[str, Tensor]) -> MemoryState:
 def scan_with_grads(backend: str, inputs: dict[str, Tensor], state: MemoryState, *,
                     tile_size: int | None = None, grads: bool = True, **kw):
     """Run one scan; return its outputs and the gradients of a fixed random
-    functional of ``y``, the final params and momentum w.r.t. every input."""
+    functional of ``y``, the final params and momentum w.r.t. every input (inputs
+    without ``momentum``: the scan's default η = 0)."""
     leaves = {n: t.detach().clone().requires_grad_(grads) for n, t in
               {**inputs, **leaves_of(state)}.items()}
     with tile(tile_size):
         y, new = nlframe.memory_scan(leaves["q"], leaves["k"], leaves["v"], lr=leaves["lr"],
-                                     decay=leaves["decay"], momentum=leaves["momentum"],
+                                     decay=leaves["decay"], momentum=leaves.get("momentum", 0.0),
                                      backend=backend, state=with_leaves(state, leaves), **kw)
     out = {"y": y, "params": new.params, "momentum": new.momentum,
            "chunk_params": new.chunk_params}

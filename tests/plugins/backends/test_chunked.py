@@ -167,6 +167,34 @@ def test_other_update_rules_are_refused():
         reg.unregister_plugin(Plugin)
 
 
+@given(shape=shapes, chunk=chunk_sizes, objective=st.sampled_from(["l2", "dot"]),
+       tile_size=st.sampled_from([4, 8, 64]), position=st.integers(0, 6),
+       seed=st.integers(0, 2**16))
+def test_linear_without_momentum_matches_reference(shape, chunk, objective, tile_size, position,
+                                                   seed):
+    """η left at its default 0 (the delta rule, DeltaNet, linear attention): the chunk form
+    carries W alone; reads, W, the returned S = −θ_T g_T, the chunk start and every
+    gradient equal the reference's, also from a state inside a chunk."""
+    B, H, T, Dk, Dv = shape
+    gen, inputs = _inputs(seed, B, H, T, Dk, Dv)
+    del inputs["momentum"]
+    state = random_state(gen, "linear", B, H, Dk, Dv)
+    kw = dict(memory="linear", objective=objective, chunk_size=chunk)
+    if position % chunk:  # start inside a chunk: a reference prefix of `position` tokens
+        _, state = nlframe.memory_scan(*qkv(gen, B, H, position % chunk, Dk, Dv),
+                                       lr=0.5, state=state, backend="reference", **kw)
+        state.chunk_params = {n: p.clone() for n, p in state.chunk_params.items()}
+    ref, ref_state, ref_g = scan_with_grads("reference", inputs, state, **kw)
+    out, new_state, g = scan_with_grads("chunked", inputs, state, tile_size=tile_size, **kw)
+    for key in ref:
+        assert_close(out[key], ref[key], key)
+    assert (new_state.position, new_state.step) == (ref_state.position, ref_state.step)
+    for name in ref_g:  # S0 enters nothing at η = 0: no gradient on either side, or zero
+        zero = torch.zeros_like(inputs.get(name, state.params["W"]))
+        assert_close(zero if g[name] is None else g[name],
+                     zero if ref_g[name] is None else ref_g[name], f"d/d{name}")
+
+
 def test_gradients_at_exact_zero_and_one_gates_match_reference():
     """η = 0 and α = 1 on many tokens (products of gates that vanish): gradients stay
     finite and equal the reference's, and reach the initial W and S."""
