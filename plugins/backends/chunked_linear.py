@@ -183,8 +183,9 @@ def _last_chunk_start(tiles: Tiles, chunk: int, W_b: Tensor, S_b: Tensor | None,
 
 def _solve_rows(tiles: Tiles, chunk: int, a: float, b: float, Q: Tensor, K: Tensor, V: Tensor,
                 with_momentum: bool) -> tuple:
-    """The state-independent part of :func:`scan_aligned` for all tiles at once: ``−A∘(Q Kᵀ)``,
-    ``(I+N)⁻¹``, ``[aD̃∘K | ac̃∘K]`` (``aD̃∘K`` alone without momentum) and ``E_V``."""
+    """The state-independent part of :func:`scan_aligned` for all tiles at once:
+    ``−A∘(Q Kᵀ)``, ``(I+N)⁻¹``, ``[aD̃∘K | ac̃∘K]`` (``aD̃∘K`` alone without momentum)
+    and ``E_V``."""
     g = tiles.gates
     n, BH, L, _ = K.shape
     M = (g.A.reshape(n, BH, L, L) * (Q @ K.transpose(-1, -2))).neg_()  # −A∘(Q Kᵀ)

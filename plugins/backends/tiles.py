@@ -185,8 +185,8 @@ class Tiles:
     """Inputs of a batch of tiles in loop-friendly layout ``(n, B, H, L, ...)``.
 
     ``q, k: (n, B, H, L, Dk)``, ``v: (n, B, H, L, Dv)``; ``gates`` of every tile;
-    ``qdc = [D∘q | c∘q]: (n, B, H, L, 2Dk)`` (the state part of every read is
-    ``qdc [W_b | S_b]ᵀ``); end-of-tile coefficients ``DL, cL, PL: (n, B, H, 1, 1)``
+    ``qdc = [D∘q | c∘q]: (n, B, H, L, 2Dk)`` (formed where read; the state part of
+    every read is ``qdc [W_b | S_b]ᵀ``); end-of-tile coefficients ``DL, cL, PL: (n, B, H, 1, 1)``
     and rows ``aL = A_{L,:}``, ``bL = (Bθ)_{L,:}: (n, B, H, L)``; the raw per-slot
     gates ``theta``, ``alpha``, ``eta: (n, B, H, L)``.
     """
@@ -196,7 +196,6 @@ class Tiles:
     k: Tensor
     v: Tensor
     gates: TileGates
-    qdc: Tensor
     DL: Tensor
     cL: Tensor
     PL: Tensor
@@ -216,8 +215,13 @@ class Tiles:
         DL, cL, PL, aL, bL = gates.rows(plan.last)
         q = plan.gather(q)
         return cls(plan=plan, q=q, k=plan.gather(k), v=plan.gather(v), gates=gates,
-                   qdc=side_by_side(q, gates.D, gates.c),
                    DL=DL, cL=cL, PL=PL, aL=aL, bL=bL, theta=th, alpha=al, eta=et)
+
+    @property
+    def qdc(self) -> Tensor:
+        """``[D∘q | c∘q]``, formed where it is read: only the joint-state loops of the
+        linear memory need it, once each (no cache: ``torch.compile`` traces this)."""
+        return side_by_side(self.q, self.gates.D, self.gates.c)
 
     def advance_joint(self, t: int, X: Tensor, err: Tensor, inp_ab: Tensor) -> Tensor:
         """:meth:`advance` on the joint state ``X = [W | S]: (B, H, R, 2I)`` with
