@@ -95,7 +95,6 @@ def scan_aligned(tiles: Tiles, W: Tensor, S: Tensor, chunk: int, a: float, b: fl
     """
     if not momentum:
         return _scan_aligned_without_momentum(tiles, W, chunk, a, b)
-    g = tiles.gates
     n, B, H, L, Dk = tiles.k.shape
     Dv, BH = W.shape[-2], B * H
     Q, K, V = (x.reshape(n, BH, L, -1) for x in (tiles.q, tiles.k, tiles.v))  # views
@@ -106,27 +105,20 @@ def scan_aligned(tiles: Tiles, W: Tensor, S: Tensor, chunk: int, a: float, b: fl
     DP = torch.cat([tiles.DL.reshape(n, BH, 1, 1).expand(n, BH, 1, Dk),
                     tiles.PL.reshape(n, BH, 1, 1).expand(n, BH, 1, Dk)], -1)
     cL = tiles.cL.reshape(n, BH, 1, 1)
-    X = torch.cat([W, S], -1).reshape(BH, Dv, 2 * Dk)  # joint state [W | S]
-    ys: list[Tensor] = []
-    norms: list[Tensor] = []
-    EV, QDC, M, KAB = per_tile(EV, QDC, M, KAB)
-    if a != 0.0:
-        Tinv, KDC = per_tile(Tinv, KDC)
-    for t in range(n):
-        X_b = X
-        Xt = X.transpose(-1, -2)  # (BH, 2Dk, Dv)
-        E = torch.baddbmm(EV[t], Tinv[t], torch.bmm(KDC[t], Xt)) if a != 0.0 else EV[t]
-        norms.append(E.norm(dim=-1))
-        ys.append(torch.baddbmm(torch.bmm(QDC[t], Xt), M[t], E))  # Y: (BH, L, Dv)
-        X = torch.bmm(E.transpose(-1, -2), KAB[t])  # (BH, Dv, 2Dk)
+
+    def advance(X: Tensor, X_b: Tensor, t: int) -> Tensor:
         X.addcmul_(DP[t], X_b)
         X[..., :Dk].addcmul_(cL[t], X_b[..., Dk:])
-    y = torch.stack(ys).reshape(n, B, H, L, Dv)
+        return X
+
+    X = torch.cat([W, S], -1).reshape(BH, Dv, 2 * Dk)  # joint state [W | S]
+    y, norms, X, X_b, E = _tile_loop(X, a, EV, Tinv, KDC, QDC, M, KAB, advance)
+    y = y.reshape(n, B, H, L, Dv)
     W, S = (X[..., i:i + Dk].reshape(B, H, Dv, Dk).contiguous() for i in (0, Dk))
     W_b, S_b = (X_b[..., i:i + Dk].reshape(B, H, Dv, Dk) for i in (0, Dk))
     E = E.reshape(B, H, L, Dv)
     W_cs = _last_chunk_start(tiles, chunk, W_b, S_b, E)
-    return y, W, S, W_cs, torch.stack(norms).reshape(n, B, H, L)
+    return y, W, S, W_cs, norms.reshape(n, B, H, L)
 
 
 def _scan_aligned_without_momentum(tiles: Tiles, W: Tensor, chunk: int, a: float, b: float):
@@ -143,27 +135,40 @@ def _scan_aligned_without_momentum(tiles: Tiles, W: Tensor, chunk: int, a: float
     QD = Q * g.D.reshape(n, BH, L, 1)  # D∘Q
     KA = K * tiles.aL.reshape(n, BH, L, 1).neg()  # −A_{L,:}ᵀ∘K
     DL = tiles.DL.reshape(n, BH, 1, 1)
-    X = W.reshape(BH, Dv, Dk)
-    ys: list[Tensor] = []
-    norms: list[Tensor] = []
-    EV, QD, M, KA = per_tile(EV, QD, M, KA)
-    if a != 0.0:
-        Tinv, KD = per_tile(Tinv, KD)
-    for t in range(n):
-        X_b = X
-        Xt = X.transpose(-1, -2)  # (BH, Dk, Dv)
-        E = torch.baddbmm(EV[t], Tinv[t], torch.bmm(KD[t], Xt)) if a != 0.0 else EV[t]
-        norms.append(E.norm(dim=-1))
-        ys.append(torch.baddbmm(torch.bmm(QD[t], Xt), M[t], E))  # Y: (BH, L, Dv)
-        X = torch.bmm(E.transpose(-1, -2), KA[t]).addcmul_(DL[t], X_b)  # (BH, Dv, Dk)
-    y = torch.stack(ys).reshape(n, B, H, L, Dv)
+
+    def advance(X: Tensor, X_b: Tensor, t: int) -> Tensor:
+        return X.addcmul_(DL[t], X_b)
+
+    y, norms, X, X_b, E = _tile_loop(W.reshape(BH, Dv, Dk), a, EV, Tinv, KD, QD, M, KA, advance)
+    y = y.reshape(n, B, H, L, Dv)
     W_b = X_b.reshape(B, H, Dv, Dk)
     E = E.reshape(B, H, L, Dv)
     # S_T = −θ_T g_T: the last tile's row of Bθ = diag(θ) holds θ at the last token only
     S = E.transpose(-1, -2) @ (tiles.k[-1] * tiles.bL[-1, ..., None].neg())
     W_cs = _last_chunk_start(tiles, chunk, W_b, None, E)
-    return y, X.reshape(B, H, Dv, Dk), S, W_cs, torch.stack(norms).reshape(n, B, H, L)
+    return y, X.reshape(B, H, Dv, Dk), S, W_cs, norms.reshape(n, B, H, L)
 
+
+def _tile_loop(X: Tensor, a: float, EV: Tensor, Tinv: Tensor | None, KD: Tensor | None,
+               QD: Tensor, M: Tensor, KA: Tensor,
+               advance: Callable[[Tensor, Tensor, int], Tensor]) -> tuple:
+    """The loop over tiles of :func:`scan_aligned` (joint state or ``W`` alone)::
+
+        E = E_V + (I+N)⁻¹ (KD X_bᵀ),   Y = QD X_bᵀ − (A∘(Q Kᵀ)) E,   X = advance(Eᵀ KA, X_b)
+
+    Returns the stacked ``Y``, ``‖e_i‖``, the final and last tile's start state and its ``E``."""
+    ys, norms = [], []
+    EV, QD, M, KA = per_tile(EV, QD, M, KA)
+    if a != 0.0:
+        Tinv, KD = per_tile(Tinv, KD)
+    for t in range(len(EV)):
+        X_b = X
+        Xt = X.transpose(-1, -2)  # (BH, Dk or 2Dk, Dv)
+        E = torch.baddbmm(EV[t], Tinv[t], torch.bmm(KD[t], Xt)) if a != 0.0 else EV[t]
+        norms.append(E.norm(dim=-1))
+        ys.append(torch.baddbmm(torch.bmm(QD[t], Xt), M[t], E))  # Y: (BH, L, Dv)
+        X = advance(torch.bmm(E.transpose(-1, -2), KA[t]), X_b, t)
+    return torch.stack(ys), torch.stack(norms), X, X_b, E
 
 def _last_chunk_start(tiles: Tiles, chunk: int, W_b: Tensor, S_b: Tensor | None,
                       E: Tensor) -> Tensor:
