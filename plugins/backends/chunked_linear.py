@@ -170,6 +170,7 @@ def _tile_loop(X: Tensor, a: float, EV: Tensor, Tinv: Tensor | None, KD: Tensor 
         X = advance(torch.bmm(E.transpose(-1, -2), KA[t]), X_b, t)
     return torch.stack(ys), torch.stack(norms), X, X_b, E
 
+
 def _last_chunk_start(tiles: Tiles, chunk: int, W_b: Tensor, S_b: Tensor | None,
                       E: Tensor) -> Tensor:
     """The parameters at the start of the last tile's last chunk, ``W_s`` for ``s`` its
