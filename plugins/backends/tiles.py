@@ -187,8 +187,8 @@ class Tiles:
     ``q, k: (n, B, H, L, Dk)``, ``v: (n, B, H, L, Dv)``; ``gates`` of every tile;
     ``qdc = [D∘q | c∘q]: (n, B, H, L, 2Dk)`` (formed where read; the state part of
     every read is ``qdc [W_b | S_b]ᵀ``); end-of-tile coefficients ``DL, cL, PL:
-    (n, B, H, 1, 1)`` and rows ``aL = A_{L,:}``, ``bL = (Bθ)_{L,:}: (n, B, H, L)``; the raw per-slot
-    gates ``theta``, ``alpha``, ``eta: (n, B, H, L)``.
+    (n, B, H, 1, 1)`` and rows ``aL = A_{L,:}``, ``bL = (Bθ)_{L,:}: (n, B, H, L)``; the
+    raw per-slot gates ``theta``, ``alpha``, ``eta: (n, B, H, L)``.
     """
 
     plan: TilePlan
