@@ -65,15 +65,15 @@ def chunked_scan(request: ScanRequest, *, tile: int = TILE) -> tuple[Tensor, Mem
     q, k, v, state, C = request.q, request.k, request.v, request.state, request.chunk_size
     zeros = torch.zeros_like(request.hyper["lr"])
     gates = (request.hyper["lr"], request.hyper.get("decay", zeros),
-             request.hyper.get("momentum", zeros))  # (B, H, T)
+             request.hyper.get("momentum"))  # (B, H, T); momentum None: η ≡ 0
     T, p = q.shape[2], state.position
     mom = state.opt_state["momentum"]
     point = state.chunk_params if p else state.params
     psi = request.objective.grad
     norms = []
 
-    def cut(lo: int, hi: int) -> list[Tensor]:
-        return [x[:, :, lo:hi] for x in (q, k, v, *gates)]
+    def cut(lo: int, hi: int) -> list[Tensor | None]:
+        return [None if x is None else x[:, :, lo:hi] for x in (q, k, v, *gates)]
 
     def masked(n: Tensor, plan: TilePlan) -> Tensor:
         return (n * plan.valid[:, None, None].to(n.dtype)).sum((0, -1))
@@ -93,7 +93,7 @@ def chunked_scan(request: ScanRequest, *, tile: int = TILE) -> tuple[Tensor, Mem
             L = C * (tile // C)
             tiles = Tiles.gather(TilePlan.aligned(T - head, L, q.device), *cut(head, T))
             y, W, S, Wg, n = chunked_linear.scan_aligned(tiles, W, S, C, *affine,
-                                                         momentum="momentum" in request.hyper)
+                                                         momentum=gates[2] is not None)
             ys.append(tiles.plan.scatter(y))
             norms.append(masked(n, tiles.plan))
         y = torch.cat(ys, 2)

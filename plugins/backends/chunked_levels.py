@@ -761,7 +761,7 @@ def scan_within_chunk_tiles(request: ScanRequest, *, tile: int) -> tuple[Tensor,
     zeros = torch.zeros_like(request.hyper["lr"])
     theta = request.hyper["lr"]
     alpha = request.hyper.get("decay", zeros)
-    eta = zeros if dgd else request.hyper.get("momentum", zeros)
+    eta = None if dgd else request.hyper.get("momentum")  # None: η ≡ 0
     plan = TilePlan.within_chunks(T, C, p, tile, q.device)
     tiles = Tiles.gather(plan, q, k, v, theta, alpha, eta)
     g = tiles.gates

@@ -66,8 +66,14 @@ class TileGates:
     Btheta: Tensor
 
     @classmethod
-    def build(cls, theta: Tensor, alpha: Tensor, eta: Tensor) -> "TileGates":
-        """Gates of tiles from per-slot ``θ, α, η: (..., L)``."""
+    def build(cls, theta: Tensor, alpha: Tensor, eta: Tensor | None) -> "TileGates":
+        """Gates of tiles from per-slot ``θ, α, η: (..., L)``. ``η = None`` means ``η ≡ 0``:
+        then ``B = I``, so ``Bθ = diag(θ)``, ``P = c = 0`` and ``A = Dm∘θ``
+        (:meth:`without_momentum`), with no products of segments of ``η``."""
+        if eta is None:
+            A, D = cls.without_momentum(theta, alpha)
+            zero = torch.zeros_like(theta)
+            return cls(D=D, c=zero, P=zero, A=A, Btheta=torch.diag_embed(theta))
         keep = 1.0 - alpha
         decay = segment_products(keep)  # Dm (..., L, L)
         btheta = segment_products(eta) * theta.unsqueeze(-2)  # B_{ji} θ_i
@@ -207,11 +213,14 @@ class Tiles:
 
     @classmethod
     def gather(cls, plan: TilePlan, q: Tensor, k: Tensor, v: Tensor, theta: Tensor,
-               alpha: Tensor, eta: Tensor) -> "Tiles":
+               alpha: Tensor, eta: Tensor | None) -> "Tiles":
         """Cut ``q, k: (B, H, T, Dk)``, ``v: (B, H, T, Dv)`` and gates ``(B, H, T)`` into
-        ``plan``'s tiles (padded slots: zero inputs, θ = α = η = 0, so they write nothing)."""
-        th, al, et = (plan.gather(x) for x in (theta, alpha, eta))  # (n, B, H, L)
-        gates = TileGates.build(th, al, et)
+        ``plan``'s tiles (padded slots: zero inputs, θ = α = η = 0, so they write nothing).
+        ``eta = None``: no momentum (``η ≡ 0``, gates of :meth:`TileGates.build` without
+        its momentum terms)."""
+        th, al = plan.gather(theta), plan.gather(alpha)  # (n, B, H, L)
+        et = torch.zeros_like(th) if eta is None else plan.gather(eta)
+        gates = TileGates.build(th, al, None if eta is None else et)
         DL, cL, PL, aL, bL = gates.rows(plan.last)
         q = plan.gather(q)
         return cls(plan=plan, q=q, k=plan.gather(k), v=plan.gather(v), gates=gates,

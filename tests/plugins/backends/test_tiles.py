@@ -45,6 +45,11 @@ def test_gate_kernel_without_momentum_is_the_kernel_at_zero_eta(L, seed):
     g = TileGates.build(th, torch.zeros_like(th), torch.zeros_like(th))
     assert torch.equal(A, g.A) and torch.equal(D, g.D)
 
+    # eta=None (η ≡ 0 known in advance): every gate of the kernel at η = 0
+    g0, g = TileGates.build(th, al, torch.zeros_like(th)), TileGates.build(th, al, None)
+    for name in ("D", "c", "P", "A", "Btheta"):
+        assert_close(getattr(g, name), getattr(g0, name), name, rtol=1e-14, atol=0)
+
 
 def test_segment_products_with_zeros_have_finite_gradients():
     x = torch.tensor([0.5, 0.0, 2.0, 0.0, 0.3], dtype=DT, requires_grad=True)
