@@ -15,7 +15,7 @@ from nlframe_plugins.backends.chunked import ChunkedBackend
 from nlframe_plugins.backends.reference import ReferenceBackend
 
 from .scan_cases import (DT, chunk_sizes, compare_backends, gates, qkv, random_state,
-                         scan_with_grads, assert_close)
+                         scan_with_grads, assert_close, tile)
 
 ACTIVATIONS = ["gelu", "silu", "relu", "tanh", "sigmoid", "identity"]
 
@@ -174,16 +174,27 @@ def test_linear_without_momentum_matches_reference(shape, chunk, objective, tile
                                                    seed):
     """η left at its default 0 (the delta rule, DeltaNet, linear attention): the chunk form
     carries W alone; reads, W, the returned S = −θ_T g_T, the chunk start and every
-    gradient equal the reference's, also from a state inside a chunk."""
+    gradient equal the reference's; and, without gradients, from a state inside a chunk
+    (the gradient harness's leaves start at a chunk start)."""
     B, H, T, Dk, Dv = shape
     gen, inputs = _inputs(seed, B, H, T, Dk, Dv)
     del inputs["momentum"]
     state = random_state(gen, "linear", B, H, Dk, Dv)
     kw = dict(memory="linear", objective=objective, chunk_size=chunk)
-    if position % chunk:  # start inside a chunk: a reference prefix of `position` tokens
-        _, state = nlframe.memory_scan(*qkv(gen, B, H, position % chunk, Dk, Dv),
-                                       lr=0.5, state=state, backend="reference", **kw)
-        state.chunk_params = {n: p.clone() for n, p in state.chunk_params.items()}
+    if position % chunk:  # a reference prefix of `position` tokens ends inside a chunk
+        _, mid = nlframe.memory_scan(*qkv(gen, B, H, position % chunk, Dk, Dv), lr=0.5,
+                                     state=state, backend="reference", **kw)
+        runs = {}
+        for backend in ("reference", "chunked"):
+            with tile(tile_size):
+                runs[backend] = nlframe.memory_scan(inputs["q"], inputs["k"], inputs["v"],
+                                                    lr=inputs["lr"], decay=inputs["decay"],
+                                                    state=mid, backend=backend, **kw)
+        (y_ref, s_ref), (y, s) = runs["reference"], runs["chunked"]
+        assert_close(y, y_ref, "y (inside a chunk)")
+        for part in ("params", "momentum", "chunk_params"):
+            assert_close(getattr(s, part), getattr(s_ref, part), f"{part} (inside a chunk)")
+        assert (s.position, s.step) == (s_ref.position, s_ref.step)
     ref, ref_state, ref_g = scan_with_grads("reference", inputs, state, **kw)
     out, new_state, g = scan_with_grads("chunked", inputs, state, tile_size=tile_size, **kw)
     for key in ref:
