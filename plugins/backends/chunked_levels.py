@@ -282,7 +282,10 @@ def scan_chunk_writes_truncated(request: ScanRequest, *, tile: int) -> tuple[Ten
         jl, prev_tokens = chunks - 1, (chunks - 1) * C
         keep, eta_l = 1.0 - alpha[..., jl, None, None], eta[..., jl, None, None]
         neg_th = theta[..., jl, :, None].neg()
-        newW, newS = {}, {}
+        # without momentum (η ≡ 0, c = 0) S reaches no read and no write: only the call's
+        # last tile forms it (the last chunk's −G, for the returned state)
+        need_S = has_mom or t == ct.n - 1
+        newW, newS = {}, dict(S)
         for name in view.names:  # as few fresh parameter-sized buffers as the graph allows
             W_l, S_l = Wb[name], Sb[name]  # W⁽ˡᵃˢᵗ⁾, S⁽ˡᵃˢᵗ⁾ (the tile start for one chunk)
             if prev_tokens:
@@ -290,13 +293,17 @@ def scan_chunk_writes_truncated(request: ScanRequest, *, tile: int) -> tuple[Ten
                     ET = Es[name][..., :prev_tokens, :].transpose(-1, -2)
                     X_l = Xs[name][..., :prev_tokens, :]
                     W_l = (ET @ (X_l * wa[..., jl, :prev_tokens, None].neg())) \
-                        .addcmul_(D[..., jl, None, None], W_l).addcmul_(c[..., jl, None, None], S_l)
+                        .addcmul_(D[..., jl, None, None], W_l)
                     if has_mom:  # else η_l = 0: the new S does not read S⁽ˡᵃˢᵗ⁾
+                        W_l = W_l.addcmul_(c[..., jl, None, None], S_l)
                         S_l = (ET @ (X_l * wb[..., jl, :prev_tokens, None].neg())) \
                             .addcmul_(P[..., jl, None, None], S_l)
             neg_G = E[name][..., prev_tokens:, :].transpose(-1, -2) \
                 @ (X[name][..., prev_tokens:, :] * neg_th)
-            newS[name] = neg_G.addcmul_(eta_l, S_l)  # the matmul's own buffer
+            if not need_S:  # W_L = (1 − α_l) W⁽ˡᵃˢᵗ⁾ − G in the matmul's own buffer
+                newW[name] = neg_G.addcmul_(keep, W_l)
+                continue
+            newS[name] = neg_G.addcmul_(eta_l, S_l) if has_mom else neg_G
             newW[name] = torch.addcmul(newS[name], keep, W_l)
         W, S = newW, newS
     return ct.finish(ys, norms, W, S)

@@ -62,11 +62,13 @@ class Case:
     self_target: bool = False
     exact: bool = False  # gates with exact 0 and 1 entries
     truncate: bool = False  # memory_scan(truncate=True): inner_grad = "truncated"
+    eta: bool = True  # False: the momentum rule without its gate η (η ≡ 0, as CMS levels run it)
 
     def __str__(self) -> str:
         return (f"{self.memory}-{self.objective}-{self.optimizer}-{self.read}-{self.write}-"
                 f"{'self' if self.self_target else 'v'}-C{self.chunk}"
-                + ("-exact" if self.exact else "") + ("-truncated" if self.truncate else ""))
+                + ("-exact" if self.exact else "") + ("-truncated" if self.truncate else "")
+                + ("" if self.eta else "-no-eta"))
 
     @property
     def mkw(self) -> dict:
@@ -96,7 +98,7 @@ def make_inputs(case: Case, *, T: int = T, Dk: int = D, Dv: int = D, seed: int =
         return x
 
     lr, decay, mom = gate(0.5), gate(0.2), gate(0.9)
-    if case.optimizer != "momentum":
+    if case.optimizer != "momentum" or not case.eta:
         mom = None
     if case.optimizer == "sgd":
         decay = None
@@ -382,7 +384,8 @@ def _grad_cases() -> list[Case]:
     # chunk writes of many chunks per tile (CMS levels of chunk 1 and 2): the tile's
     # weight gradients summed once in the backward pass (chunked_levels._TileWeight)
     out += [Case("mlp", "l2", chunk=1, **FAMILIES["c"]),
-            Case("residual-mlp", "l2", chunk=2, **FAMILIES["c"])]
+            Case("residual-mlp", "l2", chunk=2, **FAMILIES["c"]),
+            Case("mlp", "l2", chunk=1, eta=False, **FAMILIES["c"])]  # η left out, as CMS does
     return out
 
 
@@ -492,7 +495,9 @@ TRUNCATED = [Case("mlp", "l2", chunk=1, truncate=True, **FAMILIES["c"]),
              Case("linear", "l2", chunk=2, truncate=True, **FAMILIES["c"]),
              Case("mlp", "l2", chunk=1, truncate=True, **FAMILIES["c-sgd"]),
              Case("mlp", "dot", chunk=2, truncate=True, **{**FAMILIES["c"], "self_target": True}),
-             Case("mlp", "l2", chunk=1, truncate=True, exact=True, **FAMILIES["c"])]
+             Case("mlp", "l2", chunk=1, truncate=True, exact=True, **FAMILIES["c"]),
+             Case("mlp", "l2", chunk=1, truncate=True, eta=False, **FAMILIES["c"]),
+             Case("residual-mlp", "l2", chunk=2, truncate=True, eta=False, **FAMILIES["c"])]
 
 
 def _stream_grads(backend: str, case: Case, inp: dict, cuts: list[int]):
