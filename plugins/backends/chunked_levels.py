@@ -303,7 +303,8 @@ def scan_chunk_writes_truncated(request: ScanRequest, *, tile: int) -> tuple[Ten
             if not need_S:  # W_L = (1 − α_l) W⁽ˡᵃˢᵗ⁾ − G in the matmul's own buffer
                 newW[name] = neg_G.addcmul_(keep, W_l)
                 continue
-            newS[name] = neg_G.addcmul_(eta_l, S_l) if has_mom else neg_G
+            # (η ≡ 0: 0·S_b keeps the call's S_b in the returned state's graph, ∂S_b = 0)
+            newS[name] = neg_G.addcmul_(eta_l, S_l if has_mom else S[name])
             newW[name] = torch.addcmul(newS[name], keep, W_l)
         W, S = newW, newS
     return ct.finish(ys, norms, W, S)
@@ -783,6 +784,8 @@ def scan_within_chunk_tiles(request: ScanRequest, *, tile: int) -> tuple[Tensor,
     pending = dict(state.pending) if (p and not token_write) else {}
     cut = request.truncate and state.step - p > 0  # the chunk open at the call's start
     ahead = None  # M_{W_new}(request.read_after), where the last tile computes it
+    owned: set = set()  # names whose pending gradient is this call's own buffer
+    last_G = None  # η ≡ 0: the last chunk gradient written (the momentum state is −G)
     ys, norms = [], []
     qs, ks, vs, As, thetas = per_tile(tiles.q, tiles.k, tiles.v, g.A, tiles.theta)
     for t, opens in enumerate(plan.opens_chunk):
@@ -794,6 +797,7 @@ def scan_within_chunk_tiles(request: ScanRequest, *, tile: int) -> tuple[Tensor,
             if cut:
                 W = {n: w.detach() for n, w in W.items()}
                 S = {n: m.detach() for n, m in S.items()} if S is not None else None
+                last_G = {n: g.detach() for n, g in last_G.items()} if last_G else None
                 opt_state = tree_map(Tensor.detach, opt_state)
         Gw = {n: g.detach() for n, g in Gp.items()} if cut else Gp  # the write's gradient point
         Q, K, V = qs[t], ks[t], vs[t]  # (B, H, L, D)
@@ -826,7 +830,10 @@ def scan_within_chunk_tiles(request: ScanRequest, *, tile: int) -> tuple[Tensor,
             if dgd:
                 step = {n: s + (X[n] @ Gw[n].transpose(-1, -2)).transpose(-1, -2) @ (X[n] * th)
                         for n, s in step.items()}
-            pending = {n: pending[n] + s if n in pending else s for n, s in step.items()}
+            # the chunk's gradient so far: summed into this call's own buffer in place
+            pending = {n: (pending[n].add_(s) if n in owned else pending[n] + s)
+                       if n in pending else s for n, s in step.items()}
+            owned = set(pending)
             y = view.read(Gp, Q) if request.outputs else None
             if closes[t]:
                 if generic:  # one update(G_c, state, W) with the last token's hyperparameters
@@ -837,8 +844,11 @@ def scan_within_chunk_tiles(request: ScanRequest, *, tile: int) -> tuple[Tensor,
                         hyper["lr"] = 1.0
                     W, opt_state = request.rule.update(pending, opt_state, W, **hyper)
                 else:
-                    W, S = _apply_chunk(W, S, pending, tiles, t, plan.last_slots[t], dgd)
-                pending = {}
+                    W, S_new = _apply_chunk(W, S, pending, tiles, t, plan.last_slots[t],
+                                            dgd or eta is None)
+                    if not dgd:  # η ≡ 0: S = −G_c reaches nothing; formed once, at the end
+                        S, last_G = (S, pending) if eta is None else (S_new, None)
+                pending, owned = {}, set()
                 if after and request.outputs:
                     j = plan.last_slots[t]
                     y = y.clone()
@@ -852,6 +862,9 @@ def scan_within_chunk_tiles(request: ScanRequest, *, tile: int) -> tuple[Tensor,
     if position == 0:
         pending = {}
     surprise = (torch.stack(norms).sum((0, -1)) / T).detach()
+    if last_G is not None:  # S = 0·S_b − G_c: the call's S_b stays in the state's graph (∂S_b = 0)
+        S_b = state.opt_state["momentum"]
+        S = {n: torch.mul(S_b[n], 0.0).sub_(g) for n, g in last_G.items()}
     if not generic:
         opt_state = {} if dgd else {"momentum": S}
     return y, MemoryState(params=W, opt_state=opt_state, chunk_params=chunk_params,
@@ -890,11 +903,13 @@ def _read_after(view: LayerView, W: Params, S: Params | None, E: dict, X: dict, 
 
 
 def _apply_chunk(W: Params, S: Params | None, G: Params, tiles: Tiles, t: int, j: int,
-                 dgd: bool) -> tuple[Params, Params | None]:
-    """The one step of a chunk write at its last token (slot ``j``), with that token's α and η."""
+                 no_momentum: bool) -> tuple[Params, Params | None]:
+    """The one step of a chunk write at its last token (slot ``j``), with that token's α and η:
+    ``W ← (1 − α) W + S``, ``S ← η S − G`` (``no_momentum``, DGD or η ≡ 0: ``W ← (1 − α) W −
+    G`` in one fresh buffer, and no ``S``)."""
     keep = 1.0 - tiles.alpha[t][..., j, None, None]  # (B, H, 1, 1)
-    if dgd:
-        return {n: keep * W[n] - G[n] for n in W}, None
+    if no_momentum:
+        return {n: torch.mul(W[n], keep).sub_(G[n]) for n in W}, None
     eta = tiles.eta[t][..., j, None, None]
     newS = {n: eta * S[n] - G[n] for n in W}
     return {n: keep * W[n] + newS[n] for n in W}, newS

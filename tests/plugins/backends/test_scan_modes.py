@@ -755,3 +755,20 @@ def test_dgd_rejects_momentum():
     q, k, v = _small()
     with pytest.raises(ValueError):
         nlframe.memory_scan(q, k, v, optimizer="dgd", lr=0.1, momentum=0.5, backend="reference")
+
+
+@pytest.mark.parametrize("cuts", [[0, 11], [0, 5, 11]], ids=str)
+@pytest.mark.parametrize("case", [Case("mlp", "l2", chunk=8, **FAMILIES["c"]),
+                                  Case("mlp", "l2", chunk=8, eta=False, **FAMILIES["c"]),
+                                  Case("linear", "l2", chunk=6, eta=False, **FAMILIES["c"]),
+                                  Case("mlp", "l2", chunk=8, truncate=True, eta=False,
+                                       **FAMILIES["c"])], ids=str)
+def test_chunk_writes_longer_than_a_tile_match_oracle(case, cuts):
+    """Chunk writes whose chunks span several tiles (tile 3, C = 6 and 8: the chunk's
+    gradient summed over its tiles before the write), fed whole and from inside a chunk:
+    outputs, final state and outer gradients equal the float64 oracle."""
+    inp = make_inputs(case)
+    with tile(3):
+        y, state, got = _stream_grads("chunked", case, inp, cuts)
+    check_state(y, state, oracle(case, inp), T)
+    check_grads(got, oracle_grads(case, inp))
