@@ -595,10 +595,11 @@ class _ChunkTiles:
 
     def token_gates(self) -> TileGates:
         """The token-level gate kernel of every tile, ``(n, B, H, m·C)`` slots (padded
-        slots carry ``θ = α = η = 0``)."""
+        slots carry ``θ = α = η = 0``; without momentum, the gates of η ≡ 0)."""
         hyper, zeros = self.request.hyper, torch.zeros_like(self.request.hyper["lr"])
-        alpha, eta = (_tiles_of(x, self.n, self.m, self.C).flatten(-2) for x in
-                      (hyper.get("decay", zeros), hyper.get("momentum", zeros)))
+        alpha = _tiles_of(hyper.get("decay", zeros), self.n, self.m, self.C).flatten(-2)
+        eta = _tiles_of(hyper["momentum"], self.n, self.m, self.C).flatten(-2) \
+            if self.has_mom else None
         return TileGates.build(torch.stack(self.theta).flatten(-2), alpha, eta)
 
     def end(self, t: int, W: Params, S: Params, E: dict, X: dict, D: Tensor, c: Tensor,

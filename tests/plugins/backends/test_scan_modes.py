@@ -385,7 +385,8 @@ def _grad_cases() -> list[Case]:
     # weight gradients summed once in the backward pass (chunked_levels._TileWeight)
     out += [Case("mlp", "l2", chunk=1, **FAMILIES["c"]),
             Case("residual-mlp", "l2", chunk=2, **FAMILIES["c"]),
-            Case("mlp", "l2", chunk=1, eta=False, **FAMILIES["c"])]  # η left out, as CMS does
+            Case("mlp", "l2", chunk=1, eta=False, **FAMILIES["c"]),  # η left out, as CMS does
+            Case("mlp", "l2", chunk=2, eta=False, **FAMILIES["a"])]
     return out
 
 
@@ -594,7 +595,9 @@ TOKEN_WRITES = [Case("mlp", "l2", chunk=2, **FAMILIES["a"]),
                 Case("residual-mlp", "l2", chunk=3, **FAMILIES["a"]),
                 Case("mlp", "l2", chunk=2, exact=True, **FAMILIES["a"]),
                 Case("mlp", "dot", chunk=2, read="chunk_start", write="token", self_target=True),
-                Case("linear", "l2", chunk=3, read="chunk_start", write="token")]
+                Case("linear", "l2", chunk=3, read="chunk_start", write="token"),
+                Case("mlp", "l2", chunk=2, eta=False, **FAMILIES["a"]),
+                Case("residual-mlp", "l2", chunk=3, eta=False, read="chunk_start", write="token")]
 
 
 @pytest.mark.parametrize("cuts", [[0, 11], [0, 3, 11], [0, 1, 9, 11]], ids=str)
