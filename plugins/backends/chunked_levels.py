@@ -906,8 +906,8 @@ def _read_after(view: LayerView, W: Params, S: Params | None, E: dict, X: dict, 
 def _apply_chunk(W: Params, S: Params | None, G: Params, tiles: Tiles, t: int, j: int,
                  no_momentum: bool) -> tuple[Params, Params | None]:
     """The one step of a chunk write at its last token (slot ``j``), with that token's α and η:
-    ``W ← (1 − α) W + S``, ``S ← η S − G`` (``no_momentum``, DGD or η ≡ 0: ``W ← (1 − α) W −
-    G`` in one fresh buffer, and no ``S``)."""
+    ``S ← η S − G``, then ``W ← (1 − α) W + S`` (``no_momentum``, DGD or η ≡ 0: ``W ← (1 − α)
+    W − G`` in one fresh buffer, and no ``S``)."""
     keep = 1.0 - tiles.alpha[t][..., j, None, None]  # (B, H, 1, 1)
     if no_momentum:
         return {n: torch.mul(W[n], keep).sub_(G[n]) for n in W}, None
