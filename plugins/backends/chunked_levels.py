@@ -785,7 +785,7 @@ def scan_within_chunk_tiles(request: ScanRequest, *, tile: int) -> tuple[Tensor,
     pending = dict(state.pending) if (p and not token_write) else {}
     cut = request.truncate and state.step - p > 0  # the chunk open at the call's start
     ahead = None  # M_{W_new}(request.read_after), where the last tile computes it
-    owned: set = set()  # names whose pending gradient is this call's own buffer
+    owned = False  # the pending gradient is this call's own buffer (not the state's)
     last_G = None  # η ≡ 0: the last chunk gradient written (the momentum state is −G)
     ys, norms = [], []
     qs, ks, vs, As, thetas = per_tile(tiles.q, tiles.k, tiles.v, g.A, tiles.theta)
@@ -832,9 +832,9 @@ def scan_within_chunk_tiles(request: ScanRequest, *, tile: int) -> tuple[Tensor,
                 step = {n: s + (X[n] @ Gw[n].transpose(-1, -2)).transpose(-1, -2) @ (X[n] * th)
                         for n, s in step.items()}
             # the chunk's gradient so far: summed into this call's own buffer in place
-            pending = {n: (pending[n].add_(s) if n in owned else pending[n] + s)
+            pending = {n: (pending[n].add_(s) if owned else pending[n] + s)
                        if n in pending else s for n, s in step.items()}
-            owned = set(pending)
+            owned = True
             y = view.read(Gp, Q) if request.outputs else None
             if closes[t]:
                 if generic:  # one update(G_c, state, W) with the last token's hyperparameters
@@ -846,10 +846,12 @@ def scan_within_chunk_tiles(request: ScanRequest, *, tile: int) -> tuple[Tensor,
                     W, opt_state = request.rule.update(pending, opt_state, W, **hyper)
                 else:
                     W, S_new = _apply_chunk(W, S, pending, tiles, t, plan.last_slots[t],
-                                            dgd or eta is None)
-                    if not dgd:  # η ≡ 0: S = −G_c reaches nothing; formed once, at the end
-                        S, last_G = (S, pending) if eta is None else (S_new, None)
-                pending, owned = {}, set()
+                                            no_momentum=eta is None)  # DGD or η ≡ 0
+                    if S_new is not None:
+                        S = S_new
+                    elif S is not None:  # η ≡ 0: S = −G_c reaches nothing; formed at the end
+                        last_G = pending
+                pending = {}
                 if after and request.outputs:
                     j = plan.last_slots[t]
                     y = y.clone()
