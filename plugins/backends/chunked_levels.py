@@ -230,7 +230,7 @@ def scan_chunk_writes_truncated(request: ScanRequest, *, tile: int) -> tuple[Ten
     W, S = dict(state.params), dict(state.opt_state["momentum"])
     has_mom, C = ct.has_mom, ct.C
     fused = _fused_spec(request, view)
-    ys, norms = [], []
+    ys, norms, link = [], [], {}
     for t in range(ct.n):
         Wb = {nm: w.detach() for nm, w in W.items()}
         Sb = {nm: w.detach() for nm, w in S.items()}
@@ -270,7 +270,8 @@ def scan_chunk_writes_truncated(request: ScanRequest, *, tile: int) -> tuple[Ten
                     if has_mom:
                         W_u = W_u + cp * sS
                         S_u = Pp * sS - (ux * shift(wq_S)) @ Es[name]
-                attach_Wb = F.pad(ub[..., :C, :] @ W[name].transpose(-1, -2), (0, 0, 0, R - C))
+                attach_Wb = F.pad(_attached_read(ub[..., :C, :], W[name], link.get(name)),
+                                  (0, 0, 0, R - C))
                 total = attach_Wb - ((ub @ X[name].transpose(-1, -2)) * band) @ E[name] \
                     - prev(alpha) * W_u
                 if has_mom:
@@ -284,8 +285,9 @@ def scan_chunk_writes_truncated(request: ScanRequest, *, tile: int) -> tuple[Ten
         neg_th = theta[..., jl, :, None].neg()
         # without momentum (η ≡ 0, c = 0) S reaches no read and no write: only the call's
         # last tile forms it (the last chunk's −G, for the returned state)
-        need_S = has_mom or t == ct.n - 1
-        newW, newS = {}, dict(S)
+        last = t == ct.n - 1
+        need_S = has_mom or last
+        newW, newS, new_link = {}, dict(S), {}
         for name in view.names:  # as few fresh parameter-sized buffers as the graph allows
             W_l, S_l = Wb[name], Sb[name]  # W⁽ˡᵃˢᵗ⁾, S⁽ˡᵃˢᵗ⁾ (the tile start for one chunk)
             if prev_tokens:
@@ -298,16 +300,57 @@ def scan_chunk_writes_truncated(request: ScanRequest, *, tile: int) -> tuple[Ten
                         W_l = W_l.addcmul_(c[..., jl, None, None], S_l)
                         S_l = (ET @ (X_l * wb[..., jl, :prev_tokens, None].neg())) \
                             .addcmul_(P[..., jl, None, None], S_l)
-            neg_G = E[name][..., prev_tokens:, :].transpose(-1, -2) \
-                @ (X[name][..., prev_tokens:, :] * neg_th)
+            E_l, Xn_l = E[name][..., prev_tokens:, :], X[name][..., prev_tokens:, :] * neg_th
+            if not last:  # W_L's value, and its gradient's way to the next tile's reads
+                new_link[name] = _TileLink(keep, W_l, eta_l if has_mom else None,
+                                           S_l if has_mom else None, E_l, Xn_l)
+                with torch.no_grad():
+                    neg_G = Es[name][..., prev_tokens:, :].transpose(-1, -2) @ Xn_l.detach()
+                    if has_mom:
+                        newS[name] = neg_G.addcmul_(eta_l, S_l)
+                        newW[name] = torch.addcmul(newS[name], keep, W_l)
+                    else:
+                        newW[name] = neg_G.addcmul_(keep, W_l)
+                continue
+            neg_G = E_l.transpose(-1, -2) @ Xn_l
             if not need_S:  # W_L = (1 − α_l) W⁽ˡᵃˢᵗ⁾ − G in the matmul's own buffer
                 newW[name] = neg_G.addcmul_(keep, W_l)
                 continue
             # (η ≡ 0: 0·S_b keeps the call's S_b in the returned state's graph, ∂S_b = 0)
             newS[name] = neg_G.addcmul_(eta_l, S_l if has_mom else S[name])
             newW[name] = torch.addcmul(newS[name], keep, W_l)
-        W, S = newW, newS
+        W, S, link = newW, newS, new_link
     return ct.finish(ys, norms, W, S)
+
+
+@attrs.frozen
+class _TileLink:
+    """How a truncated tile's end ``W_L = keep·W_l + η_l S_l + Eᵀ X`` (``W_l, S_l`` the
+    last chunk's detached start, ``X`` its inputs times ``−θ``; ``η_l = S_l = None``
+    without momentum) reaches the next tile's reads: its value alone is stored, and the
+    next tile differentiates its reads of ``W_L`` through these factors."""
+
+    keep: Tensor
+    W_l: Tensor
+    eta: Tensor | None
+    S_l: Tensor | None
+    E: Tensor
+    X: Tensor
+
+
+def _attached_read(u: Tensor, W: Tensor, link: _TileLink | None) -> Tensor:
+    """``u Wᵀ`` with the gradient of the attached ``W``. Where ``W`` ends a truncated tile
+    (``link``), its gradient is ``∂W = ȳᵀu``, of rank ``u``'s rows; autograd of ``u Wᵀ``
+    would form it dense and push it through the tile end's products and dot products.
+    Here the read is ``keep·sg(u W_lᵀ) + η_l sg(u S_lᵀ) + (u Xᵀ) E``, of the same value,
+    whose gradient reaches ``keep, η_l, E, X`` by products of ``u``'s rows alone."""
+    if link is None:
+        return u @ W.transpose(-1, -2)
+    with torch.no_grad():
+        start = u @ link.W_l.transpose(-1, -2)
+        mom = None if link.S_l is None else u @ link.S_l.transpose(-1, -2)
+    y = ((u @ link.X.transpose(-1, -2)) @ link.E).addcmul(link.keep, start)
+    return y if mom is None else y.addcmul(link.eta, mom)
 
 
 def scan_token_writes(request: ScanRequest, *, tile: int) -> tuple[Tensor, MemoryState]:
