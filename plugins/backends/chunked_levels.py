@@ -289,29 +289,17 @@ def scan_chunk_writes_truncated(request: ScanRequest, *, tile: int) -> tuple[Ten
         need_S = has_mom or last
         newW, newS, new_link = {}, dict(S), {}
         for name in view.names:  # as few fresh parameter-sized buffers as the graph allows
-            W_l, S_l = Wb[name], Sb[name]  # W⁽ˡᵃˢᵗ⁾, S⁽ˡᵃˢᵗ⁾ (the tile start for one chunk)
-            if prev_tokens:
-                with torch.no_grad():
-                    ET = Es[name][..., :prev_tokens, :].transpose(-1, -2)
-                    X_l = Xs[name][..., :prev_tokens, :]
-                    W_l = (ET @ (X_l * wa[..., jl, :prev_tokens, None].neg())) \
-                        .addcmul_(D[..., jl, None, None], W_l)
-                    if has_mom:  # else η_l = 0: the new S does not read S⁽ˡᵃˢᵗ⁾
-                        W_l = W_l.addcmul_(c[..., jl, None, None], S_l)
-                        S_l = (ET @ (X_l * wb[..., jl, :prev_tokens, None].neg())) \
-                            .addcmul_(P[..., jl, None, None], S_l)
             E_l, Xn_l = E[name][..., prev_tokens:, :], X[name][..., prev_tokens:, :] * neg_th
+            start = _ChunkStart.of(Wb[name], Sb[name] if has_mom else None, Es[name], Xs[name],
+                                   prev_tokens, D[..., jl], c[..., jl], P[..., jl],
+                                   wa[..., jl, :], wb[..., jl, :] if has_mom else None)
             if not last:  # W_L's value, and its gradient's way to the next tile's reads
-                new_link[name] = _TileLink(keep, W_l, eta_l if has_mom else None,
-                                           S_l if has_mom else None, E_l, Xn_l)
-                with torch.no_grad():
-                    neg_G = Es[name][..., prev_tokens:, :].transpose(-1, -2) @ Xn_l.detach()
-                    if has_mom:
-                        newS[name] = neg_G.addcmul_(eta_l, S_l)
-                        newW[name] = torch.addcmul(newS[name], keep, W_l)
-                    else:
-                        newW[name] = neg_G.addcmul_(keep, W_l)
+                new_link[name] = _TileLink(start, keep, eta_l if has_mom else None, E_l, Xn_l)
+                newW[name], S_L = new_link[name].value()
+                if has_mom:
+                    newS[name] = S_L
                 continue
+            W_l, S_l = start.weights()
             neg_G = E_l.transpose(-1, -2) @ Xn_l
             if not need_S:  # W_L = (1 − α_l) W⁽ˡᵃˢᵗ⁾ − G in the matmul's own buffer
                 newW[name] = neg_G.addcmul_(keep, W_l)
@@ -324,18 +312,93 @@ def scan_chunk_writes_truncated(request: ScanRequest, *, tile: int) -> tuple[Ten
 
 
 @attrs.frozen
-class _TileLink:
-    """How a truncated tile's end ``W_L = keep·W_l + η_l S_l + Eᵀ X`` (``W_l, S_l`` the
-    last chunk's detached start, ``X`` its inputs times ``−θ``; ``η_l = S_l = None``
-    without momentum) reaches the next tile's reads: its value alone is stored, and the
-    next tile differentiates its reads of ``W_L`` through these factors."""
+class _ChunkStart:
+    """The start of a truncated tile's last chunk, ``W_l = D₀ W_b + c₀ S_b + Eₚᵀ X_W`` and
+    ``S_l = P₀ S_b + Eₚᵀ X_S`` (``Eₚ``: the tile's earlier rows' errors, ``X_W, X_S``:
+    their inputs times ``−w``, the kernel weights of the last chunk; ``S = None`` without
+    momentum), all detached, kept as these factors."""
 
+    W_b: Tensor
+    S_b: Tensor | None
+    D0: Tensor
+    c0: Tensor
+    P0: Tensor
+    E_p: Tensor | None
+    X_W: Tensor | None
+    X_S: Tensor | None
+
+    @classmethod
+    def of(cls, W_b: Tensor, S_b: Tensor | None, E: Tensor, X: Tensor, rows: int, D0: Tensor,
+           c0: Tensor, P0: Tensor, wa: Tensor, wb: Tensor | None) -> "_ChunkStart":
+        """From the tile's detached errors ``E`` and inputs ``X``, the last chunk's first
+        row ``rows``, its gates ``D₀, c₀, P₀ (B, H)`` and kernel weights ``wa, wb (B, H,
+        ≥ rows)``."""
+        scalar = lambda x: x.detach()[..., None, None]  # noqa: E731
+        E_p = X_W = X_S = None
+        if rows:
+            with torch.no_grad():
+                X_p = X[..., :rows, :]
+                E_p, X_W = E[..., :rows, :], X_p * wa[..., :rows, None].neg()
+                X_S = None if wb is None else X_p * wb[..., :rows, None].neg()
+        return cls(W_b, S_b, scalar(D0), scalar(c0), scalar(P0), E_p, X_W, X_S)
+
+    @torch.no_grad()
+    def weights(self) -> tuple[Tensor, Tensor | None]:
+        """``W_l, S_l`` themselves (fresh buffers; ``W_b, S_b`` for a one-chunk tile)."""
+        if self.E_p is None:
+            return self.W_b, self.S_b
+        ET = self.E_p.transpose(-1, -2)
+        W_l = (ET @ self.X_W).addcmul_(self.D0, self.W_b)
+        if self.S_b is None:
+            return W_l, None
+        return W_l.addcmul_(self.c0, self.S_b), (ET @ self.X_S).addcmul_(self.P0, self.S_b)
+
+    @torch.no_grad()
+    def reads(self, u: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``u W_lᵀ, u S_lᵀ`` from the factors (``u``'s rows are few)."""
+        uW = u @ self.W_b.transpose(-1, -2)
+        uS = None if self.S_b is None else u @ self.S_b.transpose(-1, -2)
+        if self.E_p is None:
+            return uW, uS
+        rW = self.D0 * uW + (u @ self.X_W.transpose(-1, -2)) @ self.E_p
+        if uS is None:
+            return rW, None
+        rW = rW + self.c0 * uS
+        return rW, self.P0 * uS + (u @ self.X_S.transpose(-1, -2)) @ self.E_p
+
+
+@attrs.frozen
+class _TileLink:
+    """How a truncated tile's end ``W_L = keep·W_l + η_l S_l + Eᵀ X`` (``W_l, S_l``: the
+    last chunk's detached :class:`_ChunkStart`, ``X``: its inputs times ``−θ``; ``η_l =
+    None`` without momentum) reaches the next tile's reads: its value alone is formed,
+    and the next tile differentiates its reads of ``W_L`` through these factors."""
+
+    start: _ChunkStart
     keep: Tensor
-    W_l: Tensor
     eta: Tensor | None
-    S_l: Tensor | None
     E: Tensor
     X: Tensor
+
+    @torch.no_grad()
+    def value(self) -> tuple[Tensor, Tensor | None]:
+        """``W_L`` and (momentum) ``S_L = η_l S_l + Eᵀ X``, one buffer each: every row of
+        the tile in one matmul, ``W_L = keep D₀ W_b + (keep c₀ + η_l P₀) S_b + Eₜᵀ X'``
+        (``Eₜ`` all of the tile's rows, ``X'`` their inputs with the end's weights)."""
+        st, keep, eta = self.start, self.keep, self.eta
+        E, X = self.E.detach(), self.X.detach()
+        if st.E_p is not None:
+            E = torch.cat([st.E_p, E], -2)
+            X_W = st.X_W * keep if eta is None else st.X_W * keep + st.X_S * eta
+            X = torch.cat([X_W, self.X.detach()], -2)
+        W_L = (E.transpose(-1, -2) @ X).addcmul_(keep * st.D0, st.W_b)
+        if eta is None:
+            return W_L, None
+        W_L.addcmul_(keep * st.c0 + eta * st.P0, st.S_b)
+        S_E, S_X = (torch.cat([st.E_p, self.E.detach()], -2),
+                    torch.cat([st.X_S * eta, self.X.detach()], -2)) if st.E_p is not None \
+            else (self.E.detach(), self.X.detach())
+        return W_L, (S_E.transpose(-1, -2) @ S_X).addcmul_(eta * st.P0, st.S_b)
 
 
 def _attached_read(u: Tensor, W: Tensor, link: _TileLink | None) -> Tensor:
@@ -346,9 +409,7 @@ def _attached_read(u: Tensor, W: Tensor, link: _TileLink | None) -> Tensor:
     whose gradient reaches ``keep, η_l, E, X`` by products of ``u``'s rows alone."""
     if link is None:
         return u @ W.transpose(-1, -2)
-    with torch.no_grad():
-        start = u @ link.W_l.transpose(-1, -2)
-        mom = None if link.S_l is None else u @ link.S_l.transpose(-1, -2)
+    start, mom = link.start.reads(u)
     y = ((u @ link.X.transpose(-1, -2)) @ link.E).addcmul(link.keep, start)
     return y if mom is None else y.addcmul(link.eta, mom)
 
