@@ -386,19 +386,20 @@ class _TileLink:
         the tile in one matmul, ``W_L = keep D₀ W_b + (keep c₀ + η_l P₀) S_b + Eₜᵀ X'``
         (``Eₜ`` all of the tile's rows, ``X'`` their inputs with the end's weights)."""
         st, keep, eta = self.start, self.keep, self.eta
-        E, X = self.E.detach(), self.X.detach()
+        E, X_l = self.E.detach(), self.X.detach()
+        X_W = X_S = X_l
         if st.E_p is not None:
             E = torch.cat([st.E_p, E], -2)
-            X_W = st.X_W * keep if eta is None else st.X_W * keep + st.X_S * eta
-            X = torch.cat([X_W, self.X.detach()], -2)
-        W_L = (E.transpose(-1, -2) @ X).addcmul_(keep * st.D0, st.W_b)
+            earlier = st.X_W * keep if eta is None else st.X_W * keep + st.X_S * eta
+            X_W = torch.cat([earlier, X_l], -2)
+            if eta is not None:
+                X_S = torch.cat([st.X_S * eta, X_l], -2)
+        ET = E.transpose(-1, -2)
+        W_L = (ET @ X_W).addcmul_(keep * st.D0, st.W_b)
         if eta is None:
             return W_L, None
         W_L.addcmul_(keep * st.c0 + eta * st.P0, st.S_b)
-        S_E, S_X = (torch.cat([st.E_p, self.E.detach()], -2),
-                    torch.cat([st.X_S * eta, self.X.detach()], -2)) if st.E_p is not None \
-            else (self.E.detach(), self.X.detach())
-        return W_L, (S_E.transpose(-1, -2) @ S_X).addcmul_(eta * st.P0, st.S_b)
+        return W_L, (ET @ X_S).addcmul_(eta * st.P0, st.S_b)
 
 
 def _attached_read(u: Tensor, W: Tensor, link: _TileLink | None) -> Tensor:
