@@ -195,12 +195,7 @@ def scan_chunk_writes(request: ScanRequest, *, tile: int) -> tuple[Tensor, Memor
             X, E = _autograd_tile(ct, t, chunks, view, W, S, w_all, D, c, norms)
         if request.outputs:
             ys.append(ct.reads(t, chunks, view, W, S, X, E, w_all, D, c))
-        # end of tile: W_L = D W_b + c S_b − Σ_i A_{m−1,c(i)} θ_i e_i x_iᵀ, S_L likewise with Bθ
-        jl = chunks - 1
-        a_row = (gates.A[t][..., jl, :chunks, None] * ct.theta[t][..., :chunks, :]).flatten(-2)
-        b_row = (gates.Btheta[t][..., jl, :chunks, None] * ct.theta[t][..., :chunks, :]).flatten(-2)
-        W, S = ct.end(t, W, S, E, X, gates.D[t][..., jl], gates.c[t][..., jl],
-                      gates.P[t][..., jl], a_row, b_row)
+        W, S = ct.chunk_end(t, chunks, gates, ct.theta[t], W, S, E, X)
     return ct.finish(ys, norms, W, S)
 
 
@@ -283,31 +278,32 @@ def scan_chunk_writes_truncated(request: ScanRequest, *, tile: int) -> tuple[Ten
         jl, prev_tokens = chunks - 1, (chunks - 1) * C
         keep, eta_l = 1.0 - alpha[..., jl, None, None], eta[..., jl, None, None]
         neg_th = theta[..., jl, :, None].neg()
-        # without momentum (η ≡ 0, c = 0) S reaches no read and no write: only the call's
-        # last tile forms it (the last chunk's −G, for the returned state)
-        last = t == ct.n - 1
-        need_S = has_mom or last
-        newW, newS, new_link = {}, dict(S), {}
-        for name in view.names:  # as few fresh parameter-sized buffers as the graph allows
-            E_l, Xn_l = E[name][..., prev_tokens:, :], X[name][..., prev_tokens:, :] * neg_th
-            start = _ChunkStart.of(Wb[name], Sb[name] if has_mom else None, Es[name], Xs[name],
-                                   prev_tokens, D[..., jl], c[..., jl], P[..., jl],
-                                   wa[..., jl, :], wb[..., jl, :] if has_mom else None)
-            if not last:  # W_L's value, and its gradient's way to the next tile's reads
-                new_link[name] = _TileLink(start, keep, eta_l if has_mom else None, E_l, Xn_l)
-                newW[name], S_L = new_link[name].value()
-                if has_mom:
-                    newS[name] = S_L
-                continue
-            W_l, S_l = start.weights()
+        starts = {name: _ChunkStart.of(Wb[name], Sb[name] if has_mom else None, Es[name],
+                                       Xs[name], prev_tokens, D[..., jl], c[..., jl], P[..., jl],
+                                       wa[..., jl, :], wb[..., jl, :] if has_mom else None)
+                  for name in view.names}
+        ends = {name: (E[name][..., prev_tokens:, :], X[name][..., prev_tokens:, :] * neg_th)
+                for name in view.names}  # the last chunk's E and −θ∘X, attached
+        if t < ct.n - 1:
+            # W_L's value alone (that of the full form, from the detached tile); the next
+            # tile's reads differentiate it through its factors
+            with torch.no_grad():
+                W, S_L = ct.chunk_end(t, chunks, gates, th_sg, Wb, Sb, Es, Xs)
+            # without momentum (η ≡ 0, c = 0) S reaches no read and no write: only the
+            # call's last tile forms it (the last chunk's −G, for the returned state)
+            S = S_L if has_mom else S
+            link = {name: _TileLink(starts[name], keep, eta_l if has_mom else None, *ends[name])
+                    for name in view.names}
+            continue
+        newW, newS = {}, dict(S)
+        for name in view.names:  # the call's last tile: the state it returns, attached
+            W_l, S_l = starts[name].weights()
+            E_l, Xn_l = ends[name]
             neg_G = E_l.transpose(-1, -2) @ Xn_l
-            if not need_S:  # W_L = (1 − α_l) W⁽ˡᵃˢᵗ⁾ − G in the matmul's own buffer
-                newW[name] = neg_G.addcmul_(keep, W_l)
-                continue
             # (η ≡ 0: 0·S_b keeps the call's S_b in the returned state's graph, ∂S_b = 0)
             newS[name] = neg_G.addcmul_(eta_l, S_l if has_mom else S[name])
             newW[name] = torch.addcmul(newS[name], keep, W_l)
-        W, S, link = newW, newS, new_link
+        W, S = newW, newS
     return ct.finish(ys, norms, W, S)
 
 
@@ -371,35 +367,14 @@ class _ChunkStart:
 class _TileLink:
     """How a truncated tile's end ``W_L = keep·W_l + η_l S_l + Eᵀ X`` (``W_l, S_l``: the
     last chunk's detached :class:`_ChunkStart`, ``X``: its inputs times ``−θ``; ``η_l =
-    None`` without momentum) reaches the next tile's reads: its value alone is formed,
-    and the next tile differentiates its reads of ``W_L`` through these factors."""
+    None`` without momentum) reaches the next tile's reads, which differentiate their
+    reads of ``W_L`` (its value formed alone) through these factors."""
 
     start: _ChunkStart
     keep: Tensor
     eta: Tensor | None
     E: Tensor
     X: Tensor
-
-    @torch.no_grad()
-    def value(self) -> tuple[Tensor, Tensor | None]:
-        """``W_L`` and (momentum) ``S_L = η_l S_l + Eᵀ X``, one buffer each: every row of
-        the tile in one matmul, ``W_L = keep D₀ W_b + (keep c₀ + η_l P₀) S_b + Eₜᵀ X'``
-        (``Eₜ`` all of the tile's rows, ``X'`` their inputs with the end's weights)."""
-        st, keep, eta = self.start, self.keep, self.eta
-        E, X_l = self.E.detach(), self.X.detach()
-        X_W = X_S = X_l
-        if st.E_p is not None:
-            E = torch.cat([st.E_p, E], -2)
-            earlier = st.X_W * keep if eta is None else st.X_W * keep + st.X_S * eta
-            X_W = torch.cat([earlier, X_l], -2)
-            if eta is not None:
-                X_S = torch.cat([st.X_S * eta, X_l], -2)
-        ET = E.transpose(-1, -2)
-        W_L = (ET @ X_W).addcmul_(keep * st.D0, st.W_b)
-        if eta is None:
-            return W_L, None
-        W_L.addcmul_(keep * st.c0 + eta * st.P0, st.S_b)
-        return W_L, (ET @ X_S).addcmul_(eta * st.P0, st.S_b)
 
 
 def _attached_read(u: Tensor, W: Tensor, link: _TileLink | None) -> Tensor:
@@ -718,6 +693,17 @@ class _ChunkTiles:
         need_S = self.has_mom or t == self.n - 1
         return tile_end(W, S, E, X, D, c if self.has_mom else None, P if need_S else None,
                         a.neg(), b.neg() if need_S else None)
+
+    def chunk_end(self, t: int, chunks: int, gates: TileGates, theta: Tensor, W: Params,
+                  S: Params, E: dict, X: dict) -> tuple[Params, Params]:
+        """:meth:`end` of tile ``t`` of ``chunks`` chunks from the chunk-level ``gates`` (θ =
+        1) and the tokens' ``θ``: ``W_L = D W_b + c S_b − Σ_i A_{m−1,c(i)} θ_i e_i x_iᵀ``,
+        ``S_L`` likewise with ``Bθ``."""
+        jl = chunks - 1
+        a = (gates.A[t][..., jl, :chunks, None] * theta[..., :chunks, :]).flatten(-2)
+        b = (gates.Btheta[t][..., jl, :chunks, None] * theta[..., :chunks, :]).flatten(-2)
+        return self.end(t, W, S, E, X, gates.D[t][..., jl], gates.c[t][..., jl],
+                        gates.P[t][..., jl], a, b)
 
     def chunks_in(self, t: int) -> int:
         """Whole chunks in tile ``t`` (the padding is never read)."""
