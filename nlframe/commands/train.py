@@ -85,6 +85,7 @@ def train_cmd(spec, overrides, out, steps, data, device, seed, parallel, resume,
     in OUT/spec.toml. With --resume, SPEC is not read (the run's own spec is).
     """
     from ..checkpoint import CheckpointError
+    from ..distributed import exit_worker
     from ..rundir import RunDirError
     from ..spec import SpecError
     from ..train import Trainer
@@ -117,13 +118,19 @@ def train_cmd(spec, overrides, out, steps, data, device, seed, parallel, resume,
         except FloatingPointError as exc:
             _fail(RuntimeError(f"training stopped: {exc} (the last checkpoint in "
                                f"{Path(out) / 'checkpoint'} is intact)"))
-    if not trainer.dist.is_main:
-        return
-    summary = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items())
-    click.echo(f"step {result.step}: train/loss {result.last_loss:.4f}" + (f", {summary}" if summary else ""))
-    click.echo(f"checkpoint: {Path(out) / 'checkpoint'}   TensorBoard: tensorboard --logdir {Path(out) / 'tb'}")
-    if result.interrupted:
-        raise SystemExit(130)
+    code = 130 if result.interrupted else 0
+    if trainer.dist.is_main:
+        summary = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items())
+        click.echo(f"step {result.step}: train/loss {result.last_loss:.4f}"
+                   + (f", {summary}" if summary else ""))
+        click.echo(f"checkpoint: {Path(out) / 'checkpoint'}   "
+                   f"TensorBoard: tensorboard --logdir {Path(out) / 'tb'}")
+    else:
+        code = 0  # rank 0 reports an interruption
+    if trainer.dist.world > 1:
+        exit_worker(code)
+    if code:
+        raise SystemExit(code)
 
 
 @click.command("eval")
