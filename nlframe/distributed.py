@@ -196,4 +196,3 @@ def exit_worker(code: int = 0) -> NoReturn:
             stream.flush()
     logging.shutdown()
     os._exit(code)
-
