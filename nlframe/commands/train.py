@@ -118,15 +118,13 @@ def train_cmd(spec, overrides, out, steps, data, device, seed, parallel, resume,
         except FloatingPointError as exc:
             _fail(RuntimeError(f"training stopped: {exc} (the last checkpoint in "
                                f"{Path(out) / 'checkpoint'} is intact)"))
-    code = 130 if result.interrupted else 0
+    code = 130 if result.interrupted and trainer.dist.is_main else 0  # rank 0 reports it
     if trainer.dist.is_main:
         summary = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items())
         click.echo(f"step {result.step}: train/loss {result.last_loss:.4f}"
                    + (f", {summary}" if summary else ""))
         click.echo(f"checkpoint: {Path(out) / 'checkpoint'}   "
                    f"TensorBoard: tensorboard --logdir {Path(out) / 'tb'}")
-    else:
-        code = 0  # rank 0 reports an interruption
     if trainer.dist.world > 1:
         exit_worker(code)
     if code:
