@@ -5,7 +5,6 @@ number of processes."""
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 
@@ -17,6 +16,7 @@ from nlframe.optim import Optimizer
 from nlframe.train import Trainer, train
 
 from .test_train import losses
+from .torchrun import needs_gloo, torchrun
 
 TRAIN = """
 [train]
@@ -217,26 +217,14 @@ def test_compile_option_trains_through_torch_compile(tmp_path):
         assert y == pytest.approx(x, rel=1e-4)  # the memory scans run eagerly inside
 
 
-def _torchrun(args, nproc, timeout=300):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "MASTER_ADDR": "127.0.0.1"}
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nnodes=1",
-                           f"--nproc_per_node={nproc}", "--rdzv-backend=c10d",
-                           f"--rdzv-endpoint=127.0.0.1:{port}", "-m", "nlframe", *args],
-                          capture_output=True, text=True, timeout=timeout, env=env)
-
-
-@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-                    reason="torch.distributed with gloo is not available")
+@needs_gloo
 @pytest.mark.parametrize("parallel", ["fsdp", "ddp"])
 def test_two_process_run_checkpoints_and_resumes_in_one_process(tmp_path, parallel):
     spec = write(tmp_path, TITANS, steps=6)
     straight, split = tmp_path / "straight", tmp_path / "split"
     train(spec, straight, progress=False)
-    r = _torchrun(["train", str(spec), "--out", str(split), "--steps", "3", "--parallel", parallel,
-                   "--no-progress"], nproc=2)
+    r = torchrun(["train", str(spec), "--out", str(split), "--steps", "3", "--parallel", parallel,
+                  "--no-progress"])
     assert r.returncode == 0, r.stderr[-3000:]
     meta = json.loads((split / "checkpoint" / "trainer.json").read_text())
     assert meta["world_size"] == 2 and meta["step"] == 3
