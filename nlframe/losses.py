@@ -21,6 +21,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from . import buffers
+
 __all__ = ["token_nll"]
 
 _CPU_BLOCK_ELEMENTS = 1 << 20
@@ -48,7 +50,7 @@ class _TokenNLL(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, g: Tensor) -> tuple[Tensor, None]:
         z, targets, lse = ctx.saved_tensors
-        grad = torch.empty_like(z, memory_format=torch.contiguous_format)
+        grad = buffers.empty(z.shape, z)
         starts, step = _row_blocks(z)
         for a in starts:
             block = grad[a:a + step]

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from nlframe import buffers
+
 from .tile_recurrence import (_activation_backward, _clip_scale, _second_derivative, _unclip,
                               mlp_spec)
 
@@ -90,7 +92,7 @@ class DGDWriteTile(torch.autograd.Function):
             Minv = torch.linalg.solve_triangular(A_prev * gram + eye, eye, upper=False,
                                                  unitriangular=True)
             R = Minv @ P.mul(D_prev[..., None]).add_(E)
-            out = W.new_empty(*lead, *W.shape[1:])
+            out = buffers.empty((*lead, *W.shape[1:]), W)
             torch.mul(W, DL, out=_flat(out, lead)).baddbmm_(R.transpose(1, 2), X * aL[..., None],
                                                           alpha=-1)
             new.append(out)
@@ -214,7 +216,7 @@ class DGDWriteTile(torch.autograd.Function):
             if end[i] is not None:  # D_L (lᵀr): the end read's part of D_L ∂W_L
                 left.append(end[i][0] * DL[:, None, None])
                 right.append(end[i][1])
-            out = K.new_empty(*lead, left[0].shape[2], right[0].shape[2])
+            out = buffers.empty((*lead, left[0].shape[2], right[0].shape[2]), K)
             _sum_of_products(left, right, _flat(out, lead),
                              None if gWn is None else (gWn, DL[:, None, None]))
             gW.append(out)

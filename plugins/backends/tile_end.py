@@ -23,6 +23,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from nlframe import buffers
+
 from .dgd_tile import _dot
 
 
@@ -92,14 +94,17 @@ class TileEnd(torch.autograd.Function):
 
 def _end(W: Tensor, S: Tensor | None, E: Tensor, X: Tensor, D: Tensor, c: Tensor | None,
          P: Tensor | None, a: Tensor, b: Tensor | None) -> tuple[Tensor, Tensor | None]:
-    """The formula of the module, one fresh parameter-sized buffer per result."""
+    """The formula of the module, one parameter-sized buffer per result (reused where free,
+    :mod:`nlframe.buffers`)."""
     ET = E.transpose(-1, -2)
-    newW = (ET @ (X * a[..., None])).addcmul_(D[..., None, None], W)
+    shape = (*torch.broadcast_shapes(E.shape[:-2], X.shape[:-2]), E.shape[-1], X.shape[-1])
+    newW = torch.matmul(ET, X * a[..., None], out=buffers.empty(shape, W))
+    newW.addcmul_(D[..., None, None], W)
     if c is not None:
         newW.addcmul_(c[..., None, None], S)
     newS = None
     if b is not None:
-        newS = ET @ (X * b[..., None])
+        newS = torch.matmul(ET, X * b[..., None], out=buffers.empty(shape, W))
         if P is not None:
             newS.addcmul_(P[..., None, None], S)
     return newW, newS

@@ -1,0 +1,107 @@
+"""The reused CPU buffers (``nlframe.buffers``): a storage is handed out again only once
+nothing else refers to it, the pool stays within its limit, and a HOPE training step
+gives the same numbers with and without it."""
+
+from pathlib import Path
+
+import torch
+
+from nlframe import buffers
+from nlframe.buffers import BufferPool
+from nlframe.build import build
+from nlframe.optim import build_optimizers
+from nlframe.spec import load_spec
+from nlframe.train import lm_loss
+
+CPU = torch.device("cpu")
+SHAPE = (64, 64)  # 16 KiB: every size counts with min_bytes=0
+
+
+def pool(**kw) -> BufferPool:
+    return BufferPool(**{"min_bytes": 0, **kw})
+
+
+def test_a_storage_comes_back_once_its_tensors_and_views_are_gone():
+    p = pool()
+    a = p.empty(SHAPE, torch.float32, CPU)
+    first = a.data_ptr()
+    view = a[1:]
+    del a
+    b = p.empty(SHAPE, torch.float32, CPU)  # the view still holds the first storage
+    assert b.data_ptr() != first
+    del view
+    c = p.empty(SHAPE, torch.float32, CPU)
+    assert c.data_ptr() == first and c.shape == SHAPE and c.is_contiguous()
+    assert p.kept == 2 * 64 * 64 * 4 and p.reused == 1
+
+
+def test_a_storage_saved_by_autograd_is_not_handed_out_before_the_backward_pass():
+    p = pool()
+    w = torch.ones(SHAPE, requires_grad=True)
+    x = p.empty(SHAPE, torch.float32, CPU).fill_(2.0)
+    loss = (w * x).sum()  # saves x for ∂w
+    first = x.data_ptr()
+    del x
+    other = p.empty(SHAPE, torch.float32, CPU).fill_(-7.0)
+    assert other.data_ptr() != first
+    loss.backward()
+    assert torch.equal(w.grad, torch.full(SHAPE, 2.0))
+    del loss
+    assert p.empty(SHAPE, torch.float32, CPU).data_ptr() == first  # graph freed: reused
+
+
+def test_the_pool_keeps_no_more_than_its_limit():
+    size = 64 * 64 * 4
+    p = pool(limit=2 * size)
+    live = [p.empty(SHAPE, torch.float32, CPU) for _ in range(5)]
+    assert p.kept == 2 * size and len({t.data_ptr() for t in live}) == 5
+    p.clear()
+    assert p.kept == 0
+
+
+def test_small_buffers_other_devices_and_a_disabled_pool_are_plain_empty():
+    for p, shape, device in [(BufferPool(), (4, 4), CPU),  # below min_bytes
+                             (pool(enabled=False), SHAPE, CPU),
+                             (pool(), SHAPE, torch.device("meta"))]:
+        t = p.empty(shape, torch.float32, device)
+        assert t.shape == shape and t.device == device and p.kept == 0
+
+
+def test_a_resized_storage_is_dropped_rather_than_handed_out():
+    p = pool()
+    a = p.empty(SHAPE, torch.float32, CPU)
+    a.resize_(128, 128)  # grows the pooled storage itself
+    del a
+    b = p.empty(SHAPE, torch.float32, CPU)
+    assert b.shape == SHAPE and p.kept == 64 * 64 * 4  # only b's fresh storage is kept
+
+
+def _two_steps(monkeypatch, active: BufferPool) -> dict[str, torch.Tensor]:
+    monkeypatch.setattr(buffers, "POOL", active)
+    spec = load_spec(Path(__file__).parents[1] / "specs" / "hope-tiny.toml")
+    torch.manual_seed(0)
+    model = build(spec)
+    opts = build_optimizers(model, spec.train)
+    tokens = torch.randint(0, 256, (2, 97), generator=torch.Generator().manual_seed(1))
+    batch = {"tokens": tokens[:, :-1], "targets": tokens[:, 1:]}
+    for _ in range(2):
+        logits, _ = model(batch["tokens"])
+        loss = lm_loss(logits, batch)
+        for o in opts:
+            o.zero_grad(set_to_none=True)
+        loss.backward()
+        for o in opts:
+            o.step()
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_hope_training_steps_are_the_same_with_and_without_reused_buffers(monkeypatch):
+    """Two training steps of hope-tiny (DGD tiles, CMS tile ends, the loss), every buffer
+    pooled (``min_bytes=0``), equal the same steps with fresh buffers (to rounding: the
+    buffers' addresses differ)."""
+    active = pool()
+    with_pool = _two_steps(monkeypatch, active)
+    assert active.reused > 0  # storages were handed out again within and across steps
+    without = _two_steps(monkeypatch, pool(enabled=False))
+    for k, v in without.items():
+        torch.testing.assert_close(with_pool[k], v, rtol=1e-6, atol=1e-7, msg=k)
