@@ -216,7 +216,7 @@ def build_peer_hope(vocab: int):
         # pass 2: the in-context writes (self-modifying memories, CMS levels), stop-gradient
         with torch.no_grad():
             model(tokens, teach_signals=signals)
-        return float(loss)
+        return float(loss.detach())
 
     return model, step, data
 
