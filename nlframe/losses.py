@@ -7,7 +7,7 @@ row log-normalisers ``lse_i`` and forms the one gradient the logits need,
 
     ∂ℓ/∂z_iv = g_i · (exp(z_iv − lse_i) − [v = y_i]),
 
-in place in one buffer. On the CPU it works in row blocks of about
+in place in one buffer (on the CPU a reused one, :mod:`nlframe.buffers`). On the CPU it works in row blocks of about
 ``_CPU_BLOCK_ELEMENTS`` values so its temporaries stay in cache and in the
 allocator's reused heap (a fresh tensor of the logits' size is page-faulted on
 every step); elsewhere it takes all rows at once. At a vocabulary of 15,000 the
