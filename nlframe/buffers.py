@@ -14,6 +14,9 @@ saved by autograd holds it), and a fresh buffer otherwise. The pool keeps at mos
 keeps stays resident between steps: :meth:`BufferPool.clear` lets it go. Off the CPU,
 below ``min_bytes`` (1 MiB), under ``torch.compile`` or with ``NLFRAME_BUFFER_POOL=0``
 in the environment, :func:`empty` is ``torch.empty``.
+
+:func:`linear` is ``F.linear`` without a bias whose output and weight gradient take
+pooled buffers: an LM head's logits and the gradient of its vocabulary-sized weight.
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ import math
 import os
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
-__all__ = ["BufferPool", "POOL", "empty"]
+__all__ = ["BufferPool", "POOL", "empty", "linear"]
 
 _use_count = getattr(torch._C, "_storage_Use_Count", None)
 
@@ -76,3 +81,36 @@ def empty(shape: tuple[int, ...] | torch.Size, like: Tensor) -> Tensor:
     """:meth:`BufferPool.empty` of the shared pool :data:`POOL`, with ``like``'s dtype and
     device."""
     return POOL.empty(tuple(shape), like.dtype, like.device)
+
+
+class _Linear(torch.autograd.Function):
+    """``y = x Wᵀ`` with ``y`` and ``∂L/∂W = gᵀx`` in pooled buffers (``∂L/∂x = gW``)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor) -> Tensor:  # type: ignore[override]
+        rows = x.reshape(-1, x.shape[-1])
+        out = torch.mm(rows, weight.t(), out=empty((rows.shape[0], weight.shape[0]), x))
+        ctx.save_for_backward(rows, weight)
+        ctx.x_shape = x.shape
+        return out.view(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g: Tensor) -> tuple[Tensor | None, Tensor | None]:  # type: ignore[override]
+        rows, weight = ctx.saved_tensors
+        g = g.reshape(-1, g.shape[-1])
+        gx = (g @ weight).view(ctx.x_shape) if ctx.needs_input_grad[0] else None
+        gw = torch.mm(g.t(), rows, out=empty(weight.shape, weight)) \
+            if ctx.needs_input_grad[1] else None
+        return gx, gw
+
+
+def linear(x: Tensor, weight: Tensor) -> Tensor:
+    """``F.linear(x, weight)`` (no bias) whose output and weight gradient are pooled
+    buffers; it is ``F.linear`` itself where the pool does not apply (see the module) or
+    where autocast, mixed dtypes or double backward (``create_graph``) could need it."""
+    if not (POOL.enabled and x.device.type == "cpu" and weight.device.type == "cpu"
+            and x.dtype == weight.dtype and not torch.is_autocast_enabled("cpu")
+            and not torch.compiler.is_compiling()):
+        return F.linear(x, weight)
+    return _Linear.apply(x, weight)

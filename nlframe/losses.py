@@ -8,12 +8,13 @@ row log-normalisers ``lse_i`` and forms the one gradient the logits need,
     ∂ℓ/∂z_iv = g_i · (exp(z_iv − lse_i) − [v = y_i]),
 
 in place in one buffer (on the CPU a reused one, :mod:`nlframe.buffers`). On the
-CPU it works in row blocks of about ``_CPU_BLOCK_ELEMENTS`` values so its
-temporaries stay in cache and in the allocator's reused heap (a fresh tensor of
-the logits' size is page-faulted on every step); elsewhere it takes all rows at
-once. At a vocabulary of 15,000 the head-to-head HOPE step takes 0.875×
-(truncated) and 0.965× (full inner gradient) of its time with ``F.cross_entropy``
-(docs/performance.md).
+CPU it works in row blocks of about ``_CPU_BLOCK_ELEMENTS`` values (512 KiB) so the
+temporaries of ``logsumexp`` stay in cache and below the 1 MiB mmap threshold
+(``nlframe.runtime``), in the allocator's reused heap: a block of 4 MiB was
+page-faulted in afresh on every call and made the forward pass 2.3× slower (1,024 ×
+15,000 logits on a 2-core CPU); elsewhere it takes all rows at once. At a vocabulary of
+15,000 the head-to-head HOPE step takes 0.875× (truncated) and 0.965× (full inner
+gradient) of its time with ``F.cross_entropy`` (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from . import buffers
 
 __all__ = ["token_nll"]
 
-_CPU_BLOCK_ELEMENTS = 1 << 20
+_CPU_BLOCK_ELEMENTS = 1 << 17
 
 
 def _row_blocks(z: Tensor) -> tuple[range, int]:

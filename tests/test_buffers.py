@@ -105,3 +105,49 @@ def test_hope_training_steps_are_the_same_with_and_without_reused_buffers(monkey
     without = _two_steps(monkeypatch, pool(enabled=False))
     for k, v in without.items():
         torch.testing.assert_close(with_pool[k], v, rtol=1e-6, atol=1e-7, msg=k)
+
+
+def test_linear_equals_f_linear_in_value_and_gradients(monkeypatch):
+    monkeypatch.setattr(buffers, "POOL", pool())
+    x = torch.randn(2, 5, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(7, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(buffers.linear, (x, w))
+    torch.testing.assert_close(buffers.linear(x, w), torch.nn.functional.linear(x, w),
+                               rtol=0, atol=0)
+    frozen = x.detach()  # only the weight's gradient is asked for
+    (g,) = torch.autograd.grad(buffers.linear(frozen, w).sum(), w)
+    torch.testing.assert_close(g, torch.ones(2 * 5, 7, dtype=g.dtype).t() @ frozen.reshape(10, 6))
+
+
+def test_linear_never_hands_out_a_gradient_still_held(monkeypatch):
+    """A tied head (the weight also embeds): the weight's gradient lives in a pooled
+    storage; while ``.grad`` keeps it, the next step writes elsewhere, and every step's
+    gradient equals ``F.linear``'s."""
+    active = pool()
+    monkeypatch.setattr(buffers, "POOL", active)
+    emb = torch.nn.Embedding(11, 4)
+    tokens = torch.tensor([[1, 3, 3, 7]])
+
+    def grad_of(fn) -> torch.Tensor:
+        emb.weight.grad = None
+        x = emb(tokens)
+        (fn(x, emb.weight) ** 2).sum().backward()
+        return emb.weight.grad
+
+    expect = grad_of(torch.nn.functional.linear).clone()
+    first = grad_of(buffers.linear)
+    held = first.clone()
+    for _ in range(3):
+        second = grad_of(buffers.linear)
+        torch.testing.assert_close(second, expect)
+    torch.testing.assert_close(first, held, rtol=0, atol=0)  # not written over
+    assert active.reused > 0
+
+
+def test_linear_is_f_linear_under_autocast_and_off_the_pool(monkeypatch):
+    monkeypatch.setattr(buffers, "POOL", pool())
+    x, w = torch.randn(3, 4), torch.randn(5, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert buffers.linear(x, w).dtype == torch.bfloat16
+    monkeypatch.setattr(buffers, "POOL", pool(enabled=False))
+    assert buffers.linear(x, w).grad_fn is None and buffers.POOL.kept == 0

@@ -13,10 +13,10 @@ from typing import Any
 
 import attrs
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from nlframe import buffers
 from nlframe.build import build_blocks
 from nlframe.interfaces import Block
 from nlframe.spec import BlockSpec, in_range, non_negative, one_of, positive_int
@@ -113,7 +113,7 @@ class LM(Block):
             new_state.append(s)
         x = self.final_norm(x)
         weight = self.embed.weight if self.head is None else self.head.weight  # (V, dim)
-        return F.linear(x, weight), new_state
+        return buffers.linear(x, weight), new_state  # F.linear; logits in a reused buffer
 
     @staticmethod
     def _block_step(norm: nn.Module, block: nn.Module, x: Tensor, s: Any) -> tuple[Tensor, Any]:
