@@ -33,6 +33,7 @@ from torch import Tensor
 
 import nlframe
 from nlframe.scan import initial_state, make_memory, make_rule
+from nlframe_plugins.backends import chunked_levels
 
 from .scan_cases import tile
 from .equations import PARAM_NAMES, gelu, gelu_prime, mem_grads, mem_read, oracle_scan
@@ -766,10 +767,14 @@ def test_dgd_rejects_momentum():
                                   Case("linear", "l2", chunk=6, eta=False, **FAMILIES["c"]),
                                   Case("mlp", "l2", chunk=8, truncate=True, eta=False,
                                        **FAMILIES["c"])], ids=str)
-def test_chunk_writes_longer_than_a_tile_match_oracle(case, cuts):
-    """Chunk writes whose chunks span several tiles (tile 3, C = 6 and 8: the chunk's
-    gradient summed over its tiles before the write), fed whole and from inside a chunk:
-    outputs, final state and outer gradients equal the float64 oracle."""
+@pytest.mark.parametrize("tile_max", [3, 256])
+def test_chunk_writes_longer_than_a_tile_match_oracle(case, cuts, tile_max, monkeypatch):
+    """Chunk writes of chunks longer than the tile (tile 3, C = 6 and 8), fed whole and
+    from inside a chunk: with tiles capped at 3 tokens (``CHUNK_WRITE_TILE_MAX``) each
+    chunk spans several tiles (its gradient summed over them before the write), by default
+    a tile is a whole chunk. Outputs, final state and outer gradients equal the float64
+    oracle."""
+    monkeypatch.setattr(chunked_levels, "CHUNK_WRITE_TILE_MAX", tile_max)
     inp = make_inputs(case)
     with tile(3):
         y, state, got = _stream_grads("chunked", case, inp, cuts)
