@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from nlframe import buffers
 from nlframe.interfaces import OptState, Params, UpdateRule
 from nlframe.utils import bcast
 
@@ -46,7 +47,8 @@ class Momentum(UpdateRule):
                 raise ValueError(f"{name} must be in [0, 1], got {v}")
 
     def init(self, params: Params) -> OptState:
-        return {"momentum": {n: torch.zeros_like(p) for n, p in params.items()}}
+        """``S = 0`` per parameter (large CPU buffers reused, :mod:`nlframe.buffers`)."""
+        return {"momentum": {n: buffers.empty(p.shape, p).zero_() for n, p in params.items()}}
 
     def update(self, grads: Params, state: OptState, params: Params,
                **hyper: Any) -> tuple[Params, OptState]:
