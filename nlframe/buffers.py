@@ -3,7 +3,7 @@ loss's gradient of the logits.
 
 A scan writes a fresh parameter-sized tensor per chunk (the next chunk's weights, a
 tile end, a weight gradient), and the loss one logits-sized gradient a step. On Linux,
-nlframe serves buffers of 1 MiB and more from ``mmap`` (``nlframe.runtime``, which keeps
+nlframe serves buffers larger than 1 MiB from ``mmap`` (``nlframe.runtime``, which keeps
 the resident set near the live tensors), so each of them is page-faulted in again on
 every step: about 0.55 ms per 2 MiB on a 2-core CPU, against 0.04 ms to fill a warm one.
 
