@@ -107,8 +107,8 @@ class _Linear(torch.autograd.Function):
 
 def linear(x: Tensor, weight: Tensor) -> Tensor:
     """``F.linear(x, weight)`` (no bias) whose output and weight gradient are pooled
-    buffers; it is ``F.linear`` itself where the pool does not apply (see the module) or
-    where autocast, mixed dtypes or double backward (``create_graph``) could need it."""
+    buffers, differentiable once; ``F.linear`` itself where the pool does not apply (see
+    the module), under CPU autocast and for mixed dtypes."""
     if not (POOL.enabled and x.device.type == "cpu" and weight.device.type == "cpu"
             and x.dtype == weight.dtype and not torch.is_autocast_enabled("cpu")
             and not torch.compiler.is_compiling()):

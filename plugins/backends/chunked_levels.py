@@ -107,7 +107,7 @@ def scan_levels(request: ScanRequest, *, tile: int) -> tuple[Tensor, MemoryState
                     and _weights_outweigh_loop(request, tile))
     if not ((chunk_writes or token_writes) and request.rule_structure == "momentum"
             and not request.static_hyper and 2 * C <= tile):
-        if request.write == "chunk":  # no in-tile kernel: a chunk of up to 4 tiles per tile
+        if request.write == "chunk":  # no in-tile kernel: a tile may hold a whole chunk
             tile = max(tile, min(C, CHUNK_WRITE_TILE_MAX))
         return scan_within_chunk_tiles(request, tile=tile)
     if p:
