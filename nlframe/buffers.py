@@ -46,11 +46,15 @@ class BufferPool:
         self.reused = 0  # buffers handed out on an earlier buffer's storage
         self._rings: dict[int, collections.deque] = {}
 
+    def serves(self, device: torch.device) -> bool:
+        """Whether buffers on ``device`` can come from the pool here: enabled, on the CPU,
+        outside ``torch.compile``."""
+        return self.enabled and device.type == "cpu" and not torch.compiler.is_compiling()
+
     def empty(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
         """An uninitialised contiguous tensor of ``shape``, on a free storage where one is."""
         nbytes = math.prod(shape) * dtype.itemsize
-        if not self.enabled or device.type != "cpu" or nbytes < self.min_bytes \
-                or torch.compiler.is_compiling():
+        if nbytes < self.min_bytes or not self.serves(device):
             return torch.empty(shape, dtype=dtype, device=device)
         ring = self._rings.setdefault(nbytes, collections.deque())
         for _ in range(len(ring)):  # oldest first: the likeliest to be free
@@ -109,8 +113,7 @@ def linear(x: Tensor, weight: Tensor) -> Tensor:
     """``F.linear(x, weight)`` (no bias) whose output and weight gradient are pooled
     buffers, differentiable once; ``F.linear`` itself where the pool does not apply (see
     the module), under CPU autocast and for mixed dtypes."""
-    if not (POOL.enabled and x.device.type == "cpu" and weight.device.type == "cpu"
-            and x.dtype == weight.dtype and not torch.is_autocast_enabled("cpu")
-            and not torch.compiler.is_compiling()):
+    if not (POOL.serves(x.device) and weight.device == x.device and x.dtype == weight.dtype
+            and not torch.is_autocast_enabled("cpu")):
         return F.linear(x, weight)
     return _Linear.apply(x, weight)

@@ -150,4 +150,7 @@ def test_linear_is_f_linear_under_autocast_and_off_the_pool(monkeypatch):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert buffers.linear(x, w).dtype == torch.bfloat16
     monkeypatch.setattr(buffers, "POOL", pool(enabled=False))
-    assert buffers.linear(x, w).grad_fn is None and buffers.POOL.kept == 0
+    y = buffers.linear(x, w.requires_grad_())
+    assert "_Linear" not in type(y.grad_fn).__name__ and buffers.POOL.kept == 0
+    monkeypatch.setattr(buffers, "POOL", pool())
+    assert "_Linear" in type(buffers.linear(x, w).grad_fn).__name__  # the pooled path
