@@ -1,6 +1,7 @@
 """``nlframe bench model``: JSON records of a tiny run, clean errors, failure statuses."""
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -27,6 +28,7 @@ def test_bench_model_json_records():
                                   "--steps", "1", "--threads", "1", "--json"])
     assert r.exit_code == 0, r.output
     out = r.stdout  # the header and progress lines go to stderr (mixed in under click < 8.2)
+    assert re.search(r"matmul peak [0-9.]+ GFLOP/s, memory bandwidth [0-9.]+ GB/s", r.output)
     records = json.loads(out[out.index("[\n"):])
     assert len(records) == 1
     rec = records[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -150,6 +151,7 @@ def test_scan_benchmark_smoke(capsys):
     assert main(["--quick", "--backends", "chunked", "reference"]) == 0
     out = capsys.readouterr().out
     assert "| backend | mode | B | H | T | D | tok/s | × reference | × chunked |" in out
+    assert re.search(r"matmul peak [0-9.]+ GFLOP/s, memory bandwidth [0-9.]+ GB/s", out)
     assert "| chunked | forward | 1 | 4 | 64 | 16 |" in out
     assert "| reference | train | 1 | 4 | 64 | 16 |" in out
     assert main(["--quick", "--backends", "chunked", "reference", "--mode", "forward",
@@ -161,6 +163,24 @@ def test_scan_benchmark_smoke(capsys):
     assert ref["vs_reference"] == 1.0 and ref["counted_gflop"] > 0
     assert ref["useful_gflop"] == useful_flops("linear", 16, 16, 0) * 4 * 64 / 1e9
     assert useful_flops("mlp", 4, 4, 8) == 4 * 2 * (4 * 8 + 8 * 4)
+
+
+def test_memory_bandwidth_counts_three_buffers_per_add(monkeypatch):
+    """STREAM's add moves ``a``, ``b`` and ``c``: ``3 · mib`` MiB per timed call."""
+    from nlframe.bench import scan
+
+    assert scan.memory_bandwidth_gb_s(torch.device("cpu"), mib=1) > 0  # a real timing
+    calls = []
+
+    def fake_best_time(fn, repeats):
+        fn()  # the timed call runs the add
+        calls.append(repeats)
+        return 0.5
+
+    monkeypatch.setattr(scan, "best_time", fake_best_time)
+    rate = scan.memory_bandwidth_gb_s(torch.device("cpu"), mib=2, repeats=4)
+    assert calls == [4]
+    assert rate == pytest.approx(3 * 2 * 2**20 / 0.5 / 1e9)
 
 
 def test_scan_benchmark_names_unknown_backends(capsys):

@@ -57,7 +57,7 @@ from typing import Any
 
 import torch
 
-from .scan import _ratio, counted_flops, load_average, matmul_peak_gflops
+from .scan import _ratio, counted_flops, load_average, matmul_peak_gflops, memory_bandwidth_gb_s
 
 try:
     import resource
@@ -510,18 +510,20 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         specs.append((path, spec))
     threads = args.threads or torch.get_num_threads()
-    peak = None
+    peak = bandwidth = None
     if args.flops:
         own = torch.get_num_threads()
-        torch.set_num_threads(threads)  # the workers' count, so the peak is theirs
+        torch.set_num_threads(threads)  # the workers' count, so the ceilings are theirs
         peak = matmul_peak_gflops(torch.device(device))
+        bandwidth = memory_bandwidth_gb_s(torch.device(device))
         torch.set_num_threads(own)
     header = (f"# nlframe bench model: torch {torch.__version__}, device {device}, "
               f"{threads} threads ({os.cpu_count()} CPUs), load average {load_average()}, "
               f"python {platform.python_version()}; B={args.batch_size}, "
               f"T={' '.join(map(str, args.seq_len))}, mode {args.mode}, median of {args.steps} "
               "step(s) after 1 warm-up, a fresh process per row"
-              + (f"; float32 matmul peak {peak:.1f} GFLOP/s" if peak else ""))
+              + (f"; float32 matmul peak {peak:.1f} GFLOP/s, memory bandwidth "
+                 f"{bandwidth:.1f} GB/s" if peak else ""))
     log = sys.stderr if args.json else sys.stdout
     print(header, file=log, flush=True)
     records = []

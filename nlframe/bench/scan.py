@@ -28,7 +28,10 @@ rank-1 gradient, read ``W q``), MLP ``4 · 2(DkDh + DhDv)`` (the memory's forwar
 backward at ``k``, the read at ``q``); training ×3. ``useful GFLOP/s`` is that count
 per second and is what the peak column compares: the matmul peak is the best
 GFLOP/s of square ``N×N`` matmuls of ``--dtype`` (N = 512, 1024, 2048) on the same
-device, timed in the same run.
+device, timed in the same run. The header also gives the device's memory bandwidth
+(:func:`memory_bandwidth_gb_s`, STREAM's add over buffers larger than the caches): the
+ceiling of element-wise work whose tensors miss the caches, which is where a backend
+short of the matmul peak usually spends the rest.
 
 Error: ``rel_err`` is ``‖y − y₆₄‖ / ‖y₆₄‖`` of each row's forward read against the
 ``reference`` loop run in float64 on the same inputs (for ``T ≤ --reference-max-T``).
@@ -115,6 +118,20 @@ def matmul_peak_gflops(device: torch.device, dtype: torch.dtype = torch.float32,
 
         best = max(best, 2.0 * n**3 / best_time(mm, repeats) / 1e9)
     return best
+
+
+def memory_bandwidth_gb_s(device: torch.device, mib: int = 64, repeats: int = 3) -> float:
+    """Best GB/s of ``c = a + b`` over three float32 buffers of ``mib`` MiB each on
+    ``device`` (STREAM's add: ``3 · mib`` MiB moved per call). The default is larger than
+    the last-level cache of current CPUs and GPUs, so the rate is that of main memory."""
+    n = mib * 2**20 // 4
+    a, b, c = (torch.empty(n, device=device).uniform_() for _ in range(3))
+
+    def add() -> None:
+        torch.add(a, b, out=c)
+        _sync(device)
+
+    return 3 * n * 4 / best_time(add, repeats) / 1e9
 
 
 def _sync(device: torch.device) -> None:
@@ -390,12 +407,13 @@ def main(argv: list[str] | None = None) -> int:
     args.fla_rows = [n for n, why in fla_skipped.items() if why is None]
     peak = matmul_peak_gflops(device, DTYPES[args.dtype])
     if not args.json:
+        bandwidth = memory_bandwidth_gb_s(device)
         print(f"# scan benchmark: {args.memory}/{args.objective}/{args.rule}, decay ≤ "
               f"{args.decay}, chunk_size={args.chunk_size}, H={args.heads}, {args.dtype} on "
               f"{device}, backends "
               f"{', '.join(args.backends)}; {torch.get_num_threads()} threads, load average "
               f"{load_average()} on {os.cpu_count()} CPUs, torch {torch.__version__}; matmul "
-              f"peak {peak:.1f} GFLOP/s")
+              f"peak {peak:.1f} GFLOP/s, memory bandwidth {bandwidth:.1f} GB/s")
     for n, why in fla_skipped.items():
         if why:
             say(args, f"# {n} not timed: {why}")
