@@ -30,8 +30,8 @@ per second and is what the peak column compares: the matmul peak is the best
 GFLOP/s of square ``N×N`` matmuls of ``--dtype`` (N = 512, 1024, 2048) on the same
 device, timed in the same run. The header also gives the device's memory bandwidth
 (:func:`memory_bandwidth_gb_s`, STREAM's add over buffers larger than the caches): the
-ceiling of element-wise work whose tensors miss the caches, which is where a backend
-short of the matmul peak usually spends the rest.
+ceiling of element-wise work whose tensors miss the caches, the other limit a backend
+short of the matmul peak meets.
 
 Error: ``rel_err`` is ``‖y − y₆₄‖ / ‖y₆₄‖`` of each row's forward read against the
 ``reference`` loop run in float64 on the same inputs (for ``T ≤ --reference-max-T``).
@@ -123,7 +123,8 @@ def matmul_peak_gflops(device: torch.device, dtype: torch.dtype = torch.float32,
 def memory_bandwidth_gb_s(device: torch.device, mib: int = 64, repeats: int = 3) -> float:
     """Best GB/s of ``c = a + b`` over three float32 buffers of ``mib`` MiB each on
     ``device`` (STREAM's add: ``3 · mib`` MiB moved per call). The default is larger than
-    the last-level cache of current CPUs and GPUs, so the rate is that of main memory."""
+    the last-level cache of most CPUs and GPUs, so the rate is that of main memory (pass
+    a larger ``mib`` where the cache is larger)."""
     n = mib * 2**20 // 4
     a, b, c = (torch.empty(n, device=device).uniform_() for _ in range(3))
 
