@@ -126,7 +126,8 @@ def memory_bandwidth_gb_s(device: torch.device, mib: int = 64, repeats: int = 3)
     the last-level cache of most CPUs and GPUs, so the rate is that of main memory (pass
     a larger ``mib`` where the cache is larger)."""
     n = mib * 2**20 // 4
-    a, b, c = (torch.empty(n, device=device).uniform_() for _ in range(3))
+    a, b = (torch.empty(n, device=device).uniform_() for _ in range(2))
+    c = torch.empty_like(a)  # written by the warm-up call
 
     def add() -> None:
         torch.add(a, b, out=c)
