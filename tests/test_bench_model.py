@@ -36,7 +36,7 @@ def test_bench_model_json_records():
     assert rec["spec"] == "transformer-tiny" and rec["batch_size"] == 1 and rec["seq_len"] == 16
     assert rec["params"] > 0
     for key in ("forward_tok_s", "train_tok_s", "peak_rss_mb", "forward_gflop", "train_gflop",
-                "train_gflop_s", "peak_gflop_s", "train_pct_of_peak"):
+                "train_gflop_s", "peak_gflop_s", "bandwidth_gb_s", "train_pct_of_peak"):
         assert rec[key] > 0, (key, rec)
     assert rec["flops_from"] == "counted"
     # a transformer has no scan levels: its row is of no backend, with no ratio to itself

@@ -161,6 +161,7 @@ def test_scan_benchmark_smoke(capsys):
                                                             ("reference", "forward")}
     ref = next(r for r in records if r["backend"] == "reference")
     assert ref["vs_reference"] == 1.0 and ref["counted_gflop"] > 0
+    assert all(r["bandwidth_gb_s"] > 0 and r["peak_gflop_s"] > 0 for r in records)
     assert ref["useful_gflop"] == useful_flops("linear", 16, 16, 0) * 4 * 64 / 1e9
     assert useful_flops("mlp", 4, 4, 8) == 4 * 2 * (4 * 8 + 8 * 4)
 

@@ -383,17 +383,19 @@ def shown_status(r: dict) -> str:
     return f"{st} (in {phase})" if st != "ok" and phase in ("train",) else st
 
 
-def add_ratios(records: list[dict], peak_gflop_s: float | None) -> None:
+def add_ratios(records: list[dict], peak_gflop_s: float | None,
+               bandwidth_gb_s: float | None = None) -> None:
     """Each record's tokens/s over the ``reference`` / ``chunked`` row of its spec and
     length, and its GFLOP/s over the matmul peak (``None`` where either side is missing);
-    a ``compiled`` row without a count gets its ``chunked`` twin's."""
+    a ``compiled`` row without a count gets its ``chunked`` twin's. Every record also
+    carries the run's two ceilings, ``peak_gflop_s`` and ``bandwidth_gb_s``."""
     ok = {(r["spec"], r["seq_len"], r.get("backend")): r for r in records if r["status"] == "ok"}
     for r in records:
         twin = ok.get((r["spec"], r["seq_len"], "chunked"))
         borrow = (r.get("backend") == "compiled" and r.get("train_gflop") is None
                   and r.get("forward_gflop") is None and twin is not None
                   and twin.get("flops_from") == "counted")
-        r["peak_gflop_s"] = peak_gflop_s
+        r["peak_gflop_s"], r["bandwidth_gb_s"] = peak_gflop_s, bandwidth_gb_s
         for phase in ("forward", "train"):
             tok_s = r.get(f"{phase}_tok_s")
             for base in ("reference", "chunked"):
@@ -559,7 +561,7 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"{label} has no scan levels: one row per length (no backend "
                               "applies)", file=log, flush=True)
                     break
-    add_ratios(records, peak)
+    add_ratios(records, peak, bandwidth)
     if args.json:
         print(json.dumps(records, indent=2))
     else:

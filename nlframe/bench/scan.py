@@ -276,8 +276,9 @@ def backends_for(work: Workload, names: list[str]) -> tuple[list[str], dict[str,
 
 
 def measure(args: argparse.Namespace, B: int, T: int, D: int, device: torch.device,
-            peak: float) -> list[dict[str, Any]]:
-    """Records of every backend and mode at one shape."""
+            peak: float, bandwidth: float | None = None) -> list[dict[str, Any]]:
+    """Records of every backend and mode at one shape (``peak``: the matmul peak in
+    GFLOP/s, ``bandwidth``: the memory bandwidth in GB/s, both measured in this run)."""
     work = Workload(args, B, T, D, device)
     names, skipped = backends_for(work, args.backends)
     names += args.fla_rows
@@ -317,6 +318,7 @@ def measure(args: argparse.Namespace, B: int, T: int, D: int, device: torch.devi
                 counted_gflop=None if counts[n] is None else counts[n] / 1e9,
                 useful_gflop=useful / 1e9, useful_gflop_s=useful / times[n] / 1e9,
                 peak_gflop_s=peak, pct_of_peak=100 * useful / times[n] / 1e9 / peak,
+                bandwidth_gb_s=bandwidth,
                 threads=torch.get_num_threads(), load=load_average(), device=str(device)))
         by = {r["backend"]: r["tok_s"] for r in records if r["mode"] == mode}
         for r in records:
@@ -408,8 +410,8 @@ def main(argv: list[str] | None = None) -> int:
     fla_skipped = {} if args.no_fla else {n: fla_reason(args, n, device) for n in FLA_ROWS}
     args.fla_rows = [n for n, why in fla_skipped.items() if why is None]
     peak = matmul_peak_gflops(device, DTYPES[args.dtype])
+    bandwidth = memory_bandwidth_gb_s(device)
     if not args.json:
-        bandwidth = memory_bandwidth_gb_s(device)
         print(f"# scan benchmark: {args.memory}/{args.objective}/{args.rule}, decay ≤ "
               f"{args.decay}, chunk_size={args.chunk_size}, H={args.heads}, {args.dtype} on "
               f"{device}, backends "
@@ -423,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     for D in args.dim:
         for B in args.batch:
             for T in args.seq:
-                records += measure(args, B, T, D, device, peak)
+                records += measure(args, B, T, D, device, peak, bandwidth)
     if args.json:
         print(json.dumps(records, indent=1))
     else:
