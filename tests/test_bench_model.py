@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from nlframe.bench.model import (
@@ -120,3 +121,24 @@ def test_bench_model_unknown_backend_lists_the_registered_ones():
     r = CliRunner().invoke(main, ["bench", "model", TINY, "--quick", "--backends", "nope"])
     assert r.exit_code == 2
     assert "unknown backend 'nope'; registered:" in r.output and "chunked" in r.output
+
+
+def test_bench_train_times_the_specs_own_optimizers():
+    """``nlframe bench train`` times :func:`nlframe.bench.lm_train_step` with the spec's
+    optimizers: one row per model, and the timed steps move the weights."""
+    from nlframe.bench import lm_train_step
+    from nlframe.build import build
+    from nlframe.optim import build_optimizers
+    from nlframe.spec import load_spec
+
+    r = CliRunner().invoke(main, ["bench", "train", "--quick", "--models", "transformer-tiny"])
+    assert r.exit_code == 0, r.output
+    assert re.search(r"\| transformer-tiny \| 824,448 \| [0-9,]+ \| [0-9.]+ \|", r.output), r.output
+    spec = load_spec(TINY)
+    model = build(spec, seed=0)
+    opts = build_optimizers(model, spec.train)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    tokens = torch.randint(0, 256, (2, 17), generator=torch.Generator().manual_seed(0))
+    lm_train_step(model, {"tokens": tokens[:, :-1], "targets": tokens[:, 1:]}, opts)
+    moved = [n for n, p in model.named_parameters() if not torch.equal(p, before[n])]
+    assert len(moved) == len(before), set(before) - set(moved)

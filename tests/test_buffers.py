@@ -11,7 +11,7 @@ from nlframe.buffers import BufferPool
 from nlframe.build import build
 from nlframe.optim import build_optimizers
 from nlframe.spec import load_spec
-from nlframe.train import lm_loss
+from nlframe.bench import lm_train_step
 
 CPU = torch.device("cpu")
 SHAPE = (64, 64)  # 16 KiB: every size counts with min_bytes=0
@@ -85,13 +85,7 @@ def _two_steps(monkeypatch, active: BufferPool) -> dict[str, torch.Tensor]:
     tokens = torch.randint(0, 256, (2, 97), generator=torch.Generator().manual_seed(1))
     batch = {"tokens": tokens[:, :-1], "targets": tokens[:, 1:]}
     for _ in range(2):
-        logits, _ = model(batch["tokens"])
-        loss = lm_loss(logits, batch)
-        for o in opts:
-            o.zero_grad(set_to_none=True)
-        loss.backward()
-        for o in opts:
-            o.step()
+        lm_train_step(model, batch, opts)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 

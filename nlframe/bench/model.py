@@ -206,7 +206,7 @@ def measure(spec_source: Any, *, seq_len: int, batch_size: int, steps: int, mode
     for a meaningful peak RSS). Never raises for failures of the model: they go to ``status``."""
     from ..build import build
     from ..spec import load_spec
-    from ..train import lm_loss
+    from . import lm_train_step
 
     if threads:
         torch.set_num_threads(threads)
@@ -256,11 +256,7 @@ def measure(spec_source: Any, *, seq_len: int, batch_size: int, steps: int, mode
             opt = torch.optim.AdamW(model.parameters(), lr=spec.train.lr)
 
             def train_step():
-                logits, _ = model(batch["tokens"])
-                loss = lm_loss(logits, batch)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                lm_train_step(model, batch, [opt])
 
             if rec["levels"] is None:
                 used.clear()

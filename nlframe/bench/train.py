@@ -41,7 +41,7 @@ def model_tokens_per_s(name: str, batch: int, seq_len: int, repeats: int, warmup
     from ..build import build
     from ..spec import load_spec
     from ..optim import build_optimizers
-    from ..train import lm_loss
+    from . import lm_train_step
 
     spec = load_spec(_specs_dir() / f"{name}.toml")
     torch.manual_seed(0)
@@ -52,16 +52,7 @@ def model_tokens_per_s(name: str, batch: int, seq_len: int, repeats: int, warmup
     tokens = torch.randint(0, vocab, (batch, seq_len + 1), generator=g)
     b = {"tokens": tokens[:, :-1], "targets": tokens[:, 1:]}
 
-    def step():
-        logits, _ = model(b["tokens"])
-        loss = lm_loss(logits, b)
-        for opt in opts:
-            opt.zero_grad(set_to_none=True)
-        loss.backward()
-        for opt in opts:
-            opt.step()
-
-    dt = _time(step, repeats, warmup)
+    dt = _time(lambda: lm_train_step(model, b, opts), repeats, warmup)
     params = sum(p.numel() for p in model.parameters())
     return {"model": name, "params": params, "tokens/s": batch * seq_len / dt, "ms/step": 1e3 * dt}
 
