@@ -360,13 +360,18 @@ def run_scan(q: Tensor, k: Tensor, v: Tensor, *, memory, objective, rule, names:
     ``truncate=True`` starts every chunk's write (but the stream's first) from its
     detached start state while its reads keep the attached one, so the outer gradient
     reaches a chunk's inputs only through the chunk it writes into (``inner_grad =
-    "truncated"`` of the blocks; needs ``read="chunk_start"``). ``read_after``: see
+    "truncated"`` of the blocks; needs ``read="chunk_start"``; under ``torch.no_grad()``
+    the full form runs, of the same values). ``read_after``: see
     :attr:`~nlframe.interfaces.ScanRequest.read_after`."""
     request = make_request(q, k, v, memory=memory, objective=objective, rule=rule, names=names,
                            lr=lr, decay=decay, momentum=momentum, chunk_size=chunk_size,
                            state=state, read=read, write=write, self_target=self_target,
                            optimizer_kwargs=optimizer_kwargs, grad_clip=grad_clip,
                            outputs=outputs, truncate=truncate, read_after=read_after)
+    if request.truncate and not torch.is_grad_enabled():
+        # the values of a truncated write are those of the full one; its detached starts
+        # and zero-valued read corrections only shape a gradient that no_grad never forms
+        request.truncate = False
     state = request.state
     if q.shape[2] == 0 or q.shape[0] == 0:
         return q.new_zeros(*q.shape[:2], q.shape[2] if outputs else 0, v.shape[-1]), state

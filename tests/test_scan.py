@@ -203,3 +203,28 @@ def test_scan_benchmark_says_when_no_backend_runs_the_workload(capsys):
 def test_truncate_needs_chunk_start_reads(qkv):
     with pytest.raises(ValueError, match="truncate=True needs read='chunk_start'"):
         nlframe.memory_scan(*qkv, truncate=True)
+
+
+def test_truncate_without_grad_runs_the_full_form(monkeypatch):
+    """Under ``no_grad`` a truncated scan hands its backend the full form: the values are
+    the same, and the detached starts and zero-valued read corrections only shape a
+    gradient that is never formed. The modes are still checked."""
+    from nlframe import scan
+
+    seen = []
+    resolve = scan.resolve_backend
+    monkeypatch.setattr(scan, "resolve_backend",
+                        lambda name, request: seen.append(request.truncate) or resolve(name, request))
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (0.5 * torch.randn(2, 2, 24, 4, generator=gen) for _ in range(3))
+    kw = dict(memory="mlp", memory_kwargs={"hidden": 8}, chunk_size=4, read="chunk_start",
+              write="chunk", truncate=True, backend="chunked", lr=0.05)
+    y_grad, s_grad = nlframe.memory_scan(q, k, v.requires_grad_(), **kw)
+    with torch.no_grad():
+        y, s = nlframe.memory_scan(q, k, v, **kw)
+        with pytest.raises(ValueError, match="truncate=True needs read='chunk_start'"):
+            nlframe.memory_scan(q, k, v, truncate=True)
+    assert seen == [True, False]
+    torch.testing.assert_close(y, y_grad.detach())
+    for name, w in s.params.items():
+        torch.testing.assert_close(w, s_grad.params[name].detach())
