@@ -98,10 +98,13 @@ def _as_gate(name: str, value: Any, q: Tensor) -> Tensor:
             raise TypeError(f"{name} must be a floating tensor, got dtype {value.dtype}")
         if value.device != q.device:
             raise ValueError(f"{name} is on {value.device} but q is on {q.device}")
-        try:
-            shape = torch.broadcast_shapes(value.shape, (B, H, T))
-        except RuntimeError:
-            shape = None
+        if value.shape == (B, H, T):  # the common case, without broadcast_shapes' cost
+            shape = value.shape
+        else:
+            try:
+                shape = torch.broadcast_shapes(value.shape, (B, H, T))
+            except RuntimeError:
+                shape = None
         # 0-dim or 3-dim only: a (B, T) gate would silently broadcast as (H, T)
         if value.dim() not in (0, 3) or shape != torch.Size((B, H, T)):
             raise ValueError(f"{name} must be a float or a tensor of shape (B, H, T) = "

@@ -123,8 +123,21 @@ class ShortConv(nn.Module):
         xx = torch.cat([cache, x], 1)  # (B, w−1+T, D)
         if t == 0:
             return x, cache
-        y = F.conv1d(xx.transpose(1, 2), self.weight, groups=d).transpose(1, 2)  # (B, T, D)
+        if b * t <= SHORT_CONV_TAPS_MAX:  # a few tokens (decoding): w multiply-adds
+            taps = self.weight[:, 0].t()  # (w, D)
+            y = xx[:, :t] * taps[0]
+            for j in range(1, self.width):
+                y = y.addcmul(xx[:, j:j + t], taps[j])
+        else:
+            y = F.conv1d(xx.transpose(1, 2), self.weight, groups=d).transpose(1, 2)  # (B, T, D)
         return F.silu(y), xx[:, xx.shape[1] - (self.width - 1):]
+
+
+SHORT_CONV_TAPS_MAX = 64
+"""Inputs of at most this many tokens (``B·T``) take :class:`ShortConv` as ``w``
+multiply-adds instead of ``conv1d``: one token, dim 128, width 4 took 16 µs against 53 µs
+on a 2-core CPU, 16 tokens 32 against 84 µs; at 8 × 128 tokens ``conv1d`` is faster
+(195 against 209 µs)."""
 
 
 class HeadGate(nn.Module):
