@@ -78,6 +78,19 @@ def test_within_chunks_plan_covers_tokens_in_order_inside_chunks(T, chunk, posit
         assert opens == ((first + position) % chunk == 0)
 
 
+def test_within_chunks_plans_are_kept_by_their_arguments():
+    """A plan asked for again is the one built before (decoding asks for the same few on
+    every token), equal to a fresh build; other arguments give other plans."""
+    plan = TilePlan.within_chunks(1, 32, 5, 64, "cpu")
+    assert TilePlan.within_chunks(1, 32, 5, 64, "cpu") is plan
+    fresh = TilePlan._within_chunks(1, 32, 5, 64, "cpu")
+    for field in ("index", "valid", "last"):
+        assert torch.equal(getattr(plan, field), getattr(fresh, field))
+    assert (plan.opens_chunk, plan.last_slots, plan.end_tokens) == \
+        (fresh.opens_chunk, fresh.last_slots, fresh.end_tokens)
+    assert TilePlan.within_chunks(1, 32, 6, 64, "cpu") is not plan
+
+
 def test_gather_and_scatter_round_trip():
     x = torch.arange(2 * 3 * 10, dtype=DT).view(2, 3, 10)
     for plan in (TilePlan.aligned(10, 4, "cpu"), TilePlan.within_chunks(10, 3, 1, 64, "cpu")):
