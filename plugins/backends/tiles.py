@@ -31,6 +31,8 @@ def segment_products(x: Tensor) -> Tensor:
     ``x_r`` left of the diagonal, 1 elsewhere), so zeros in ``x`` are exact.
     """
     L = x.shape[-1]
+    if L == 1:  # one slot (a token decoded at a time): the empty product
+        return torch.ones((*x.shape, 1), dtype=x.dtype, device=x.device)
     r = torch.arange(L, device=x.device)
     below = r[:, None] > r[None, :]  # (L, L): row r strictly below column i
     ones = torch.ones((), dtype=x.dtype, device=x.device)
