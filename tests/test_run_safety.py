@@ -217,6 +217,12 @@ def test_eval_and_generate_options_are_checked(trained):
         assert message in r.output, (args, r.output)
 
 
+def test_generate_without_a_prompt_continues_a_newline(trained):
+    r = CliRunner().invoke(main, ["generate", str(trained), "--tokens", "5", "--temperature", "0"])
+    assert r.exit_code == 0, r.output
+    assert r.output.startswith("\n")
+
+
 def test_a_prompt_that_is_not_utf8_is_used_as_bytes(trained):
     r = subprocess.run([sys.executable, "-m", "nlframe", "generate", str(trained), "--prompt",
                         b"caf\xe9 \xff", "--tokens", "3", "--temperature", "0"],

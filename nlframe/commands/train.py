@@ -205,7 +205,7 @@ def _check_same_tokenizer(recorded: dict | None, data, name: str) -> None:
 
 @click.command("generate")
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("--prompt", required=True,
+@click.option("--prompt", default="\n", show_default="a newline",
               help="Text to continue (UTF-8 bytes, or the run's tokenizer's ids).")
 @click.option("--tokens", type=click.IntRange(min=1), default=200, help="Tokens to generate.")
 @click.option("--temperature", type=FiniteFloat(min=0.0), default=0.8,
@@ -214,8 +214,9 @@ def _check_same_tokenizer(recorded: dict | None, data, name: str) -> None:
 @click.option("--seed", type=int, default=0)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu")
 def generate_cmd(run_dir, prompt, tokens, temperature, top_k, seed, device):
-    """Continue PROMPT with the model in RUN_DIR and print the text: bytes for byte-level
-    models, decoded with the run's recorded tokenizer for models trained on ``tokens``."""
+    """Continue PROMPT (a newline unless given) with the model in RUN_DIR and print the
+    text: bytes for byte-level models, decoded with the run's recorded tokenizer for
+    models trained on ``tokens``."""
     from ..checkpoint import CheckpointError
     from ..cli import _load_registry
     from ..tokenizer import from_record
