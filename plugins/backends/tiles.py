@@ -203,8 +203,8 @@ class TilePlan:
 
 PLAN_CACHE_SIZE = 4096
 """How many :meth:`TilePlan.within_chunks` plans are kept (a plan is a few small index
-tensors, never modified). Building one took 70 µs of a 0.7 ms scan call of one token on a
-2-core CPU."""
+tensors, never modified). Building one of one token took 37 µs on a 2-core CPU, against
+1 µs to look it up; a scan call of one token takes about 0.5 ms."""
 
 _PLANS: dict[tuple, TilePlan] = {}
 
