@@ -228,3 +228,14 @@ def test_truncate_without_grad_runs_the_full_form(monkeypatch):
     torch.testing.assert_close(y, y_grad.detach())
     for name, w in s.params.items():
         torch.testing.assert_close(w, s_grad.params[name].detach())
+
+
+def test_scan_benchmark_workload_stays_finite_for_the_mlp_memory():
+    """The benchmark's MLP workload (θ up to 0.5, momentum up to 0.9) keeps finite reads:
+    with values of norm √D it diverged, and the timed rows computed on NaNs."""
+    from nlframe.bench.scan import Workload, parser
+
+    args = parser().parse_args(["--memory", "mlp", "--hidden", "64", "--dim", "32",
+                                "--heads", "2", "--chunk-size", "16"])
+    work = Workload(args, 1, 256, 32, torch.device("cpu"))
+    assert torch.isfinite(work.output("chunked")).all()
