@@ -98,15 +98,11 @@ def _as_gate(name: str, value: Any, q: Tensor) -> Tensor:
             raise TypeError(f"{name} must be a floating tensor, got dtype {value.dtype}")
         if value.device != q.device:
             raise ValueError(f"{name} is on {value.device} but q is on {q.device}")
-        if value.shape == (B, H, T):  # the common case, without broadcast_shapes' cost
-            shape = value.shape
-        else:
-            try:
-                shape = torch.broadcast_shapes(value.shape, (B, H, T))
-            except RuntimeError:
-                shape = None
-        # 0-dim or 3-dim only: a (B, T) gate would silently broadcast as (H, T)
-        if value.dim() not in (0, 3) or shape != torch.Size((B, H, T)):
+        # 0-dim or 3-dim only (a (B, T) gate would silently broadcast as (H, T)), each
+        # dim of size 1 or its own
+        fits = value.dim() == 0 or (value.dim() == 3 and all(
+            s in (1, n) for s, n in zip(value.shape, (B, H, T))))
+        if not fits:
             raise ValueError(f"{name} must be a float or a tensor of shape (B, H, T) = "
                              f"{(B, H, T)} (size-1 dims broadcast); got shape "
                              f"{tuple(value.shape)}")
